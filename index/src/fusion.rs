@@ -1,0 +1,77 @@
+//! Fusing a keyword ranking and a vector ranking into one.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+/// How hybrid search combines its two rankings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", tag = "method")]
+pub enum Fusion {
+    /// Reciprocal-rank fusion: `sum 1 / (k + rank)`. Ignores scores entirely.
+    Rrf { k: f32 },
+    /// Convex combination of scores normalised per query: BM25 divided by the query's best
+    /// BM25 score, cosine similarity mapped from [-1, 1] to [0, 1] scaled by the best.
+    /// `alpha` weighs the vector side. Uses how much better the best hit is, which RRF throws away.
+    Convex { alpha: f32 },
+}
+
+impl Default for Fusion {
+    fn default() -> Self {
+        Fusion::Convex { alpha: 0.5 }
+    }
+}
+
+/// Fuses `keyword` (BM25 scores) and `vector` (cosine similarities) lists, best first.
+pub fn fuse(fusion: Fusion, keyword: &[(i64, f32)], vector: &[(i64, f32)]) -> Vec<(i64, f32)> {
+    let mut scores: HashMap<i64, f32> = HashMap::with_capacity(keyword.len() + vector.len());
+    match fusion {
+        Fusion::Rrf { k } => {
+            for list in [keyword, vector] {
+                for (rank, (id, _)) in list.iter().enumerate() {
+                    *scores.entry(*id).or_default() += 1.0 / (k + rank as f32 + 1.0);
+                }
+            }
+        }
+        Fusion::Convex { alpha } => {
+            let max_kw = keyword.first().map_or(1.0, |(_, s)| s.max(f32::EPSILON));
+            for (id, s) in keyword {
+                *scores.entry(*id).or_default() += (1.0 - alpha) * s / max_kw;
+            }
+            // Min-max within the candidate list: cosine scores bunch together, and the spread
+            // among the candidates is what carries information.
+            let (lo, hi) = vector.iter().fold((f32::MAX, f32::MIN), |(lo, hi), (_, s)| (lo.min(*s), hi.max(*s)));
+            let span = (hi - lo).max(f32::EPSILON);
+            for (id, s) in vector {
+                *scores.entry(*id).or_default() += alpha * (s - lo) / span;
+            }
+        }
+    }
+    let mut out: Vec<(i64, f32)> = scores.into_iter().collect();
+    out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rrf_prefers_items_ranked_well_by_both() {
+        let kw = [(1, 9.0), (2, 8.0), (3, 1.0)];
+        let vec = [(3, 0.9), (2, 0.8), (4, 0.7)];
+        let fused = fuse(Fusion::Rrf { k: 60.0 }, &kw, &vec);
+        assert_eq!(fused[0].0, 2);
+        assert_eq!(fused.len(), 4);
+    }
+
+    #[test]
+    fn convex_keeps_a_dominant_keyword_hit_first() {
+        let kw = [(1, 30.0), (2, 5.0)];
+        let vec = [(2, 0.61), (1, 0.60), (3, 0.2)];
+        let fused = fuse(Fusion::Convex { alpha: 0.5 }, &kw, &vec);
+        assert_eq!(fused[0].0, 1);
+        // With the vector side alone, 2 would win.
+        assert_eq!(fuse(Fusion::Convex { alpha: 1.0 }, &kw, &vec)[0].0, 2);
+    }
+}

@@ -1,0 +1,161 @@
+//! The BM25 keyword index of one collection (tantivy), persisted under its directory.
+//!
+//! One analysed field holds the document title, the heading path and the chunk text: the
+//! title travels with every chunk, and a single field keeps BM25's length normalisation
+//! over what a reader sees as the passage.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Mutex;
+
+use tantivy::collector::TopDocs;
+use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
+use tantivy::schema::{
+    Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, Value,
+};
+use tantivy::tokenizer::{
+    Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer,
+};
+use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+
+use crate::store::ChunkText;
+use crate::{IndexError, Result};
+
+const ANALYZER: &str = "kb_en";
+const WRITER_HEAP: usize = 64 * 1024 * 1024;
+
+pub struct KeywordIndex {
+    index: Index,
+    reader: IndexReader,
+    writer: Mutex<IndexWriter>,
+    analyzer: TextAnalyzer,
+    chunk_id: Field,
+    content: Field,
+}
+
+fn analyzer() -> TextAnalyzer {
+    // English stop words and Snowball stemming: what BM25 baselines that do well use.
+    let builder = TextAnalyzer::builder(SimpleTokenizer::default())
+        .filter(RemoveLongFilter::limit(40))
+        .filter(LowerCaser);
+    match StopWordFilter::new(Language::English) {
+        Some(stop) => builder.filter(stop).filter(Stemmer::new(Language::English)).build(),
+        None => builder.filter(Stemmer::new(Language::English)).build(),
+    }
+}
+
+fn schema() -> (Schema, Field, Field) {
+    let mut b = Schema::builder();
+    let chunk_id = b.add_i64_field("chunk_id", NumericOptions::default().set_indexed().set_fast().set_stored());
+    let indexing = TextFieldIndexing::default()
+        .set_tokenizer(ANALYZER)
+        .set_index_option(IndexRecordOption::WithFreqs);
+    let content = b.add_text_field("content", TextOptions::default().set_indexing_options(indexing));
+    (b.build(), chunk_id, content)
+}
+
+impl KeywordIndex {
+    /// Opens the index in `dir`, creating it when absent. `None` if it exists but cannot be
+    /// opened (the caller rebuilds it from the database).
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|source| IndexError::Io { path: dir.to_owned(), source })?;
+        let (schema, chunk_id, content) = schema();
+        let index = if dir.join("meta.json").exists() {
+            Index::open_in_dir(dir)?
+        } else {
+            Index::create_in_dir(dir, schema)?
+        };
+        index.tokenizers().register(ANALYZER, analyzer());
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+        // One indexing thread: ingest batches are small and the cores are busy embedding.
+        let writer = index.writer_with_num_threads(1, WRITER_HEAP)?;
+        Ok(Self { index, reader, writer: Mutex::new(writer), analyzer: analyzer(), chunk_id, content })
+    }
+
+    /// Adds chunks and commits. The caller makes sure ids are not already present.
+    pub fn insert(&self, chunks: &[ChunkText]) -> Result<()> {
+        let mut writer = self.writer.lock().map_err(|_| IndexError::Task("keyword writer poisoned".into()))?;
+        for c in chunks {
+            writer.add_document(doc!(self.chunk_id => c.id, self.content => crate::contextual_text(c.title.as_deref(), &c.heading_path, &c.text)))?;
+        }
+        writer.commit()?;
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    pub fn remove(&self, ids: &[i64]) -> Result<()> {
+        let mut writer = self.writer.lock().map_err(|_| IndexError::Task("keyword writer poisoned".into()))?;
+        for id in ids {
+            writer.delete_term(Term::from_field_i64(self.chunk_id, *id));
+        }
+        writer.commit()?;
+        self.reader.reload()?;
+        Ok(())
+    }
+
+    /// Every chunk id the index holds: what it has applied.
+    pub fn ids(&self) -> Result<HashSet<i64>> {
+        let searcher = self.reader.searcher();
+        let mut ids = HashSet::new();
+        for segment in searcher.segment_readers() {
+            let column = segment.fast_fields().i64("chunk_id")?;
+            for doc in segment.doc_ids_alive() {
+                if let Some(id) = column.first(doc) {
+                    ids.insert(id);
+                }
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Analysed terms of `text`, as the index sees them.
+    fn terms(&self, text: &str) -> Vec<String> {
+        let mut analyzer = self.analyzer.clone();
+        let mut stream = analyzer.token_stream(text);
+        let mut out = Vec::new();
+        while stream.advance() {
+            out.push(stream.token().text.clone());
+        }
+        out
+    }
+
+    /// BM25 search: (chunk id, score), best first. The query is analysed into terms, never
+    /// parsed as query syntax, so any user text is a valid query.
+    pub fn search(&self, query: &str, k: usize) -> Result<Vec<(i64, f32)>> {
+        let clauses: Vec<(Occur, Box<dyn Query>)> = self
+            .terms(query)
+            .into_iter()
+            .map(|t| {
+                let q = TermQuery::new(Term::from_field_text(self.content, &t), IndexRecordOption::WithFreqs);
+                (Occur::Should, Box::new(q) as Box<dyn Query>)
+            })
+            .collect();
+        if clauses.is_empty() || k == 0 {
+            return Ok(Vec::new());
+        }
+        let searcher = self.reader.searcher();
+        let top = searcher.search(&BooleanQuery::new(clauses), &TopDocs::with_limit(k))?;
+        let mut out = Vec::with_capacity(top.len());
+        for (score, addr) in top {
+            let column = searcher.segment_reader(addr.segment_ord).fast_fields().i64("chunk_id")?;
+            match column.first(addr.doc_id) {
+                Some(id) => out.push((id, score)),
+                None => {
+                    let d: TantivyDocument = searcher.doc(addr)?;
+                    if let Some(id) = d.get_first(self.chunk_id).and_then(|v| v.as_i64()) {
+                        out.push((id, score));
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn num_chunks(&self) -> u64 {
+        self.reader.searcher().num_docs()
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+}

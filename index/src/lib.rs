@@ -1,0 +1,17 @@
+//! kb's retrieval core: the metadata store (the source of truth) and the two indexes derived
+//! from it — HNSW vectors and BM25 keywords — searched alone or fused.
+
+mod engine;
+mod error;
+pub mod fusion;
+pub mod keyword;
+mod passage;
+pub mod store;
+pub mod vector;
+
+pub use engine::{CollectionIndexes, Engine, Hit, IndexConfig, SearchMode, SearchRequest};
+pub use error::{IndexError, Result};
+pub use fusion::Fusion;
+pub use passage::contextual_text;
+pub use store::{Collection, Store};
+pub use vector::HnswParams;

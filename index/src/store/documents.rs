@@ -1,0 +1,178 @@
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{now_ms, Store};
+use crate::Result;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DocumentStatus {
+    Queued,
+    Running,
+    Done,
+    Failed,
+}
+
+impl DocumentStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "queued" => Self::Queued,
+            "running" => Self::Running,
+            "done" => Self::Done,
+            _ => Self::Failed,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Document {
+    pub id: i64,
+    pub collection_id: i64,
+    pub filename: String,
+    pub title: Option<String>,
+    pub content_hash: String,
+    pub size_bytes: i64,
+    pub format: Option<String>,
+    pub status: DocumentStatus,
+    pub error: Option<String>,
+    pub chunks: i64,
+    /// Where the uploaded bytes wait until their job has run (service uploads only).
+    pub source_path: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewDocument<'a> {
+    pub collection_id: i64,
+    pub filename: &'a str,
+    pub content_hash: &'a str,
+    pub size_bytes: i64,
+    pub status: DocumentStatus,
+    pub source_path: Option<&'a str>,
+}
+
+const COLUMNS: &str = "id, collection_id, filename, title, content_hash, size_bytes, format, status, error, chunk_count, source_path";
+
+fn from_row(r: &AnyRow) -> Result<Document> {
+    Ok(Document {
+        id: r.try_get(0)?,
+        collection_id: r.try_get(1)?,
+        filename: r.try_get(2)?,
+        title: r.try_get(3)?,
+        content_hash: r.try_get(4)?,
+        size_bytes: r.try_get(5)?,
+        format: r.try_get(6)?,
+        status: DocumentStatus::parse(&r.try_get::<String, _>(7)?),
+        error: r.try_get(8)?,
+        chunks: r.try_get(9)?,
+        source_path: r.try_get(10)?,
+    })
+}
+
+impl Store {
+    pub async fn insert_document(&self, doc: &NewDocument<'_>) -> Result<Document> {
+        let now = now_ms();
+        let row = sqlx::query(&format!(
+            "INSERT INTO documents (collection_id, filename, content_hash, size_bytes, status, source_path, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING {COLUMNS}"
+        ))
+        .bind(doc.collection_id)
+        .bind(doc.filename)
+        .bind(doc.content_hash)
+        .bind(doc.size_bytes)
+        .bind(doc.status.as_str())
+        .bind(doc.source_path)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        from_row(&row)
+    }
+
+    pub async fn document(&self, id: i64) -> Result<Option<Document>> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM documents WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    pub async fn documents(&self, collection_id: i64) -> Result<Vec<Document>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM documents WHERE collection_id = $1 ORDER BY id"
+        ))
+        .bind(collection_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// A live (not failed) document of the collection with these exact bytes.
+    pub async fn document_by_hash(&self, collection_id: i64, hash: &str) -> Result<Option<Document>> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM documents
+             WHERE collection_id = $1 AND content_hash = $2 AND status <> 'failed' ORDER BY id LIMIT 1"
+        ))
+        .bind(collection_id)
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// Other documents of the collection with this name: what a new version replaces.
+    pub async fn documents_named(&self, collection_id: i64, filename: &str, except: i64) -> Result<Vec<Document>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM documents WHERE collection_id = $1 AND filename = $2 AND id <> $3"
+        ))
+        .bind(collection_id)
+        .bind(filename)
+        .bind(except)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    pub async fn set_document_status(&self, id: i64, status: DocumentStatus, error: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE documents SET status = $1, error = $2, updated_at = $3 WHERE id = $4")
+            .bind(status.as_str())
+            .bind(error)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_document_source(&self, id: i64, source_path: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE documents SET source_path = $1 WHERE id = $2")
+            .bind(source_path)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes a document and its chunks; returns the ids of the chunks that went, which the
+    /// indexes must drop.
+    pub async fn delete_document(&self, id: i64) -> Result<Vec<i64>> {
+        let mut tx = self.pool.begin().await?;
+        let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM chunks WHERE document_id = $1")
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM chunks WHERE document_id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM jobs WHERE document_id = $1").bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM documents WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+}

@@ -1,0 +1,126 @@
+use serde::Serialize;
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use super::{now_ms, Store};
+use crate::Result;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Queued,
+    Running,
+    Done,
+    Failed,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Running => "running",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "queued" => Self::Queued,
+            "running" => Self::Running,
+            "done" => Self::Done,
+            _ => Self::Failed,
+        }
+    }
+}
+
+/// One document's ingestion, run by the worker pool.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Job {
+    pub id: i64,
+    pub document_id: i64,
+    pub status: JobStatus,
+    pub error: Option<String>,
+    pub attempts: i64,
+}
+
+const COLUMNS: &str = "id, document_id, status, error, attempts";
+
+fn from_row(r: &AnyRow) -> Result<Job> {
+    Ok(Job {
+        id: r.try_get(0)?,
+        document_id: r.try_get(1)?,
+        status: JobStatus::parse(&r.try_get::<String, _>(2)?),
+        error: r.try_get(3)?,
+        attempts: r.try_get(4)?,
+    })
+}
+
+impl Store {
+    pub async fn create_job(&self, document_id: i64) -> Result<Job> {
+        let now = now_ms();
+        let row = sqlx::query(&format!(
+            "INSERT INTO jobs (document_id, status, created_at, updated_at) VALUES ($1, 'queued', $2, $2) RETURNING {COLUMNS}"
+        ))
+        .bind(document_id)
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        from_row(&row)
+    }
+
+    pub async fn job(&self, id: i64) -> Result<Option<Job>> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM jobs WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    /// Marks the oldest queued job running and returns it. Only one dispatcher claims jobs,
+    /// so no row locking is needed.
+    pub async fn claim_job(&self) -> Result<Option<Job>> {
+        let row = sqlx::query(&format!(
+            "UPDATE jobs SET status = 'running', attempts = attempts + 1, updated_at = $1
+             WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1)
+             RETURNING {COLUMNS}"
+        ))
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
+    pub async fn finish_job(&self, id: i64, status: JobStatus, error: Option<&str>) -> Result<()> {
+        sqlx::query("UPDATE jobs SET status = $1, error = $2, updated_at = $3 WHERE id = $4")
+            .bind(status.as_str())
+            .bind(error)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// At start: jobs that were running when the process died go back to the queue.
+    pub async fn requeue_interrupted_jobs(&self) -> Result<u64> {
+        let done = sqlx::query("UPDATE jobs SET status = 'queued', updated_at = $1 WHERE status = 'running'")
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        sqlx::query(
+            "UPDATE documents SET status = 'queued' WHERE status = 'running'
+             AND id IN (SELECT document_id FROM jobs WHERE status = 'queued')",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    pub async fn count_jobs(&self, status: JobStatus) -> Result<i64> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status = $1")
+            .bind(status.as_str())
+            .fetch_one(&self.pool)
+            .await?)
+    }
+}

@@ -1,0 +1,255 @@
+//! DeepSeek-V2 GPU checks: logits against transformers' reference, and throughput.
+//!
+//!   deepseek-bench compare DIR          DIR from scripts/gpu/deepseek_ref.py: config.json,
+//!                                       safetensors, tokens.json, logits.npy (+ logits_native.npy)
+//!   deepseek-bench bench [--layers N] [--steps N] [--cpu]
+//!                                       random Lite-shaped bf16 weights made on the device
+//!
+//! Prints one `RESULT {json}` line per measurement.
+
+use candle_core::{DType, Device, Tensor, D};
+use kb_inference::deepseek::{rope, DeepSeekV2, DeepSeekV2Config, LogitsMode, RandomSource};
+use std::path::Path;
+use std::time::Instant;
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn device(cpu: bool) -> Res<Device> {
+    Ok(if cpu { Device::Cpu } else { Device::cuda_if_available(0)? })
+}
+
+fn lite_config(layers: usize) -> serde_json::Value {
+    serde_json::json!({
+        "vocab_size": 102400, "hidden_size": 2048, "intermediate_size": 10944,
+        "moe_intermediate_size": 1408, "num_hidden_layers": layers, "num_attention_heads": 16,
+        "num_key_value_heads": 16, "n_shared_experts": 2, "n_routed_experts": 64,
+        "num_experts_per_tok": 6, "routed_scaling_factor": 1.0, "norm_topk_prob": false,
+        "topk_method": "greedy", "n_group": 1, "topk_group": 1, "first_k_dense_replace": 1,
+        "moe_layer_freq": 1, "kv_lora_rank": 512, "q_lora_rank": null, "qk_rope_head_dim": 64,
+        "qk_nope_head_dim": 128, "v_head_dim": 128, "hidden_act": "silu",
+        "max_position_embeddings": 163840, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+        "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096,
+                         "beta_fast": 32, "beta_slow": 1, "mscale": 0.707, "mscale_all_dim": 0.707},
+        "scoring_func": "softmax", "tie_word_embeddings": false, "attention_bias": false
+    })
+}
+
+/// Max abs error, max abs error relative to the reference's largest logit, mean abs error,
+/// top-1 agreement (fraction of rows whose argmax agree).
+fn metrics(got: &Tensor, want: &Tensor) -> Res<serde_json::Value> {
+    let diff = (got - want)?.abs()?;
+    let max_abs = diff.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+    let mean_abs = diff.mean_all()?.to_scalar::<f32>()?;
+    let scale = want.abs()?.flatten_all()?.max(0)?.to_scalar::<f32>()?;
+    let a = got.argmax(D::Minus1)?.to_vec1::<u32>()?;
+    let b = want.argmax(D::Minus1)?.to_vec1::<u32>()?;
+    let agree = a.iter().zip(b.iter()).filter(|(x, y)| x == y).count();
+    // Per-row relative error: |got - want|_inf / |want|_inf, worst row.
+    let row_err = diff.max(D::Minus1)?.div(&want.abs()?.max(D::Minus1)?)?.max(0)?.to_scalar::<f32>()?;
+    Ok(serde_json::json!({
+        "max_abs_err": max_abs, "mean_abs_err": mean_abs, "ref_max_abs": scale,
+        "max_rel_err": max_abs / scale, "worst_row_rel_err": row_err,
+        "top1_agree": agree, "rows": a.len(), "top1_agreement": agree as f64 / a.len() as f64,
+    }))
+}
+
+fn result(kind: &str, mut v: serde_json::Value, dev: &str) {
+    v["kind"] = kind.into();
+    v["device"] = dev.into();
+    println!("RESULT {v}");
+}
+
+fn compare(dir: &Path, dev: &Device, dev_name: &str) -> Res<()> {
+    let t = Instant::now();
+    let model = DeepSeekV2::load(dir, dev)?;
+    eprintln!("loaded {} in {:.1}s", dir.display(), t.elapsed().as_secs_f32());
+    let tokens: Vec<u32> = serde_json::from_str(&std::fs::read_to_string(dir.join("tokens.json"))?)?;
+    let reference = Tensor::read_npy(dir.join("logits.npy"))?.to_device(dev)?;
+    let native = dir.join("logits_native.npy");
+    let native = if native.exists() { Some(Tensor::read_npy(native)?.to_device(dev)?) } else { None };
+    if let Ok(theirs) = Tensor::read_npy(dir.join("inv_freq.npy")) {
+        let (ours, mscale) = rope::inv_freq(model.config());
+        let theirs = theirs.to_vec1::<f32>()?;
+        let rel = ours.iter().zip(theirs.iter()).map(|(a, b)| ((*a as f32 - b) / b).abs()).fold(0f32, f32::max);
+        result("rope", serde_json::json!({ "inv_freq_max_rel_err": rel, "cos_sin_mscale": mscale }), dev_name);
+    }
+    let layers = model.config().num_hidden_layers;
+    // 1. One prefill over the whole prompt.
+    let mut cache = model.new_cache(tokens.len())?;
+    let full = model.forward(&[&tokens], &mut [&mut cache], LogitsMode::All)?.logits.expect("logits");
+    let mut m = metrics(&full, &reference)?;
+    m["layers"] = layers.into();
+    result("compare_prefill", m, dev_name);
+    if let Some(native) = &native {
+        let mut m = metrics(&full, native)?;
+        m["note"] = "against transformers' unpatched softmax scale (no YaRN mscale^2)".into();
+        result("compare_prefill_native_scale", m, dev_name);
+    }
+    // 2. Prefill half, then decode one token at a time (the absorbed decode path and, on CUDA,
+    //    the fused MoE kernels).
+    let half = tokens.len() / 2;
+    let mut cache = model.new_cache(tokens.len())?;
+    let mut rows = vec![model.forward(&[&tokens[..half]], &mut [&mut cache], LogitsMode::All)?.logits.expect("logits")];
+    for p in half..tokens.len() {
+        rows.push(model.forward(&[&tokens[p..p + 1]], &mut [&mut cache], LogitsMode::Last)?.logits.expect("logits"));
+    }
+    let inc = Tensor::cat(&rows, 0)?;
+    let mut m = metrics(&inc, &reference)?;
+    m["prefill_tokens"] = half.into();
+    m["decoded_tokens"] = (tokens.len() - half).into();
+    result("compare_incremental", m, dev_name);
+    let m = metrics(&inc, &full)?;
+    result("incremental_vs_own_prefill", m, dev_name);
+    Ok(())
+}
+
+fn sync(dev: &Device) -> Res<()> {
+    dev.synchronize()?;
+    Ok(())
+}
+
+/// Bytes read per decode step at batch 1: every weight a token touches (attention, dense
+/// MLP, router, shared + top-k routed experts, final norm, lm_head; one embedding row).
+fn active_bytes(cfg: &DeepSeekV2Config, dtype: DType) -> f64 {
+    let b = dtype.size_in_bytes() as f64;
+    let (hd, h) = (cfg.hidden_size as f64, cfg.num_attention_heads as f64);
+    let qk = cfg.qk_head_dim() as f64;
+    let attn = h * qk * hd
+        + (cfg.latent_dim() as f64) * hd
+        + h * (cfg.qk_nope_head_dim + cfg.v_head_dim) as f64 * cfg.kv_lora_rank as f64
+        + hd * h * cfg.v_head_dim as f64
+        + cfg.kv_lora_rank as f64
+        + 2.0 * hd;
+    let mut params = 0.0;
+    let mut router = 0.0;
+    for i in 0..cfg.num_hidden_layers {
+        params += attn;
+        if cfg.is_moe_layer(i) {
+            params += (cfg.num_experts_per_tok + cfg.n_shared_experts) as f64 * 3.0 * hd * cfg.moe_intermediate_size as f64;
+            router += cfg.n_routed_experts as f64 * hd; // f32
+        } else {
+            params += 3.0 * hd * cfg.intermediate_size as f64;
+        }
+    }
+    params += hd + hd * cfg.vocab_size as f64; // final norm, lm_head (embed: one row)
+    params * b + router * 4.0
+}
+
+fn bench(layers: usize, steps: usize, dev: &Device, dev_name: &str) -> Res<()> {
+    let text = lite_config(layers).to_string();
+    let cfg = DeepSeekV2Config::from_json(&text, Path::new("lite-shaped config"))?;
+    let dtype = if dev.is_cuda() { DType::BF16 } else { DType::F32 };
+    dev.set_seed(7)?;
+    let t = Instant::now();
+    let model = DeepSeekV2::from_source(cfg.clone(), &RandomSource::new(0.02, 7), dtype, dev)?;
+    sync(dev)?;
+    eprintln!("random Lite-shaped weights ({layers} layers) made in {:.1}s", t.elapsed().as_secs_f32());
+    let vocab = cfg.vocab_size as u32;
+    let prompt = |n: usize, seed: u32| -> Vec<u32> {
+        (0..n as u32).map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed)) % vocab).collect()
+    };
+
+    // Memory bandwidth: copy 4 GiB (read + write).
+    let n = 1usize << 31;
+    let x = Tensor::zeros(n, DType::BF16, dev)?;
+    let _ = x.copy()?;
+    sync(dev)?;
+    let t = Instant::now();
+    for _ in 0..5 {
+        let _ = x.copy()?;
+    }
+    sync(dev)?;
+    let bw = 5.0 * 2.0 * (n * 2) as f64 / t.elapsed().as_secs_f64();
+    drop(x);
+    let bytes = active_bytes(&cfg, dtype);
+    let floor_ms = bytes / bw * 1e3;
+    result(
+        "floor",
+        serde_json::json!({ "copy_bandwidth_GBps": bw / 1e9, "active_bytes_per_step_GB": bytes / 1e9,
+                            "floor_ms_per_step": floor_ms, "floor_tok_s": 1e3 / floor_ms, "layers": layers }),
+        dev_name,
+    );
+
+    for n in [512usize, 2048] {
+        let toks = prompt(n, 11);
+        let run = || -> Res<f64> {
+            let mut cache = model.new_cache(n)?;
+            sync(dev)?;
+            let t = Instant::now();
+            let out = model.forward(&[&toks], &mut [&mut cache], LogitsMode::Last)?;
+            let _ = out.logits.expect("logits").argmax(D::Minus1)?.to_vec1::<u32>()?;
+            Ok(t.elapsed().as_secs_f64())
+        };
+        run()?;
+        let reps = 3;
+        let mut total = 0.0;
+        for _ in 0..reps {
+            total += run()?;
+        }
+        let dt = total / reps as f64;
+        result("prefill", serde_json::json!({ "prompt_tokens": n, "ms": dt * 1e3, "tok_s": n as f64 / dt }), dev_name);
+    }
+
+    // Greedy decode at batch 1 after a 32-token prompt; the token goes to the host each step.
+    let decode = |steps: usize| -> Res<f64> {
+        let toks = prompt(32, 5);
+        let mut cache = model.new_cache(32 + steps + 1)?;
+        let out = model.forward(&[&toks], &mut [&mut cache], LogitsMode::Last)?;
+        let mut next = out.logits.expect("logits").argmax(D::Minus1)?.to_vec1::<u32>()?[0];
+        sync(dev)?;
+        let t = Instant::now();
+        for _ in 0..steps {
+            let out = model.forward(&[&[next]], &mut [&mut cache], LogitsMode::Last)?;
+            next = out.logits.expect("logits").argmax(D::Minus1)?.to_vec1::<u32>()?[0];
+        }
+        Ok(t.elapsed().as_secs_f64() / steps as f64)
+    };
+    decode(4)?;
+    let dt = decode(steps)?;
+    result(
+        "decode_b1",
+        serde_json::json!({ "steps": steps, "ms_per_step": dt * 1e3, "tok_s": 1.0 / dt,
+                            "fraction_of_floor": floor_ms / (dt * 1e3) }),
+        dev_name,
+    );
+
+    // Batched decode (8 sequences, one token each per step), for the serving picture.
+    let b = 8;
+    let mut caches = (0..b).map(|_| model.new_cache(64 + steps)).collect::<Result<Vec<_>, _>>()?;
+    let prompts: Vec<Vec<u32>> = (0..b).map(|s| prompt(32, s as u32 * 7919)).collect();
+    {
+        let toks: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
+        let mut refs: Vec<_> = caches.iter_mut().collect();
+        model.forward(&toks, &mut refs, LogitsMode::Last)?;
+    }
+    let mut next: Vec<u32> = vec![1; b];
+    sync(dev)?;
+    let t = Instant::now();
+    let bsteps = steps.min(32);
+    for _ in 0..bsteps {
+        let owned: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+        let toks: Vec<&[u32]> = owned.iter().map(|t| t.as_slice()).collect();
+        let mut refs: Vec<_> = caches.iter_mut().collect();
+        let out = model.forward(&toks, &mut refs, LogitsMode::Last)?;
+        next = out.logits.expect("logits").argmax(D::Minus1)?.to_vec1::<u32>()?;
+    }
+    let dt = t.elapsed().as_secs_f64() / bsteps as f64;
+    result("decode_b8", serde_json::json!({ "ms_per_step": dt * 1e3, "tok_s": b as f64 / dt }), dev_name);
+    Ok(())
+}
+
+fn main() -> Res<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse::<usize>().ok());
+    let cpu = args.iter().any(|a| a == "--cpu");
+    let dev = device(cpu)?;
+    let dev_name = std::env::var("KB_DEVICE_NAME").unwrap_or_else(|_| if dev.is_cuda() { "cuda:0".into() } else { "cpu".into() });
+    match args.first().map(String::as_str) {
+        Some("compare") => {
+            let dir = args.get(1).ok_or("compare needs a directory")?;
+            compare(Path::new(dir), &dev, &dev_name)
+        }
+        Some("bench") => bench(flag("--layers").unwrap_or(27), flag("--steps").unwrap_or(64), &dev, &dev_name),
+        _ => Err("usage: deepseek-bench compare DIR | bench [--layers N] [--steps N] [--cpu]".into()),
+    }
+}

@@ -1,0 +1,38 @@
+//! DeepSeek-V2 (and V2-Lite) mixture-of-experts language model, written for serving.
+//!
+//! - [`config`]: `config.json`, validated (MLA ranks, YaRN, MoE routing options).
+//! - [`loader`]: sharded safetensors (or random weights for benchmarks), shape-checked.
+//! - [`mla`]: multi-head latent attention in absorbed form over a latent-only cache ([`cache`]).
+//! - [`moe`]: shared + routed experts, tokens grouped per expert.
+//! - [`model`]: the batched forward pass — many sequences, each with its own cache and
+//!   position, one call for prefill and decode alike — returning logits and final hidden states.
+
+pub mod cache;
+pub mod config;
+#[cfg(feature = "cuda")]
+pub mod kernels;
+pub mod loader;
+pub mod mla;
+pub mod model;
+pub mod moe;
+pub mod rope;
+
+pub use cache::LatentCache;
+pub use config::{DeepSeekV2Config, TopkMethod, YarnScaling};
+pub use loader::{RandomSource, SafetensorsSource, WeightSource};
+pub use model::{DeepSeekV2, ForwardOutput, LogitsMode};
+
+use candle_core::{Result, Tensor};
+
+/// x W^T for a 2-D (or batched 3-D) x and a (out, in) weight.
+pub(crate) fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    match x.rank() {
+        2 => x.matmul(&w.t()?),
+        _ => x.broadcast_matmul(&w.t()?),
+    }
+}
+
+/// RMSNorm over the last dimension (fused kernel; statistics in f32).
+pub(crate) fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
+    candle_nn::ops::rms_norm(x, w, eps as f32)
+}

@@ -1,0 +1,232 @@
+//! The DeepSeek-V2 decoder stack and its batched forward pass.
+
+use super::cache::LatentCache;
+use super::config::DeepSeekV2Config;
+use super::loader::{SafetensorsSource, WeightSource};
+use super::mla::{causal_mask, MaskCache, Mla, SeqSpan};
+use super::moe::{Mlp, Moe};
+use super::rope::{Rope, DEFAULT_MAX_POSITIONS};
+use super::{linear, rms_norm};
+use crate::ModelError;
+use candle_core::{DType, Device, Tensor};
+use std::path::Path;
+
+#[derive(Debug, Clone)]
+enum Ffn {
+    Dense(Mlp),
+    Moe(Moe),
+}
+
+#[derive(Debug, Clone)]
+struct Layer {
+    input_norm: Tensor,
+    attn: Mla,
+    post_norm: Tensor,
+    ffn: Ffn,
+}
+
+/// Which rows get logits (the vocabulary projection is the largest single matmul).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsMode {
+    /// Every token (comparisons, scoring).
+    All,
+    /// The last token of each sequence (generation).
+    Last,
+    /// None (embedding: hidden states only).
+    None,
+}
+
+/// What a forward pass returns.
+#[derive(Debug, Clone)]
+pub struct ForwardOutput {
+    /// f32 logits, (rows, vocab): every token for [`LogitsMode::All`], one row per sequence
+    /// for [`LogitsMode::Last`].
+    pub logits: Option<Tensor>,
+    /// Final hidden states after the last norm, (total tokens, hidden), in the model dtype,
+    /// sequences one after another in the order given.
+    pub hidden: Tensor,
+    /// Each sequence's rows in `hidden` (and in `logits` for `All`).
+    pub spans: Vec<SeqSpan>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DeepSeekV2 {
+    cfg: DeepSeekV2Config,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Tensor,
+    rope: Rope,
+    dtype: DType,
+    device: Device,
+}
+
+impl DeepSeekV2 {
+    /// Loads a Hugging Face checkpoint directory (`config.json` + safetensors shards): bf16 on
+    /// CUDA, f32 on CPU.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, ModelError> {
+        let cfg = DeepSeekV2Config::from_file(&dir.join("config.json"))?;
+        let src = SafetensorsSource::open(dir)?;
+        let dtype = if device.is_cuda() { DType::BF16 } else { DType::F32 };
+        Self::from_source(cfg, &src, dtype, device)
+    }
+
+    /// Builds the model from any weight source, validating every tensor's shape.
+    pub fn from_source(
+        cfg: DeepSeekV2Config,
+        src: &dyn WeightSource,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        let hd = cfg.hidden_size;
+        let started = std::time::Instant::now();
+        let embed = src.get("model.embed_tokens.weight", &[cfg.vocab_size, hd], dtype, device)?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let ffn = if cfg.is_moe_layer(i) {
+                Ffn::Moe(Moe::load(&cfg, src, &format!("{p}.mlp"), dtype, device)?)
+            } else {
+                Ffn::Dense(Mlp::load(src, &format!("{p}.mlp"), hd, cfg.intermediate_size, dtype, device)?)
+            };
+            layers.push(Layer {
+                input_norm: src.get(&format!("{p}.input_layernorm.weight"), &[hd], dtype, device)?,
+                attn: Mla::load(&cfg, src, &format!("{p}.self_attn"), dtype, device)?,
+                post_norm: src.get(&format!("{p}.post_attention_layernorm.weight"), &[hd], dtype, device)?,
+                ffn,
+            });
+            tracing::debug!(layer = i, moe = cfg.is_moe_layer(i), "loaded layer");
+        }
+        let norm = src.get("model.norm.weight", &[hd], dtype, device)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            embed.clone()
+        } else {
+            src.get("lm_head.weight", &[cfg.vocab_size, hd], dtype, device)?
+        };
+        let rope = Rope::new(&cfg, DEFAULT_MAX_POSITIONS, dtype, device)?;
+        tracing::info!(
+            layers = cfg.num_hidden_layers,
+            experts = cfg.n_routed_experts,
+            ?dtype,
+            secs = started.elapsed().as_secs_f32(),
+            "loaded DeepSeek-V2"
+        );
+        Ok(Self { cfg, embed, layers, norm, lm_head, rope, dtype, device: device.clone() })
+    }
+
+    pub fn config(&self) -> &DeepSeekV2Config {
+        &self.cfg
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Longest sequence (prompt plus answer) the position table covers.
+    pub fn max_positions(&self) -> usize {
+        self.rope.max_positions()
+    }
+
+    /// An empty latent cache for one sequence, with room for `capacity` tokens (it grows).
+    pub fn new_cache(&self, capacity: usize) -> Result<LatentCache, ModelError> {
+        Ok(LatentCache::new(
+            self.cfg.num_hidden_layers,
+            self.cfg.latent_dim(),
+            capacity,
+            self.dtype,
+            &self.device,
+        )?)
+    }
+
+    /// The MoE block of layer `i`, if it is one (tests inspect routing through it).
+    pub fn moe_layer(&self, i: usize) -> Option<&Moe> {
+        match &self.layers.get(i)?.ffn {
+            Ffn::Moe(m) => Some(m),
+            Ffn::Dense(_) => None,
+        }
+    }
+
+    /// One forward pass over a batch of sequences: `tokens[s]` are the new tokens of sequence
+    /// `s`, appended after what `caches[s]` already holds (prefill: an empty cache and the whole
+    /// prompt; decode: one token). Caches are extended in place.
+    pub fn forward(
+        &self,
+        tokens: &[&[u32]],
+        caches: &mut [&mut LatentCache],
+        mode: LogitsMode,
+    ) -> Result<ForwardOutput, ModelError> {
+        if tokens.len() != caches.len() {
+            return Err(ModelError::InvalidInput(format!(
+                "{} token lists for {} caches",
+                tokens.len(),
+                caches.len()
+            )));
+        }
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        let mut spans = Vec::with_capacity(tokens.len());
+        for (toks, cache) in tokens.iter().zip(caches.iter_mut()) {
+            if toks.is_empty() {
+                return Err(ModelError::InvalidInput("a sequence with no new tokens".into()));
+            }
+            if let Some(&bad) = toks.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+                return Err(ModelError::InvalidInput(format!("token id {bad} beyond vocabulary {}", self.cfg.vocab_size)));
+            }
+            let start = cache.len();
+            if start + toks.len() > self.rope.max_positions() {
+                return Err(ModelError::InvalidInput(format!(
+                    "sequence of {} tokens exceeds the {} positions supported",
+                    start + toks.len(),
+                    self.rope.max_positions()
+                )));
+            }
+            cache.reserve(toks.len())?;
+            spans.push(SeqSpan { start: ids.len(), len: toks.len() });
+            ids.extend_from_slice(toks);
+            positions.extend((start..start + toks.len()).map(|p| p as u32));
+        }
+        let n = ids.len();
+        let ids = Tensor::from_vec(ids, n, &self.device)?;
+        let positions = Tensor::from_vec(positions, n, &self.device)?;
+        let (cos, sin) = self.rope.gather(&positions)?;
+        let eps = self.cfg.rms_norm_eps;
+
+        let mut masks = MaskCache::new();
+        for (span, cache) in spans.iter().zip(caches.iter()) {
+            let prefix = cache.len();
+            if span.len > 1 && !masks.contains_key(&(span.len, prefix)) {
+                let m = causal_mask(span.len, prefix, prefix + span.len, self.dtype, &self.device)?;
+                masks.insert((span.len, prefix), m);
+            }
+        }
+        let mut x = self.embed.index_select(&ids, 0)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = rms_norm(&x, &layer.input_norm, eps)?;
+            let a = layer.attn.forward(&h, &cos, &sin, &spans, caches, i, &masks)?;
+            x = (x + a)?;
+            let h = rms_norm(&x, &layer.post_norm, eps)?;
+            x = match &layer.ffn {
+                Ffn::Dense(m) => (x + m.forward(&h)?)?,
+                Ffn::Moe(m) => m.forward_residual(&h, &x)?,
+            };
+        }
+        for (span, cache) in spans.iter().zip(caches.iter_mut()) {
+            cache.advance(span.len);
+        }
+        let hidden = rms_norm(&x, &self.norm, eps)?;
+        let logits = match mode {
+            LogitsMode::None => None,
+            LogitsMode::All => Some(linear(&hidden, &self.lm_head)?.to_dtype(DType::F32)?),
+            LogitsMode::Last => {
+                let last: Vec<u32> = spans.iter().map(|s| (s.start + s.len - 1) as u32).collect();
+                let rows = hidden.index_select(&Tensor::new(last.as_slice(), &self.device)?, 0)?;
+                Some(linear(&rows, &self.lm_head)?.to_dtype(DType::F32)?)
+            }
+        };
+        Ok(ForwardOutput { logits, hidden, spans })
+    }
+}

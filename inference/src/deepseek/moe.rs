@@ -1,0 +1,259 @@
+//! The feed-forward blocks: the dense SwiGLU MLP and the DeepSeek mixture of experts
+//! (shared experts that always run plus top-k routed experts).
+//!
+//! Routed experts run as serving engines run them: the router's choices are grouped by expert
+//! and each active expert does one matmul over all of its tokens. On CUDA, small batches
+//! (decode) instead go through a fused kernel that reads the chosen experts' weights by id on
+//! the device, which needs no host round trip (see `kernels`).
+
+use super::config::{DeepSeekV2Config, TopkMethod};
+use super::loader::WeightSource;
+use super::linear;
+use crate::ModelError;
+use candle_core::{DType, Device, Result, Tensor, D};
+
+/// SwiGLU MLP with gate and up fused into one (2 * inter, hidden) matrix.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    gate_up: Tensor,
+    down: Tensor,
+    inter: usize,
+}
+
+impl Mlp {
+    pub fn load(
+        src: &dyn WeightSource,
+        prefix: &str,
+        hidden: usize,
+        inter: usize,
+        dtype: DType,
+        device: &Device,
+    ) -> std::result::Result<Self, ModelError> {
+        let get = |n: &str, s: &[usize]| src.get(&format!("{prefix}.{n}"), s, dtype, device);
+        let gate = get("gate_proj.weight", &[inter, hidden])?;
+        let up = get("up_proj.weight", &[inter, hidden])?;
+        let down = get("down_proj.weight", &[hidden, inter])?;
+        Ok(Self { gate_up: Tensor::cat(&[&gate, &up], 0)?, down, inter })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        swiglu_down(x, &self.gate_up, &self.down, self.inter)
+    }
+}
+
+/// down(silu(x gate^T) * (x up^T)) with gate and up stacked in `gate_up`.
+fn swiglu_down(x: &Tensor, gate_up: &Tensor, down: &Tensor, inter: usize) -> Result<Tensor> {
+    let gu = linear(x, gate_up)?;
+    let act = (candle_nn::ops::silu(&gu.narrow(D::Minus1, 0, inter)?)? * gu.narrow(D::Minus1, inter, inter)?)?;
+    linear(&act, down)
+}
+
+/// Which experts each token goes to, and with what weight.
+#[derive(Debug, Clone)]
+pub struct Routing {
+    /// (N, k) u32 expert ids.
+    pub ids: Tensor,
+    /// (N, k) f32 weights (already normalised or scaled as the config says).
+    pub weights: Tensor,
+}
+
+/// Largest token count sent through the fused CUDA kernels; they re-read each chosen expert
+/// per token, so past a few tokens grouping by expert reads less.
+#[cfg(feature = "cuda")]
+const FUSED_MAX_TOKENS: usize = 8;
+
+#[derive(Debug, Clone)]
+pub struct Moe {
+    /// Router (n_experts, hidden), kept in f32 like the reference (routing is precision-sensitive).
+    gate: Tensor,
+    /// (E + S, 2 * inter, hidden): every routed expert's gate and up rows, then the shared
+    /// experts cut into S chunks of `inter` (a SwiGLU MLP is the sum of its chunks).
+    gate_up: Tensor,
+    /// (E + S, hidden, inter)
+    down: Tensor,
+    /// S: shared chunks, n_shared_experts of them.
+    shared: usize,
+    inter: usize,
+    n_experts: usize,
+    top_k: usize,
+    method: TopkMethod,
+    norm_topk_prob: bool,
+    scaling: f64,
+}
+
+impl Moe {
+    pub fn load(
+        cfg: &DeepSeekV2Config,
+        src: &dyn WeightSource,
+        prefix: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> std::result::Result<Self, ModelError> {
+        let (hd, inter, e) = (cfg.hidden_size, cfg.moe_intermediate_size, cfg.n_routed_experts);
+        let gate = src.get(&format!("{prefix}.gate.weight"), &[e, hd], DType::F32, device)?;
+        // Two layouts: the hub's one tensor per expert, or transformers 5's fused 3-D tensors.
+        let fused = format!("{prefix}.experts.gate_up_proj");
+        let (mut gate_up, mut down) = if src.contains(&fused) {
+            let gate_up = src.get(&fused, &[e, 2 * inter, hd], dtype, device)?;
+            let down = src.get(&format!("{prefix}.experts.down_proj"), &[e, hd, inter], dtype, device)?;
+            (vec![gate_up], vec![down])
+        } else {
+            let mut gu = Vec::with_capacity(e);
+            let mut dn = Vec::with_capacity(e);
+            for i in 0..e {
+                let get = |n: &str, s: &[usize]| src.get(&format!("{prefix}.experts.{i}.{n}"), s, dtype, device);
+                let g = get("gate_proj.weight", &[inter, hd])?;
+                let u = get("up_proj.weight", &[inter, hd])?;
+                gu.push(Tensor::cat(&[&g, &u], 0)?.unsqueeze(0)?);
+                dn.push(get("down_proj.weight", &[hd, inter])?.unsqueeze(0)?);
+            }
+            (gu, dn)
+        };
+        let shared = cfg.n_shared_experts;
+        if shared > 0 {
+            let si = inter * shared;
+            let get = |n: &str, s: &[usize]| src.get(&format!("{prefix}.shared_experts.{n}"), s, dtype, device);
+            let g = get("gate_proj.weight", &[si, hd])?.reshape((shared, inter, hd))?;
+            let u = get("up_proj.weight", &[si, hd])?.reshape((shared, inter, hd))?;
+            gate_up.push(Tensor::cat(&[&g, &u], 1)?);
+            let d = get("down_proj.weight", &[hd, si])?.reshape((hd, shared, inter))?;
+            down.push(d.transpose(0, 1)?.contiguous()?);
+        }
+        Ok(Self {
+            gate,
+            gate_up: Tensor::cat(&gate_up, 0)?,
+            down: Tensor::cat(&down, 0)?,
+            shared,
+            inter,
+            n_experts: e,
+            top_k: cfg.num_experts_per_tok,
+            method: cfg.topk_method,
+            norm_topk_prob: cfg.norm_topk_prob,
+            scaling: cfg.routed_scaling_factor,
+        })
+    }
+
+    pub fn top_k(&self) -> usize {
+        self.top_k
+    }
+
+    pub fn has_shared_experts(&self) -> bool {
+        self.shared > 0
+    }
+
+    /// The router's softmax over all experts, (N, E) f32.
+    pub fn router_probs(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::softmax_last_dim(&linear(&x.to_dtype(DType::F32)?, &self.gate)?)
+    }
+
+    /// The shared experts' output alone (they see every token).
+    pub fn shared_forward(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        if self.shared == 0 {
+            return Ok(None);
+        }
+        let mut acc: Option<Tensor> = None;
+        for c in 0..self.shared {
+            let y = self.expert_forward(self.n_experts + c, x)?;
+            acc = Some(match acc {
+                Some(a) => (a + y)?,
+                None => y,
+            });
+        }
+        Ok(acc)
+    }
+
+    /// Expert `e` (routed, or shared chunk e - E) applied to every row of `x`, unweighted.
+    pub fn expert_forward(&self, e: usize, x: &Tensor) -> Result<Tensor> {
+        swiglu_down(x, &self.gate_up.get(e)?, &self.down.get(e)?, self.inter)
+    }
+    /// Softmax gating and top-k (group-limited when configured), all on the device.
+    pub fn route(&self, x: &Tensor) -> Result<Routing> {
+        let probs = self.router_probs(x)?; // (N, E)
+        let candidates = match self.method {
+            TopkMethod::Greedy => probs.clone(),
+            TopkMethod::GroupLimitedGreedy { n_group, topk_group } => {
+                // Keep the topk_group groups whose best expert scores highest; zero the rest.
+                let n = probs.dim(0)?;
+                let grouped = probs.reshape((n, n_group, self.n_experts / n_group))?;
+                let group_best = grouped.max_keepdim(2)?; // (N, G, 1)
+                let order = group_best.squeeze(2)?.arg_sort_last_dim(false)?;
+                let kth = group_best.squeeze(2)?.gather(&order.narrow(1, topk_group - 1, 1)?.contiguous()?, 1)?;
+                let keep = group_best.broadcast_ge(&kth.unsqueeze(2)?)?.to_dtype(DType::F32)?;
+                grouped.broadcast_mul(&keep)?.reshape((n, self.n_experts))?
+            }
+        };
+        let ids = candidates.arg_sort_last_dim(false)?.narrow(1, 0, self.top_k)?.contiguous()?;
+        let mut weights = probs.gather(&ids, 1)?;
+        // DeepSeek-V2: normalise the k weights when asked, else scale them.
+        if self.top_k > 1 && self.norm_topk_prob {
+            weights = weights.broadcast_div(&(weights.sum_keepdim(1)? + 1e-20)?)?;
+        } else {
+            weights = (weights * self.scaling)?;
+        }
+        Ok(Routing { ids, weights })
+    }
+
+    /// shared(x) + sum_k w_k expert_k(x) for the (N, hidden) tokens `x`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let routing = self.route(x)?;
+        let routed = self.experts_grouped(x, &routing)?;
+        match self.shared_forward(x)? {
+            Some(s) => s + routed,
+            None => Ok(routed),
+        }
+    }
+
+    /// residual + forward(x): on CUDA at decode sizes one fused pass with no host round trip.
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        {
+            let (n, hd) = x.dims2()?;
+            if n <= FUSED_MAX_TOKENS && super::kernels::supported(x, hd, self.inter, self.n_experts) {
+                let route = match self.method {
+                    TopkMethod::Greedy => {
+                        super::kernels::route(x, &self.gate, self.top_k, self.norm_topk_prob, self.scaling)?
+                    }
+                    TopkMethod::GroupLimitedGreedy { .. } => {
+                        let r = self.route(x)?;
+                        Tensor::cat(&[&r.ids.to_dtype(DType::F32)?, &r.weights], 1)?
+                    }
+                };
+                return super::kernels::experts(x, &route, &self.gate_up, &self.down, residual, self.top_k, self.shared);
+            }
+        }
+        residual + self.forward(x)?
+    }
+
+    /// Routed experts, grouped: one host read of the routing, then per active expert one
+    /// gather of its tokens, one gate_up matmul, one down matmul and one scatter-add.
+    pub fn experts_grouped(&self, x: &Tensor, routing: &Routing) -> Result<Tensor> {
+        let (n, hd) = x.dims2()?;
+        let ids = routing.ids.to_vec2::<u32>()?;
+        let ws = routing.weights.to_vec2::<f32>()?;
+        let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); self.n_experts];
+        let mut weights: Vec<Vec<f32>> = vec![Vec::new(); self.n_experts];
+        for (t, (row_ids, row_ws)) in ids.iter().zip(ws.iter()).enumerate() {
+            for (&e, &w) in row_ids.iter().zip(row_ws.iter()) {
+                tokens[e as usize].push(t as u32);
+                weights[e as usize].push(w);
+            }
+        }
+        let mut out = Tensor::zeros((n, hd), DType::F32, x.device())?;
+        for (e, (tok, w)) in tokens.iter().zip(weights.iter()).enumerate() {
+            if tok.is_empty() {
+                continue;
+            }
+            let idx = Tensor::new(tok.as_slice(), x.device())?;
+            let xs = if tok.len() == n && tok.iter().enumerate().all(|(i, &t)| t as usize == i) {
+                x.clone()
+            } else {
+                x.index_select(&idx, 0)?
+            };
+            let y = swiglu_down(&xs, &self.gate_up.get(e)?, &self.down.get(e)?, self.inter)?;
+            let w = Tensor::from_slice(w.as_slice(), (tok.len(), 1), x.device())?;
+            let y = y.to_dtype(DType::F32)?.broadcast_mul(&w)?;
+            out = out.index_add(&idx, &y, 0)?;
+        }
+        out.to_dtype(x.dtype())
+    }
+}

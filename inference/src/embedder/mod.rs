@@ -1,0 +1,23 @@
+pub mod bert;
+
+use crate::ModelError;
+
+/// Turns texts into L2-normalised vectors. Implementations: [`bert::BertEmbedder`] (the
+/// default sentence encoder) and the DeepSeek embedding head.
+pub trait Embedder: Send + Sync {
+    /// A stable name recorded with every collection built by this embedder, so that a
+    /// collection is never queried with vectors from another model.
+    fn id(&self) -> &str;
+    /// Vector dimension.
+    fn dim(&self) -> usize;
+    /// The most tokens one input may have; longer inputs are truncated.
+    fn max_tokens(&self) -> usize;
+    /// The embedder's own tokenizer, which the chunker counts with.
+    fn tokenizer(&self) -> &tokenizers::Tokenizer;
+    /// Embeds passages (documents being indexed).
+    fn embed_passages(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ModelError>;
+    /// Embeds a search query. Same as passages unless the model is asymmetric.
+    fn embed_query(&self, text: &str) -> Result<Vec<f32>, ModelError> {
+        Ok(self.embed_passages(&[text])?.remove(0))
+    }
+}

@@ -1,0 +1,14 @@
+//! The candle models behind kb: sentence embedders and answer generators.
+//!
+//! Two small traits, [`Embedder`] and [`Generator`], are the whole contract the rest of kb
+//! sees; each implementation lives in its own module.
+
+mod embedder;
+mod error;
+pub mod deepseek;
+pub mod generator;
+
+pub use embedder::{bert::BertEmbedder, Embedder};
+pub use error::ModelError;
+pub use generator::{ChatMessage, FinishReason, Flow, GenerationStats, Generator, Role, SamplingParams};
+pub use generator::{smollm::SmolLmGenerator, GgufTokenizer, RepeatPenalty, WeightFormat};

@@ -1,0 +1,185 @@
+//! kb's one configuration struct. Values come from, in rising precedence: built-in
+//! defaults, a TOML file (`--config`, else `<data-dir>/kb.toml` when present), environment
+//! variables, command-line flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+/// Flags shared by every `kb` command. Each is also an environment variable.
+#[derive(Debug, Clone, Args, Default)]
+pub struct ConfigArgs {
+    /// Configuration file (TOML). Default: <data-dir>/kb.toml if it exists.
+    #[arg(long, env = "KB_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Where the database (SQLite default), indexes and uploads live.
+    #[arg(long, env = "KB_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Where model weights live (scripts/fetch-models.sh fills it).
+    #[arg(long, env = "KB_MODELS_DIR", global = true)]
+    pub models_dir: Option<PathBuf>,
+    /// sqlite://PATH or postgres://… (default: SQLite file in the data directory).
+    #[arg(long, env = "DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+    /// JSON logs.
+    #[arg(long, env = "KB_LOG_JSON", global = true)]
+    pub log_json: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub models_dir: PathBuf,
+    pub database_url: Option<String>,
+    /// Sentence-encoder directory name under `models_dir`.
+    pub embedder: String,
+    /// `smollm2` (CPU default), `deepseek`, or `none` (extractive answers only).
+    pub generator: String,
+    pub chunk_tokens: usize,
+    pub chunk_overlap: usize,
+    pub hnsw_m: usize,
+    pub hnsw_ef_construction: usize,
+    pub hnsw_ef_search: usize,
+    /// `convex` or `rrf`.
+    pub fusion: String,
+    /// Vector weight of convex fusion.
+    pub fusion_alpha: f32,
+    pub rrf_k: f32,
+    pub max_upload_bytes: u64,
+    pub ingest_workers: usize,
+    pub pdf_timeout_secs: u64,
+    pub pdf_memory_mb: u64,
+    pub log_json: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            models_dir: PathBuf::from("./models"),
+            database_url: None,
+            embedder: "all-MiniLM-L6-v2".into(),
+            generator: "smollm2".into(),
+            chunk_tokens: 200,
+            chunk_overlap: 32,
+            hnsw_m: 16,
+            hnsw_ef_construction: 200,
+            hnsw_ef_search: 128,
+            fusion: "convex".into(),
+            fusion_alpha: 0.5,
+            rrf_k: 60.0,
+            max_upload_bytes: 64 * 1024 * 1024,
+            ingest_workers: 2,
+            pdf_timeout_secs: 30,
+            pdf_memory_mb: 1024,
+            log_json: false,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the file, then environment and flags (which clap has merged).
+    pub fn load(args: &ConfigArgs) -> anyhow::Result<Self> {
+        let data_dir_hint = args.data_dir.clone().unwrap_or_else(|| Config::default().data_dir);
+        let file = args.config.clone().or_else(|| {
+            let p = data_dir_hint.join("kb.toml");
+            p.is_file().then_some(p)
+        });
+        let mut config = match &file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading configuration file {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing configuration file {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        if let Some(d) = &args.data_dir {
+            config.data_dir = d.clone();
+        }
+        if let Some(m) = &args.models_dir {
+            config.models_dir = m.clone();
+        }
+        if let Some(u) = &args.database_url {
+            config.database_url = Some(u.clone());
+        }
+        config.log_json |= args.log_json;
+        Ok(config)
+    }
+
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(u) if !u.is_empty() => u.clone(),
+            _ => format!("sqlite://{}", self.data_dir.join("kb.sqlite").display()),
+        }
+    }
+
+    pub fn index_dir(&self) -> PathBuf {
+        self.data_dir.join("indexes")
+    }
+
+    pub fn upload_dir(&self) -> PathBuf {
+        self.data_dir.join("uploads")
+    }
+
+    pub fn embedder_dir(&self) -> PathBuf {
+        self.models_dir.join(&self.embedder)
+    }
+
+    pub fn model_path(&self, relative: &str) -> PathBuf {
+        self.models_dir.join(relative)
+    }
+
+    /// The configuration as printed at start, secrets masked.
+    pub fn describe(&self) -> String {
+        let mut shown = self.clone();
+        shown.database_url = Some(mask_password(&self.database_url()));
+        toml::to_string(&shown).unwrap_or_default()
+    }
+
+    pub fn ensure_dirs(&self) -> anyhow::Result<()> {
+        for dir in [&self.data_dir, &self.index_dir(), &self.upload_dir()] {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        Ok(())
+    }
+}
+
+fn mask_password(url: &str) -> String {
+    // postgres://user:secret@host/db → postgres://user:***@host/db
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match url[s + 3..at].find(':') {
+            Some(c) => format!("{}:***{}", &url[..s + 3 + c], &url[at..]),
+            None => url.to_owned(),
+        },
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_masked() {
+        assert_eq!(mask_password("postgres://kb:hunter2@db:5432/kb"), "postgres://kb:***@db:5432/kb");
+        assert_eq!(mask_password("sqlite://data/kb.sqlite"), "sqlite://data/kb.sqlite");
+    }
+
+    #[test]
+    fn file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("kb.toml");
+        std::fs::write(&file, "chunk_tokens = 128\nmodels_dir = \"/m\"\n").unwrap();
+        let args = ConfigArgs { config: Some(file), models_dir: Some("/flag".into()), ..Default::default() };
+        let c = Config::load(&args).unwrap();
+        assert_eq!(c.chunk_tokens, 128);
+        assert_eq!(c.models_dir, PathBuf::from("/flag"));
+        assert!(c.database_url().starts_with("sqlite://"));
+    }
+}

@@ -1,0 +1,103 @@
+//! `kb`: the knowledge-base service and its command line.
+
+mod app;
+mod commands;
+mod config;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use kb_index::SearchMode;
+
+use crate::config::{Config, ConfigArgs};
+
+#[derive(Parser)]
+#[command(name = "kb", version, about = "Enterprise knowledge base: ingest documents, search them, ask questions")]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Ingest files and directories (recursively) into a collection, creating it if needed.
+    Ingest {
+        #[arg(long, short)]
+        collection: String,
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Search a collection.
+    Search {
+        #[arg(long, short)]
+        collection: String,
+        #[arg(long, default_value = "hybrid")]
+        mode: SearchMode,
+        #[arg(long, default_value_t = 10)]
+        top_k: usize,
+        /// At most one hit per document.
+        #[arg(long)]
+        distinct: bool,
+        query: String,
+    },
+    /// List collections with their document and chunk counts.
+    Collections,
+    /// Measure retrieval quality and speed.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+    /// Internal: parse one PDF from stdin in an isolated process.
+    #[command(name = "pdf-worker", hide = true)]
+    PdfWorker,
+}
+
+#[derive(Subcommand)]
+enum EvalCommand {
+    /// A BEIR-format dataset: corpus.jsonl, queries.jsonl, qrels/test.tsv.
+    Beir {
+        dir: PathBuf,
+        #[arg(long, short)]
+        collection: String,
+        #[arg(long, default_value = "hybrid")]
+        mode: SearchMode,
+        /// Documents per ingest batch.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+    },
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KB_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tantivy=warn,hnsw_rs=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Command::PdfWorker = cli.command {
+        // Before anything else: the worker must stay small and talk only through its pipes.
+        std::process::exit(kb_ingest::parse::pdf_worker_main());
+    }
+    let config = Config::load(&cli.config)?;
+    init_tracing(config.log_json);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Ingest { collection, paths } => commands::ingest::run(config, &collection, &paths).await,
+            Command::Search { collection, mode, top_k, distinct, query } => {
+                commands::search::run(config, &collection, mode, top_k, distinct, &query).await
+            }
+            Command::Collections => commands::collections::run(config).await,
+            Command::Eval(EvalCommand::Beir { dir, collection, mode, batch }) => {
+                commands::eval::run(config, &dir, &collection, mode, batch).await
+            }
+            Command::PdfWorker => unreachable!("handled above"),
+        }
+    })
+}
