@@ -175,7 +175,11 @@ fn callback_stop_cancels() {
     let stats = g
         .generate(&user("Tell me about the ocean."), &greedy(64), &mut |_| {
             calls += 1;
-            if calls == 2 { Flow::Stop } else { Flow::Continue }
+            if calls == 2 {
+                Flow::Stop
+            } else {
+                Flow::Continue
+            }
         })
         .unwrap();
     assert_eq!(stats.finish_reason, FinishReason::Cancelled);
@@ -192,7 +196,10 @@ fn sampling_is_seeded() {
     let (b, _) = collect(g, &messages, &params);
     assert_eq!(a, b);
     let bad = SamplingParams { temperature: -1.0, ..greedy(4) };
-    assert!(matches!(g.generate(&messages, &bad, &mut |_| Flow::Continue), Err(ModelError::InvalidInput(_))));
+    assert!(matches!(
+        g.generate(&messages, &bad, &mut |_| Flow::Continue),
+        Err(ModelError::InvalidInput(_))
+    ));
 }
 
 #[test]
@@ -201,9 +208,8 @@ fn oversized_prompt_is_an_error() {
     let long = "word ".repeat(g.context_tokens());
     let err = g.generate(&user(&long), &greedy(8), &mut |_| Flow::Continue).unwrap_err();
     assert!(matches!(err, ModelError::ContextOverflow { .. }), "{err}");
-    let err = g
-        .generate(&user("hi"), &greedy(g.context_tokens()), &mut |_| Flow::Continue)
-        .unwrap_err();
+    let err =
+        g.generate(&user("hi"), &greedy(g.context_tokens()), &mut |_| Flow::Continue).unwrap_err();
     assert!(matches!(err, ModelError::ContextOverflow { .. }), "{err}");
 }
 
@@ -217,6 +223,21 @@ fn bad_files_are_errors_not_panics() {
     let bytes: Vec<u8> = (0..1024u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     std::fs::write(&garbage, &bytes).unwrap();
     let err = SmolLmGenerator::load(&garbage).unwrap_err();
+    assert!(matches!(err, ModelError::Config { .. }), "{err}");
+
+    // A valid header whose alignment of 0 makes candle's parser divide by zero.
+    let zero_align = dir.path().join("zero-align.gguf");
+    let mut header = Vec::new();
+    header.extend_from_slice(b"GGUF");
+    header.extend_from_slice(&3u32.to_le_bytes()); // version
+    header.extend_from_slice(&0u64.to_le_bytes()); // tensors
+    header.extend_from_slice(&1u64.to_le_bytes()); // metadata entries
+    header.extend_from_slice(&17u64.to_le_bytes());
+    header.extend_from_slice(b"general.alignment");
+    header.extend_from_slice(&4u32.to_le_bytes()); // u32
+    header.extend_from_slice(&0u32.to_le_bytes());
+    std::fs::write(&zero_align, &header).unwrap();
+    let err = SmolLmGenerator::load(&zero_align).unwrap_err();
     assert!(matches!(err, ModelError::Config { .. }), "{err}");
 
     // A real header with the tensor data cut off.
@@ -292,7 +313,8 @@ fn compare_weight_formats() {
             .unwrap();
         let total = started.elapsed();
         let ttft = first.unwrap();
-        let (_, short) = collect(&g, &user("What is the capital of France? Answer in one word."), &greedy(8));
+        let (_, short) =
+            collect(&g, &user("What is the capital of France? Answer in one word."), &greedy(8));
         let t = Instant::now();
         let (_, short) = (collect(&g, &user("Say hello."), &greedy(16)), short);
         eprintln!(

@@ -41,6 +41,7 @@ pub struct Chunk {
 /// The tokenizer's own truncation and padding settings are ignored for counting.
 pub fn chunk_document(doc: &ParsedDocument, tokenizer: &Tokenizer, config: &ChunkerConfig) -> Vec<Chunk> {
     let target = config.target_tokens.max(1);
+    // More overlap than half a chunk would make chunks mostly repeats of each other.
     let overlap = config.overlap_tokens.min(target / 2);
     let blocks: Vec<&Block> = doc.blocks.iter().filter(|b| valid_block(&doc.text, b)).collect();
     if blocks.len() != doc.blocks.len() {

@@ -92,8 +92,14 @@ fn decode_utf32(bytes: &[u8], from: fn([u8; 4]) -> u32) -> Result<String, Ingest
 }
 
 fn is_pdf(bytes: &[u8]) -> bool {
+    let start = bytes.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(bytes.len());
+    if bytes[start..].starts_with(b"%PDF-") {
+        return true;
+    }
+    // Junk before the header is tolerated in binary files only: text that merely mentions
+    // "%PDF-" is text.
     let window = &bytes[..bytes.len().min(PDF_HEADER_WINDOW)];
-    window.windows(5).any(|w| w == b"%PDF-")
+    window.windows(5).any(|w| w == b"%PDF-") && std::str::from_utf8(bytes).is_err()
 }
 
 /// Names well-known binary formats from their magic numbers, so the error says what the file
@@ -204,6 +210,8 @@ mod tests {
         // Text named .pdf is text.
         assert_eq!(detect_format(b"plain words", "fake.pdf").unwrap(), Format::Text);
         assert_eq!(detect_format(b"%PDF-1.7\n...", "x.bin").unwrap(), Format::Pdf);
+        assert_eq!(detect_format(b"\xff\x00junk%PDF-1.4\n", "x.bin").unwrap(), Format::Pdf);
+        assert_eq!(detect_format(b"Files start with %PDF-1.7.", "a.md").unwrap(), Format::Markdown);
     }
 
     #[test]

@@ -196,6 +196,11 @@ def main():
         names = json.load(open(os.path.join(a.out, "model.safetensors.index.json")))["weight_map"] \
             if os.path.exists(os.path.join(a.out, "model.safetensors.index.json")) else {}
         report["saved_expert_layout"] = "fused" if any("experts.gate_up_proj" in n for n in names) else "per-expert"
+    if a.shape == "tiny":
+        # f32 reference from the same (bf16-valued) weights: kb runs f32 on the GPU against it.
+        model.float()
+        np.save(os.path.join(a.out, "logits_f32.npy"), logits_of(model, tokens))
+        model.to(torch.bfloat16)
     if a.bench:
         for m in attn:
             m.scaling = native

@@ -3,6 +3,7 @@
 mod app;
 mod commands;
 mod config;
+mod server;
 
 use std::path::PathBuf;
 
@@ -22,6 +23,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve the REST API and the web UI.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, env = "KB_ADDR")]
+        addr: Option<std::net::SocketAddr>,
+    },
     /// Ingest files and directories (recursively) into a collection, creating it if needed.
     Ingest {
         #[arg(long, short)]
@@ -84,11 +91,15 @@ fn main() -> anyhow::Result<()> {
         // Before anything else: the worker must stay small and talk only through its pipes.
         std::process::exit(kb_ingest::parse::pdf_worker_main());
     }
-    let config = Config::load(&cli.config)?;
+    let mut config = Config::load(&cli.config)?;
+    if let Command::Serve { addr: Some(addr) } = &cli.command {
+        config.addr = *addr;
+    }
     init_tracing(config.log_json);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
+            Command::Serve { .. } => server::run(config).await,
             Command::Ingest { collection, paths } => commands::ingest::run(config, &collection, &paths).await,
             Command::Search { collection, mode, top_k, distinct, query } => {
                 commands::search::run(config, &collection, mode, top_k, distinct, &query).await

@@ -77,6 +77,15 @@ impl Store {
         row.as_ref().map(from_row).transpose()
     }
 
+    /// The newest job of a document.
+    pub async fn latest_job(&self, document_id: i64) -> Result<Option<Job>> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM jobs WHERE document_id = $1 ORDER BY id DESC LIMIT 1"))
+            .bind(document_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(from_row).transpose()
+    }
+
     /// Marks the oldest queued job running and returns it. Only one dispatcher claims jobs,
     /// so no row locking is needed.
     pub async fn claim_job(&self) -> Result<Option<Job>> {

@@ -74,6 +74,23 @@ fn compare(dir: &Path, dev: &Device, dev_name: &str) -> Res<()> {
         result("rope", serde_json::json!({ "inv_freq_max_rel_err": rel, "cos_sin_mscale": mscale }), dev_name);
     }
     let layers = model.config().num_hidden_layers;
+    // f32 on the GPU against transformers in f32 (tiny shape only): no bf16 noise, so this
+    // checks the arithmetic itself.
+    let f32_ref = dir.join("logits_f32.npy");
+    if f32_ref.exists() && dev.is_cuda() {
+        let m32 = DeepSeekV2::load_with_dtype(dir, dev, DType::F32)?;
+        let want = Tensor::read_npy(&f32_ref)?.to_device(dev)?;
+        let mut cache = m32.new_cache(tokens.len())?;
+        let got = m32.forward(&[&tokens], &mut [&mut cache], LogitsMode::All)?.logits.expect("logits");
+        result("compare_prefill_f32", metrics(&got, &want)?, dev_name);
+        let half = tokens.len() / 2;
+        let mut cache = m32.new_cache(tokens.len())?;
+        let mut rows = vec![m32.forward(&[&tokens[..half]], &mut [&mut cache], LogitsMode::All)?.logits.expect("logits")];
+        for p in half..tokens.len() {
+            rows.push(m32.forward(&[&tokens[p..p + 1]], &mut [&mut cache], LogitsMode::Last)?.logits.expect("logits"));
+        }
+        result("compare_incremental_f32", metrics(&Tensor::cat(&rows, 0)?, &want)?, dev_name);
+    }
     // 1. One prefill over the whole prompt.
     let mut cache = model.new_cache(tokens.len())?;
     let full = model.forward(&[&tokens], &mut [&mut cache], LogitsMode::All)?.logits.expect("logits");

@@ -71,6 +71,13 @@ impl DeepSeekV2 {
         Self::from_source(cfg, &src, dtype, device)
     }
 
+    /// [`Self::load`] in a chosen dtype (f32 on CUDA for exact comparisons).
+    pub fn load_with_dtype(dir: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
+        let cfg = DeepSeekV2Config::from_file(&dir.join("config.json"))?;
+        let src = SafetensorsSource::open(dir)?;
+        Self::from_source(cfg, &src, dtype, device)
+    }
+
     /// Builds the model from any weight source, validating every tensor's shape.
     pub fn from_source(
         cfg: DeepSeekV2Config,

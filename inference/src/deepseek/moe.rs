@@ -224,34 +224,47 @@ impl Moe {
         residual + self.forward(x)?
     }
 
-    /// Routed experts, grouped: one host read of the routing, then per active expert one
-    /// gather of its tokens, one gate_up matmul, one down matmul and one scatter-add.
+    /// Routed experts, grouped: one host read of the routing, one upload of the regrouped
+    /// token lists, then per active expert one gather of its tokens, the gate_up and down
+    /// matmuls, and one scatter-add.
     pub fn experts_grouped(&self, x: &Tensor, routing: &Routing) -> Result<Tensor> {
         let (n, hd) = x.dims2()?;
         let ids = routing.ids.to_vec2::<u32>()?;
         let ws = routing.weights.to_vec2::<f32>()?;
-        let mut tokens: Vec<Vec<u32>> = vec![Vec::new(); self.n_experts];
-        let mut weights: Vec<Vec<f32>> = vec![Vec::new(); self.n_experts];
-        for (t, (row_ids, row_ws)) in ids.iter().zip(ws.iter()).enumerate() {
-            for (&e, &w) in row_ids.iter().zip(row_ws.iter()) {
-                tokens[e as usize].push(t as u32);
-                weights[e as usize].push(w);
+        let mut counts = vec![0usize; self.n_experts];
+        for row in &ids {
+            for &e in row {
+                counts[e as usize] += 1;
             }
         }
+        let mut offsets = vec![0usize; self.n_experts + 1];
+        for e in 0..self.n_experts {
+            offsets[e + 1] = offsets[e] + counts[e];
+        }
+        let mut fill = offsets.clone();
+        let mut tokens = vec![0u32; offsets[self.n_experts]];
+        let mut weights = vec![0f32; offsets[self.n_experts]];
+        for (t, (row_ids, row_ws)) in ids.iter().zip(ws.iter()).enumerate() {
+            for (&e, &w) in row_ids.iter().zip(row_ws.iter()) {
+                let slot = &mut fill[e as usize];
+                tokens[*slot] = t as u32;
+                weights[*slot] = w;
+                *slot += 1;
+            }
+        }
+        let total = tokens.len();
+        let tokens = Tensor::from_vec(tokens, total, x.device())?;
+        let weights = Tensor::from_vec(weights, (total, 1), x.device())?;
         let mut out = Tensor::zeros((n, hd), DType::F32, x.device())?;
-        for (e, (tok, w)) in tokens.iter().zip(weights.iter()).enumerate() {
-            if tok.is_empty() {
+        for e in 0..self.n_experts {
+            let (start, len) = (offsets[e], counts[e]);
+            if len == 0 {
                 continue;
             }
-            let idx = Tensor::new(tok.as_slice(), x.device())?;
-            let xs = if tok.len() == n && tok.iter().enumerate().all(|(i, &t)| t as usize == i) {
-                x.clone()
-            } else {
-                x.index_select(&idx, 0)?
-            };
+            let idx = tokens.narrow(0, start, len)?;
+            let xs = if n == 1 { x.clone() } else { x.index_select(&idx, 0)? };
             let y = swiglu_down(&xs, &self.gate_up.get(e)?, &self.down.get(e)?, self.inter)?;
-            let w = Tensor::from_slice(w.as_slice(), (tok.len(), 1), x.device())?;
-            let y = y.to_dtype(DType::F32)?.broadcast_mul(&w)?;
+            let y = y.to_dtype(DType::F32)?.broadcast_mul(&weights.narrow(0, start, len)?)?;
             out = out.index_add(&idx, &y, 0)?;
         }
         out.to_dtype(x.dtype())

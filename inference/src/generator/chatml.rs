@@ -79,7 +79,10 @@ impl ChatMl {
         Ok(ids)
     }
 
-    fn turns<'a>(&'a self, messages: &'a [ChatMessage]) -> impl Iterator<Item = (&'a str, &'a str)> {
+    fn turns<'a>(
+        &'a self,
+        messages: &'a [ChatMessage],
+    ) -> impl Iterator<Item = (&'a str, &'a str)> {
         let default = match (messages.first(), &self.default_system) {
             (Some(first), Some(system)) if first.role != Role::System => {
                 Some(("system", system.as_str()))
@@ -108,7 +111,8 @@ fn default_system_of(template: &str) -> Option<String> {
     let end = rest.find(IM_END)?;
     let system = &rest[..end];
     // A system turn built from a variable (`' + message['content'] + '`) is no default.
-    (!system.is_empty() && !system.contains('\'') && !system.contains('{')).then(|| system.to_string())
+    (!system.is_empty() && !system.contains('\'') && !system.contains('{'))
+        .then(|| system.to_string())
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::fs::File;
 use std::io::BufReader;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
@@ -56,10 +57,11 @@ impl GgufTokenizer {
                 ModelError::Io { path: path.to_path_buf(), source }
             }
         })?;
-        let content = Content::read(&mut BufReader::new(file)).map_err(|e| ModelError::Config {
-            path: path.to_path_buf(),
-            message: format!("not a readable GGUF file: {e}"),
-        })?;
+        let config_err = |message: String| ModelError::Config { path: path.to_path_buf(), message };
+        // candle's parser panics on some malformed headers (an alignment of 0).
+        let content = catch_unwind(AssertUnwindSafe(|| Content::read(&mut BufReader::new(file))))
+            .map_err(|_| config_err("GGUF header is malformed (parser panicked)".into()))?
+            .map_err(|e| config_err(format!("not a readable GGUF file: {e}")))?;
         Self::from_gguf(&content)
     }
 
@@ -159,7 +161,8 @@ impl GgufTokenizer {
         let id_of = |key: &str| -> Option<u32> {
             md.get(key).and_then(|v| v.to_u32().ok()).filter(|&id| (id as usize) < tokens.len())
         };
-        let chat_template = md.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
+        let chat_template =
+            md.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
         Ok(Self {
             special,
             plain,
@@ -265,10 +268,7 @@ fn md_string<'a>(
     md: &'a std::collections::HashMap<String, Value>,
     key: &str,
 ) -> Result<&'a String, ModelError> {
-    md.get(key)
-        .ok_or_else(|| bad(key, "missing"))?
-        .to_string()
-        .map_err(|e| bad(key, e))
+    md.get(key).ok_or_else(|| bad(key, "missing"))?.to_string().map_err(|e| bad(key, e))
 }
 
 fn md_array<'a>(

@@ -91,6 +91,17 @@ impl SmolLmGenerator {
         let context_tokens = file_context.min(MAX_CONTEXT).min(MAX_SEQ_LEN);
 
         let tokenizer = GgufTokenizer::from_gguf(&content)?;
+        // Every id the model can sample must have text, and every prompt id an embedding.
+        let embedding_rows = content
+            .tensor_infos
+            .get("token_embd.weight")
+            .and_then(|t| t.shape.dims().first().copied());
+        if embedding_rows != Some(tokenizer.vocab_size()) {
+            return Err(config_err(format!(
+                "token_embd.weight has {embedding_rows:?} rows, tokenizer has {} tokens",
+                tokenizer.vocab_size()
+            )));
+        }
         let chat = ChatMl::from_tokenizer(&tokenizer)?;
         let mut stop_ids: Vec<u32> = [
             tokenizer.eos_token_id(),
@@ -163,7 +174,12 @@ impl SmolLmGenerator {
     }
 
     /// One forward pass of `tokens` at position `pos`; the logits of the last one.
-    fn forward(&self, model: &mut ModelWeights, tokens: &[u32], pos: usize) -> Result<Tensor, ModelError> {
+    fn forward(
+        &self,
+        model: &mut ModelWeights,
+        tokens: &[u32],
+        pos: usize,
+    ) -> Result<Tensor, ModelError> {
         let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
         Ok(model.forward(&input, pos)?.squeeze(0)?)
     }
@@ -202,8 +218,11 @@ impl Generator for SmolLmGenerator {
                 context_tokens: self.context_tokens,
             });
         }
-        let mut stats =
-            GenerationStats { prompt_tokens, completion_tokens: 0, finish_reason: FinishReason::Length };
+        let mut stats = GenerationStats {
+            prompt_tokens,
+            completion_tokens: 0,
+            finish_reason: FinishReason::Length,
+        };
         if params.max_tokens == 0 {
             return Ok(stats);
         }

@@ -1,0 +1,91 @@
+//! The one place where errors become HTTP answers: `{"error": {"code", "message"}}`.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use kb_index::IndexError;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("upload larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("{0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::BadRequest { code, message: message.into() }
+    }
+
+    fn code(&self) -> &'static str {
+        match self {
+            Self::BadRequest { code, .. } => code,
+            Self::NotFound(_) => "not_found",
+            Self::Conflict(_) => "conflict",
+            Self::TooLarge { .. } => "payload_too_large",
+            Self::Unavailable(_) => "unavailable",
+            Self::Index(e) => match e {
+                IndexError::CollectionNotFound(_) => "collection_not_found",
+                IndexError::DocumentNotFound(_) => "document_not_found",
+                IndexError::CollectionExists(_) => "collection_exists",
+                IndexError::InvalidName { .. } => "invalid_name",
+                IndexError::EmbedderMismatch { .. } => "embedder_mismatch",
+                _ => "internal",
+            },
+            Self::Internal(_) => "internal",
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Index(e) => match e {
+                IndexError::CollectionNotFound(_) | IndexError::DocumentNotFound(_) => StatusCode::NOT_FOUND,
+                IndexError::CollectionExists(_) => StatusCode::CONFLICT,
+                IndexError::InvalidName { .. } => StatusCode::BAD_REQUEST,
+                IndexError::EmbedderMismatch { .. } => StatusCode::CONFLICT,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if self.status_code().is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let mut res = HttpResponse::build(self.status_code());
+        if matches!(self, Self::Unavailable(_)) {
+            res.insert_header(("Retry-After", "1"));
+        }
+        res.json(json!({"error": {"code": self.code(), "message": self.to_string()}}))
+    }
+}
+
+/// Malformed JSON bodies and bad path/query values, in the same error shape.
+pub fn json_error(err: actix_web::error::JsonPayloadError, _: &actix_web::HttpRequest) -> actix_web::Error {
+    use actix_web::error::JsonPayloadError as J;
+    let api = match &err {
+        J::ContentType => ApiError::bad_request("unsupported_content_type", "expected Content-Type: application/json"),
+        J::Deserialize(e) if e.is_data() => ApiError::BadRequest { code: "invalid_request", message: e.to_string() },
+        _ => ApiError::bad_request("malformed_json", err.to_string()),
+    };
+    api.into()
+}

@@ -1,0 +1,84 @@
+//! The HTTP service: REST API over the engine, background ingest jobs.
+
+pub mod error;
+mod jobs;
+mod routes;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use actix_web::{middleware, web, App as HttpApp, HttpServer};
+use anyhow::Context;
+use kb_index::Engine;
+use kb_ingest::pipeline::Ingestor;
+
+use crate::app::App;
+use crate::config::Config;
+use jobs::JobQueue;
+
+/// What every request handler sees.
+pub struct State {
+    app: App,
+    jobs: Arc<JobQueue>,
+    ready: AtomicBool,
+}
+
+impl State {
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.app.engine
+    }
+    pub fn ingestor(&self) -> &Arc<Ingestor> {
+        &self.app.ingestor
+    }
+    pub fn config(&self) -> &Config {
+        &self.app.config
+    }
+    pub fn jobs(&self) -> &JobQueue {
+        &self.jobs
+    }
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+/// Registers every route; shared by `kb serve` and the tests.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(routes::health::healthz)
+        .service(routes::health::readyz)
+        .service(routes::collections::create)
+        .service(routes::collections::list)
+        .service(routes::collections::remove)
+        .service(routes::documents::upload)
+        .service(routes::documents::list)
+        .service(routes::documents::remove)
+        .service(routes::jobs::get)
+        .service(routes::search::search);
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    tracing::info!("configuration:\n{}", config.describe());
+    let addr = config.addr;
+    let workers = config.ingest_workers;
+    let app = App::open(config).await?;
+    let jobs = JobQueue::new(workers);
+    tokio::spawn(jobs.clone().run(app.ingestor.clone()));
+    let state = web::Data::new(State { app, jobs, ready: AtomicBool::new(false) });
+    let data = state.clone();
+    let server = HttpServer::new(move || {
+        HttpApp::new()
+            .app_data(data.clone())
+            .app_data(web::JsonConfig::default().limit(1 << 20).error_handler(error::json_error))
+            .wrap(middleware::Logger::new("%r %s %Dms").log_target("kb::http"))
+            .configure(routes)
+    })
+    .bind(addr)
+    .with_context(|| format!("binding {addr}"))?;
+    for a in server.addrs() {
+        // Tests and scripts read this line to find an ephemeral port.
+        println!("kb listening on http://{a}");
+    }
+    state.ready.store(true, Ordering::Release);
+    server.run().await?;
+    state.engine().flush_all().await?;
+    Ok(())
+}

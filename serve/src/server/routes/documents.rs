@@ -1,0 +1,181 @@
+use actix_multipart::Multipart;
+use actix_web::{delete, get, post, web, HttpResponse};
+use futures_util::TryStreamExt;
+use kb_index::store::DocumentStatus;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::server::error::ApiError;
+use crate::server::State;
+
+/// A client-given file name reduced to a plain name: no directories, no control characters,
+/// no leading dots, bounded length.
+pub fn sanitize_filename(raw: &str) -> Option<String> {
+    let base = raw.rsplit(['/', '\\']).next().unwrap_or("");
+    let cleaned: String = base.chars().filter(|c| !c.is_control()).collect();
+    let cleaned = cleaned.trim().trim_start_matches('.').trim();
+    if cleaned.is_empty() {
+        return None;
+    }
+    Some(cleaned.chars().take(200).collect())
+}
+
+struct Upload {
+    filename: String,
+    path: std::path::PathBuf,
+    hash: String,
+    size: u64,
+}
+
+/// Streams each `file` part to disk, hashing as it goes; never holds a whole file in memory.
+async fn receive(state: &State, mut payload: Multipart) -> Result<Vec<Upload>, ApiError> {
+    let limit = state.config().max_upload_bytes;
+    let mut uploads: Vec<Upload> = Vec::new();
+    let fail = |uploads: &[Upload], err: ApiError| {
+        for u in uploads {
+            let _ = std::fs::remove_file(&u.path);
+        }
+        err
+    };
+    loop {
+        let field = match payload.try_next().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) => return Err(fail(&uploads, ApiError::bad_request("invalid_multipart", e.to_string()))),
+        };
+        if field.name() != Some("file") {
+            continue;
+        }
+        let raw = field.content_disposition().and_then(|d| d.get_filename()).unwrap_or("").to_owned();
+        let Some(filename) = sanitize_filename(&raw) else {
+            return Err(fail(&uploads, ApiError::bad_request("invalid_filename", format!("unusable file name {raw:?}"))));
+        };
+        let path = state.config().upload_dir().join(format!("incoming-{}", uuid::Uuid::new_v4()));
+        let mut file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| ApiError::Internal(format!("creating upload file: {e}")))?;
+        uploads.push(Upload { filename, path: path.clone(), hash: String::new(), size: 0 });
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut field = field;
+        loop {
+            let chunk = match field.try_next().await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(e) => return Err(fail(&uploads, ApiError::bad_request("invalid_multipart", e.to_string()))),
+            };
+            size += chunk.len() as u64;
+            if size > limit {
+                return Err(fail(&uploads, ApiError::TooLarge { limit }));
+            }
+            hasher.update(&chunk);
+            if let Err(e) = file.write_all(&chunk).await {
+                return Err(fail(&uploads, ApiError::Internal(format!("writing upload: {e}"))));
+            }
+        }
+        if let Err(e) = file.flush().await {
+            return Err(fail(&uploads, ApiError::Internal(format!("writing upload: {e}"))));
+        }
+        let last = uploads.last_mut().expect("pushed above");
+        last.hash = hex::encode(hasher.finalize());
+        last.size = size;
+    }
+    if uploads.is_empty() {
+        return Err(ApiError::bad_request("no_files", "send one or more multipart parts named \"file\""));
+    }
+    Ok(uploads)
+}
+
+#[post("/v1/collections/{name}/documents")]
+pub async fn upload(state: web::Data<State>, name: web::Path<String>, payload: Multipart) -> Result<HttpResponse, ApiError> {
+    let c = state.engine().collection(&name).await?;
+    let uploads = receive(&state, payload).await?;
+    let mut out = Vec::with_capacity(uploads.len());
+    for u in uploads {
+        // An empty file is refused at once, as that document's failure, with nothing queued.
+        let registered = state
+            .ingestor()
+            .register(&c, &u.filename, &u.hash, u.size as usize, DocumentStatus::Queued, None)
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        match registered {
+            Ok(doc) => {
+                let dest = state.config().upload_dir().join(format!("doc-{}", doc.id));
+                tokio::fs::rename(&u.path, &dest)
+                    .await
+                    .map_err(|e| ApiError::Internal(format!("storing upload: {e}")))?;
+                let store = state.engine().store();
+                store.set_document_source(doc.id, Some(&dest.to_string_lossy())).await?;
+                let job = store.create_job(doc.id).await?;
+                state.jobs().notify();
+                out.push(json!({"id": doc.id, "filename": doc.filename, "job_id": job.id, "status": "queued"}));
+            }
+            Err(existing) => {
+                let _ = tokio::fs::remove_file(&u.path).await;
+                let job = state.engine().store().latest_job(existing.id).await?;
+                out.push(json!({
+                    "id": existing.id,
+                    "filename": existing.filename,
+                    "job_id": job.map(|j| j.id),
+                    "status": existing.status,
+                    "duplicate": true,
+                }));
+            }
+        }
+    }
+    Ok(HttpResponse::Accepted().json(json!({"documents": out})))
+}
+
+#[get("/v1/collections/{name}/documents")]
+pub async fn list(state: web::Data<State>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    let c = state.engine().store().require_collection(&name).await?;
+    let docs = state.engine().store().documents(c.id).await?;
+    let docs: Vec<_> = docs
+        .into_iter()
+        .map(|d| {
+            json!({
+                "id": d.id,
+                "filename": d.filename,
+                "title": d.title,
+                "status": d.status,
+                "chunks": d.chunks,
+                "error": d.error,
+                "size": d.size_bytes,
+                "format": d.format,
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({"documents": docs})))
+}
+
+#[delete("/v1/collections/{name}/documents/{id}")]
+pub async fn remove(state: web::Data<State>, path: web::Path<(String, i64)>) -> Result<HttpResponse, ApiError> {
+    let (name, id) = path.into_inner();
+    let c = state.engine().store().require_collection(&name).await?;
+    match state.engine().store().document(id).await? {
+        Some(d) if d.collection_id == c.id => {
+            state.engine().delete_document(&c, id).await?;
+            if let Some(p) = d.source_path {
+                let _ = tokio::fs::remove_file(p).await;
+            }
+            Ok(HttpResponse::NoContent().finish())
+        }
+        _ => Err(ApiError::NotFound(format!("document not found: {id}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sanitize_filename;
+
+    #[test]
+    fn path_tricks_are_removed() {
+        assert_eq!(sanitize_filename("../../etc/passwd").as_deref(), Some("passwd"));
+        assert_eq!(sanitize_filename("..\\..\\boot.ini").as_deref(), Some("boot.ini"));
+        assert_eq!(sanitize_filename("/abs/path/report.pdf").as_deref(), Some("report.pdf"));
+        assert_eq!(sanitize_filename(".hidden").as_deref(), Some("hidden"));
+        assert_eq!(sanitize_filename("..").as_deref(), None);
+        assert_eq!(sanitize_filename("a\u{0}b\nc.txt").as_deref(), Some("abc.txt"));
+    }
+}
