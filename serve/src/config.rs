@@ -131,10 +131,6 @@ impl Config {
         self.models_dir.join(&self.embedder)
     }
 
-    pub fn model_path(&self, relative: &str) -> PathBuf {
-        self.models_dir.join(relative)
-    }
-
     /// The configuration as printed at start, secrets masked.
     pub fn describe(&self) -> String {
         let mut shown = self.clone();

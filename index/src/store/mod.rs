@@ -6,6 +6,7 @@ mod chunks;
 mod collections;
 mod documents;
 mod jobs;
+mod status;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,8 +15,9 @@ use sqlx::{AnyPool, Executor};
 
 pub use chunks::{ChunkRow, ChunkText, NewChunk};
 pub use collections::{Collection, CollectionSummary};
-pub use documents::{Document, DocumentStatus, NewDocument};
-pub use jobs::{Job, JobStatus};
+pub use documents::{Document, NewDocument};
+pub use jobs::Job;
+pub use status::{DocumentStatus, JobStatus, Status};
 
 use crate::Result;
 
