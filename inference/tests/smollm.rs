@@ -211,6 +211,8 @@ fn oversized_prompt_is_an_error() {
     let err =
         g.generate(&user("hi"), &greedy(g.context_tokens()), &mut |_| Flow::Continue).unwrap_err();
     assert!(matches!(err, ModelError::ContextOverflow { .. }), "{err}");
+    let err = g.generate(&user("hi"), &greedy(usize::MAX), &mut |_| Flow::Continue).unwrap_err();
+    assert!(matches!(err, ModelError::ContextOverflow { .. }), "{err}");
 }
 
 #[test]

@@ -211,7 +211,7 @@ impl Generator for SmolLmGenerator {
         let mut sampler = Sampler::new(params, self.repeat)?;
         let prompt = self.prompt_tokens(messages)?;
         let prompt_tokens = prompt.len();
-        if prompt_tokens + params.max_tokens > self.context_tokens {
+        if prompt_tokens.saturating_add(params.max_tokens) > self.context_tokens {
             return Err(ModelError::ContextOverflow {
                 prompt_tokens,
                 max_tokens: params.max_tokens,
