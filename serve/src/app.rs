@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use kb_index::{Engine, Fusion, HnswParams, IndexConfig, Store};
-use kb_inference::{BertEmbedder, Embedder};
+use kb_inference::{BertEmbedder, Embedder, Generator, SmolLmGenerator};
 use kb_ingest::parse::PdfParser;
 use kb_ingest::pipeline::Ingestor;
 use kb_ingest::ChunkerConfig;
@@ -61,6 +61,25 @@ impl App {
         let chunker = ChunkerConfig { target_tokens: config.chunk_tokens, overlap_tokens: config.chunk_overlap };
         let ingestor = Arc::new(Ingestor::new(engine.clone(), pdf, chunker));
         Ok(Self { config, engine, ingestor })
+    }
+}
+
+impl App {
+    /// The answer generator the configuration names; `None` means extractive answers.
+    pub async fn load_generator(&self) -> anyhow::Result<Option<Arc<dyn Generator>>> {
+        match self.config.generator.as_str() {
+            "none" => Ok(None),
+            "smollm2" => {
+                let path = self.config.models_dir.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+                if !path.is_file() {
+                    tracing::warn!(path = %path.display(), "generator model missing (scripts/fetch-models.sh): answers will be extractive");
+                    return Ok(None);
+                }
+                let g = tokio::task::spawn_blocking(move || SmolLmGenerator::load(&path)).await??;
+                Ok(Some(Arc::new(g)))
+            }
+            other => anyhow::bail!("unknown generator {other:?}: expected smollm2 or none"),
+        }
     }
 }
 

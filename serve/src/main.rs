@@ -1,5 +1,6 @@
 //! `kb`: the knowledge-base service and its command line.
 
+mod answer;
 mod app;
 mod commands;
 mod config;

@@ -11,12 +11,8 @@ pub enum ApiError {
     BadRequest { code: &'static str, message: String },
     #[error("{0}")]
     NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
     #[error("upload larger than the limit of {limit} bytes")]
     TooLarge { limit: u64 },
-    #[error("{0}")]
-    Unavailable(String),
     #[error(transparent)]
     Index(#[from] IndexError),
     #[error("internal error: {0}")]
@@ -32,9 +28,7 @@ impl ApiError {
         match self {
             Self::BadRequest { code, .. } => code,
             Self::NotFound(_) => "not_found",
-            Self::Conflict(_) => "conflict",
             Self::TooLarge { .. } => "payload_too_large",
-            Self::Unavailable(_) => "unavailable",
             Self::Index(e) => match e {
                 IndexError::CollectionNotFound(_) => "collection_not_found",
                 IndexError::DocumentNotFound(_) => "document_not_found",
@@ -53,9 +47,7 @@ impl ResponseError for ApiError {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Conflict(_) => StatusCode::CONFLICT,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Index(e) => match e {
                 IndexError::CollectionNotFound(_) | IndexError::DocumentNotFound(_) => StatusCode::NOT_FOUND,
                 IndexError::CollectionExists(_) => StatusCode::CONFLICT,
@@ -71,11 +63,7 @@ impl ResponseError for ApiError {
         if self.status_code().is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        let mut res = HttpResponse::build(self.status_code());
-        if matches!(self, Self::Unavailable(_)) {
-            res.insert_header(("Retry-After", "1"));
-        }
-        res.json(json!({"error": {"code": self.code(), "message": self.to_string()}}))
+        HttpResponse::build(self.status_code()).json(json!({"error": {"code": self.code(), "message": self.to_string()}}))
     }
 }
 

@@ -5,8 +5,13 @@
 use std::sync::Arc;
 
 use kb_index::store::{DocumentStatus, Job, JobStatus};
+use kb_index::IndexError;
 use kb_ingest::pipeline::{Ingestor, Outcome, Pending};
+use kb_ingest::IngestError;
 use tokio::sync::{Notify, Semaphore};
+
+/// How many times a job runs before a transient database conflict fails it.
+const MAX_ATTEMPTS: i64 = 5;
 
 pub struct JobQueue {
     wake: Notify,
@@ -70,7 +75,7 @@ async fn run_job(ingestor: &Ingestor, job: Job) {
         let path = doc.source_path.clone().ok_or_else(|| "the uploaded file is gone".to_string())?;
         let bytes = tokio::fs::read(&path).await.map_err(|e| format!("reading the upload: {e}"))?;
         store.set_document_status(doc.id, DocumentStatus::Running, None).await?;
-        let outcome = ingestor.run(&c, vec![Pending { document: doc, bytes }]).await.map_err(|e| e.to_string())?;
+        let outcome = ingestor.run(&c, vec![Pending { document: doc, bytes }]).await?;
         ingestor.engine().flush(&c).await?;
         let _ = tokio::fs::remove_file(&path).await;
         store.set_document_source(job.document_id, None).await?;
@@ -82,6 +87,13 @@ async fn run_job(ingestor: &Ingestor, job: Job) {
             Some(Outcome::Failed { error, .. }) => (JobStatus::Failed, Some(error.to_string())),
             _ => (JobStatus::Done, None),
         },
+        Err(e) if is_transient(e.as_ref()) && job.attempts < MAX_ATTEMPTS => {
+            // Another writer held the database: run the job again (its chunks are replaced).
+            tracing::warn!(error = %e, attempt = job.attempts, "transient database conflict; job queued again");
+            let _ = store.set_document_status(job.document_id, DocumentStatus::Queued, None).await;
+            tokio::time::sleep(std::time::Duration::from_millis(50 * job.attempts as u64)).await;
+            (JobStatus::Queued, None)
+        }
         Err(e) => {
             let _ = store.set_document_status(job.document_id, DocumentStatus::Failed, Some(&e.to_string())).await;
             (JobStatus::Failed, Some(e.to_string()))
@@ -90,5 +102,25 @@ async fn run_job(ingestor: &Ingestor, job: Job) {
     tracing::info!(status = status.as_str(), error = error.as_deref().unwrap_or(""), "job finished");
     if let Err(e) = store.finish_job(job.id, status, error.as_deref()).await {
         tracing::error!(error = %e, "recording job result");
+    }
+}
+
+/// A database busy/lock/serialization conflict, which a later attempt can get past (SQLite
+/// `SQLITE_BUSY*`/`SQLITE_LOCKED*`, e.g. a read transaction upgraded to a write while
+/// another worker writes; PostgreSQL serialization failures and deadlocks).
+fn is_transient(e: &(dyn std::error::Error + 'static)) -> bool {
+    let index = match e.downcast_ref::<IngestError>() {
+        Some(IngestError::Index(i)) => i,
+        Some(_) => return false,
+        None => match e.downcast_ref::<IndexError>() {
+            Some(i) => i,
+            None => return false,
+        },
+    };
+    let IndexError::Database(db) = index else { return false };
+    let Some(code) = db.as_database_error().and_then(|d| d.code()) else { return false };
+    match code.as_ref() {
+        "40001" | "40P01" => true,
+        sqlite => sqlite.parse::<u32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6)),
     }
 }

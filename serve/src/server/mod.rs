@@ -12,6 +12,7 @@ use anyhow::Context;
 use kb_index::Engine;
 use kb_ingest::pipeline::Ingestor;
 
+use crate::answer::Answerer;
 use crate::app::App;
 use crate::config::Config;
 use jobs::JobQueue;
@@ -19,6 +20,7 @@ use jobs::JobQueue;
 /// What every request handler sees.
 pub struct State {
     app: App,
+    answerer: Answerer,
     jobs: Arc<JobQueue>,
     ready: AtomicBool,
 }
@@ -32,6 +34,9 @@ impl State {
     }
     pub fn config(&self) -> &Config {
         &self.app.config
+    }
+    pub fn answerer(&self) -> &Answerer {
+        &self.answerer
     }
     pub fn jobs(&self) -> &JobQueue {
         &self.jobs
@@ -52,7 +57,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(routes::documents::list)
         .service(routes::documents::remove)
         .service(routes::jobs::get)
-        .service(routes::search::search);
+        .service(routes::search::search)
+        .service(routes::ask::ask);
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -60,9 +66,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let addr = config.addr;
     let workers = config.ingest_workers;
     let app = App::open(config).await?;
+    let generator = app.load_generator().await?;
+    let answerer = Answerer::new(app.engine.clone(), generator);
     let jobs = JobQueue::new(workers);
     tokio::spawn(jobs.clone().run(app.ingestor.clone()));
-    let state = web::Data::new(State { app, jobs, ready: AtomicBool::new(false) });
+    let state = web::Data::new(State { app, answerer, jobs, ready: AtomicBool::new(false) });
     let data = state.clone();
     let server = HttpServer::new(move || {
         HttpApp::new()

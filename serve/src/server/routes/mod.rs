@@ -1,5 +1,6 @@
 //! One module per resource: a route parses the request, calls the engine, shapes the answer.
 
+pub mod ask;
 pub mod collections;
 pub mod documents;
 pub mod health;

@@ -1,0 +1,76 @@
+use actix_web::{post, web, HttpResponse};
+use futures_util::stream;
+use kb_inference::Flow;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::answer::Answer;
+use crate::server::error::ApiError;
+use crate::server::State;
+
+#[derive(Deserialize)]
+pub struct AskBody {
+    question: String,
+    #[serde(default = "default_top_k")]
+    top_k: usize,
+    #[serde(default)]
+    stream: bool,
+}
+
+fn default_top_k() -> usize {
+    5
+}
+
+fn answer_json(a: &Answer) -> serde_json::Value {
+    json!({"answer": a.answer, "kind": a.kind, "citations": a.citations})
+}
+
+fn sse(event: &str, data: &serde_json::Value) -> web::Bytes {
+    web::Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
+}
+
+#[post("/v1/collections/{name}/ask")]
+pub async fn ask(state: web::Data<State>, name: web::Path<String>, body: web::Json<AskBody>) -> Result<HttpResponse, ApiError> {
+    if body.question.trim().is_empty() {
+        return Err(ApiError::bad_request("invalid_request", "question must not be empty"));
+    }
+    if body.top_k == 0 || body.top_k > 50 {
+        return Err(ApiError::bad_request("invalid_request", "top_k must be between 1 and 50"));
+    }
+    let c = state.engine().collection(&name).await?;
+    let passages = state.answerer().retrieve(&c, &body.question, body.top_k).await?;
+    let question = body.question.clone();
+    let state2 = state.clone();
+
+    if !body.stream {
+        let answer = web::block(move || state2.answerer().answer(&question, &passages, &mut |_| Flow::Continue))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        return Ok(HttpResponse::Ok().json(answer_json(&answer)));
+    }
+
+    // Tokens travel through a bounded channel; when the client goes away the receiver is
+    // dropped, the next send fails, and generation stops, freeing the generator.
+    let (tx, rx) = mpsc::channel::<web::Bytes>(64);
+    tokio::task::spawn_blocking(move || {
+        let result = state2.answerer().answer(&question, &passages, &mut |piece| {
+            match tx.blocking_send(sse("token", &json!({"text": piece}))) {
+                Ok(()) => Flow::Continue,
+                Err(_) => Flow::Stop,
+            }
+        });
+        let _ = match result {
+            Ok(a) => tx
+                .blocking_send(sse("citations", &answer_json(&a)))
+                .and_then(|_| tx.blocking_send(sse("done", &json!({})))),
+            Err(e) => tx.blocking_send(sse("error", &json!({"error": {"code": "generation_failed", "message": e.to_string()}}))),
+        };
+    });
+    let body = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, actix_web::Error>(b), rx)) });
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .streaming(body))
+}
