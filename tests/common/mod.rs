@@ -88,3 +88,4 @@ pub async fn open(url: &str, index_dir: &Path) -> Kb {
 pub fn read_fixture(name: &str) -> (String, Vec<u8>) {
     (name.to_owned(), std::fs::read(fixtures().join(name)).expect(name))
 }
+pub mod server;

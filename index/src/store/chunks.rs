@@ -65,11 +65,12 @@ impl Store {
         chunks: &[NewChunk],
     ) -> Result<(Vec<i64>, Vec<i64>)> {
         let mut tx = self.pool.begin().await?;
-        let replaced: Vec<i64> = sqlx::query_scalar("SELECT id FROM chunks WHERE document_id = $1")
+        // Write first: a SQLite transaction that reads before writing cannot upgrade while
+        // another writer is active and fails at once instead of waiting out busy_timeout.
+        let replaced: Vec<i64> = sqlx::query_scalar("DELETE FROM chunks WHERE document_id = $1 RETURNING id")
             .bind(document_id)
             .fetch_all(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM chunks WHERE document_id = $1").bind(document_id).execute(&mut *tx).await?;
         let mut ids = vec![0i64; chunks.len()];
         for (batch_no, batch) in chunks.chunks(INSERT_BATCH).enumerate() {
             let mut sql = String::from(

@@ -136,11 +136,11 @@ impl Store {
     /// indexes must drop.
     pub async fn delete_document(&self, id: i64) -> Result<Vec<i64>> {
         let mut tx = self.pool.begin().await?;
-        let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM chunks WHERE document_id = $1")
+        // Write first (see `store_chunks`).
+        let ids: Vec<i64> = sqlx::query_scalar("DELETE FROM chunks WHERE document_id = $1 RETURNING id")
             .bind(id)
             .fetch_all(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM chunks WHERE document_id = $1").bind(id).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM jobs WHERE document_id = $1").bind(id).execute(&mut *tx).await?;
         sqlx::query("DELETE FROM documents WHERE id = $1").bind(id).execute(&mut *tx).await?;
         tx.commit().await?;

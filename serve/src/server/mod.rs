@@ -58,7 +58,8 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(routes::documents::remove)
         .service(routes::jobs::get)
         .service(routes::search::search)
-        .service(routes::ask::ask);
+        .service(routes::ask::ask)
+        .service(routes::chat::completions);
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {

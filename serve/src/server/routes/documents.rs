@@ -93,7 +93,7 @@ pub async fn upload(state: web::Data<State>, name: web::Path<String>, payload: M
     let uploads = receive(&state, payload).await?;
     let mut out = Vec::with_capacity(uploads.len());
     for u in uploads {
-        // An empty file is refused at once, as that document's failure, with nothing queued.
+        // Every file becomes a job, even an empty one: its failure is recorded on the document.
         let registered = state
             .ingestor()
             .register(&c, &u.filename, &u.hash, u.size as usize, DocumentStatus::Queued, None)

@@ -1,0 +1,97 @@
+//! OpenAI-compatible chat completions: `model` is `kb:<collection>`; the last user message is
+//! the question, answered from the collection like `/ask`, so OpenAI clients work unchanged.
+
+use actix_web::{post, web, HttpResponse};
+use futures_util::stream;
+use kb_inference::Flow;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::server::error::ApiError;
+use crate::server::State;
+
+#[derive(Deserialize)]
+pub struct ChatRequest {
+    model: String,
+    messages: Vec<ChatMessageIn>,
+    #[serde(default)]
+    stream: bool,
+}
+
+#[derive(Deserialize)]
+pub struct ChatMessageIn {
+    role: String,
+    /// OpenAI allows a string or an array of content parts; text parts are joined.
+    content: serde_json::Value,
+}
+
+fn text_of(content: &serde_json::Value) -> String {
+    match content {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join("\n"),
+        _ => String::new(),
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn chunk(id: &str, model: &str, delta: serde_json::Value, finish: Option<&str>) -> web::Bytes {
+    let body = json!({
+        "id": id, "object": "chat.completion.chunk", "created": now(), "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    });
+    web::Bytes::from(format!("data: {body}\n\n"))
+}
+
+#[post("/v1/chat/completions")]
+pub async fn completions(state: web::Data<State>, body: web::Json<ChatRequest>) -> Result<HttpResponse, ApiError> {
+    let collection = body.model.strip_prefix("kb:").ok_or_else(|| {
+        ApiError::bad_request("invalid_model", format!("model must be \"kb:<collection>\", not {:?}", body.model))
+    })?;
+    let question = body
+        .messages
+        .iter()
+        .rev()
+        .find(|m| m.role == "user")
+        .map(|m| text_of(&m.content))
+        .filter(|q| !q.trim().is_empty())
+        .ok_or_else(|| ApiError::bad_request("invalid_request", "messages must contain a user message with text"))?;
+    let c = state.engine().collection(collection).await?;
+    let passages = state.answerer().retrieve(&c, &question, 5).await?;
+    let model = body.model.clone();
+    let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
+    let state2 = state.clone();
+
+    if !body.stream {
+        let answer = web::block(move || state2.answerer().answer(&question, &passages, &mut |_| Flow::Continue))
+            .await
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        return Ok(HttpResponse::Ok().json(json!({
+            "id": id, "object": "chat.completion", "created": now(), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.answer}, "finish_reason": "stop"}],
+            "citations": answer.citations,
+        })));
+    }
+
+    let (tx, rx) = mpsc::channel::<web::Bytes>(64);
+    tokio::task::spawn_blocking(move || {
+        let _ = tx.blocking_send(chunk(&id, &model, json!({"role": "assistant", "content": ""}), None));
+        let result = state2.answerer().answer(&question, &passages, &mut |piece| {
+            match tx.blocking_send(chunk(&id, &model, json!({"content": piece}), None)) {
+                Ok(()) => Flow::Continue,
+                Err(_) => Flow::Stop,
+            }
+        });
+        if let Err(e) = result {
+            tracing::error!(error = %e, "generation failed");
+        }
+        let _ = tx.blocking_send(chunk(&id, &model, json!({}), Some("stop")));
+        let _ = tx.blocking_send(web::Bytes::from_static(b"data: [DONE]\n\n"));
+    });
+    let body = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, actix_web::Error>(b), rx)) });
+    Ok(HttpResponse::Ok().content_type("text/event-stream").insert_header(("Cache-Control", "no-cache")).streaming(body))
+}
