@@ -2,7 +2,7 @@
 
 use candle_core::{DType, Device, Tensor};
 use kb_inference::deepseek::{
-    DeepSeekV2, DeepSeekV2Config, LatentCache, LogitsMode, RandomSource, WeightSource,
+    DeepSeekV2, DeepSeekV2Config, FixedDecoder, LatentCache, LogitsMode, RandomSource, WeightSource,
 };
 use kb_inference::ModelError;
 use std::cell::RefCell;
@@ -149,6 +149,36 @@ fn incremental_decoding_matches_full_forward() {
         }
         assert_eq!(cache.len(), PROMPT.len());
     }
+}
+
+#[test]
+fn fixed_decoder_matches_full_forward_across_windows() {
+    use kb_inference::deepseek::decode::WINDOW;
+    let (_dir, model) = load_tiny(&[]);
+    // Crosses the first attention window: prefill up to just before it, decode past it.
+    let n = WINDOW + 6;
+    let tokens: Vec<u32> = (0..n as u32).map(|i| i.wrapping_mul(2654435761) % 128).collect();
+    let full = full_logits(&model, &tokens);
+    let scale = max_abs(&full);
+    let mut dec = FixedDecoder::new(&model, n + 1).unwrap();
+    assert_eq!(dec.capacity(), 2 * WINDOW);
+    let start = WINDOW - 4;
+    let last = dec.prefill(&tokens[..start]).unwrap();
+    let d = max_abs_diff(&last, &full.narrow(0, start - 1, 1).unwrap());
+    assert!(d < 1e-4 * scale.max(1.0), "prefill differs by {d}");
+    for (p, &t) in tokens.iter().enumerate().skip(start) {
+        let logits = dec.step(t).unwrap();
+        let d = max_abs_diff(&logits, &full.narrow(0, p, 1).unwrap());
+        assert!(d < 1e-4 * scale.max(1.0), "fixed decode step at position {p} differs by {d}");
+    }
+    assert_eq!(dec.len(), n);
+    // Reuse after reset, and the capacity and vocabulary limits are errors.
+    dec.reset();
+    let again = dec.prefill(&tokens[..3]).unwrap();
+    assert!(max_abs_diff(&again, &full.narrow(0, 2, 1).unwrap()) < 1e-4 * scale.max(1.0));
+    assert!(matches!(dec.step(128), Err(ModelError::InvalidInput(_))));
+    let long = vec![1u32; 2 * WINDOW];
+    assert!(matches!(dec.prefill(&long), Err(ModelError::InvalidInput(_))));
 }
 
 #[test]
@@ -343,4 +373,99 @@ fn out_of_vocabulary_tokens_are_an_error_not_a_panic() {
     let e = model.forward(&[&[3, 500]], &mut [&mut cache], LogitsMode::Last).unwrap_err();
     assert!(matches!(e, ModelError::InvalidInput(_)), "{e}");
     assert_eq!(cache.len(), 0);
+}
+
+
+// ---- The generator: tiny model + a tiny word-level tokenizer covering its 128 ids ----
+
+const BOS_T: &str = "<｜begin▁of▁sentence｜>";
+const EOS_T: &str = "<｜end▁of▁sentence｜>";
+
+fn write_word_tokenizer(dir: &Path) {
+    let mut vocab = serde_json::Map::new();
+    vocab.insert(BOS_T.into(), 0.into());
+    vocab.insert(EOS_T.into(), 1.into());
+    for (i, w) in ["User", ":", "Assistant", "[UNK]"].iter().enumerate() {
+        vocab.insert((*w).into(), (i + 2).into());
+    }
+    for id in 6..128u32 {
+        vocab.insert(format!("w{id}"), id.into());
+    }
+    let added = |id: u32, content: &str| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+                           "rstrip": false, "normalized": false, "special": true})
+    };
+    let tok = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [added(0, BOS_T), added(1, EOS_T)],
+        "normalizer": null, "pre_tokenizer": {"type": "Whitespace"}, "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
+    });
+    std::fs::write(dir.join("tokenizer.json"), tok.to_string()).unwrap();
+    let template = "{% if not add_generation_prompt is defined %}{% set add_generation_prompt = false %}{% endif %}{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}{{ 'User: ' + message['content'] + '\\n\\n' }}{% elif message['role'] == 'assistant' %}{{ 'Assistant: ' + message['content'] + eos_token }}{% elif message['role'] == 'system' %}{{ message['content'] + '\\n\\n' }}{% endif %}{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}";
+    let cfg = serde_json::json!({ "bos_token": BOS_T, "eos_token": {"content": EOS_T}, "chat_template": template });
+    std::fs::write(dir.join("tokenizer_config.json"), cfg.to_string()).unwrap();
+}
+
+#[test]
+fn generator_streams_greedy_text_and_honours_stop_strings_and_cancellation() {
+    use kb_inference::generator::deepseek::DeepSeekGenerator;
+    use kb_inference::{ChatMessage, FinishReason, Flow, Generator, Role, SamplingParams};
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), &tiny_config(&[]), 11);
+    write_word_tokenizer(dir.path());
+    let gen = DeepSeekGenerator::load(dir.path(), &Device::Cpu, 300).unwrap();
+    assert_eq!(gen.context_tokens(), 300);
+    assert_eq!(gen.count_tokens("w7 w8 w9").unwrap(), 3);
+    let messages = [ChatMessage { role: Role::User, content: "w10 w11 w12".into() }];
+
+    // The expected greedy answer, from the plain forward pass.
+    let model = DeepSeekV2::load(dir.path(), &Device::Cpu).unwrap();
+    let prompt = gen.tokenizer().encode_chat(&messages).unwrap();
+    assert_eq!(&prompt[..2], &[0, 2]); // BOS, "User"
+    let mut cache = model.new_cache(64).unwrap();
+    let mut logits = model.forward(&[&prompt], &mut [&mut cache], LogitsMode::Last).unwrap().logits.unwrap();
+    let mut want = Vec::new();
+    for _ in 0..8 {
+        let next = logits.argmax(1).unwrap().to_vec1::<u32>().unwrap()[0];
+        want.push(next);
+        if next == 1 {
+            break;
+        }
+        logits = model.forward(&[&[next]], &mut [&mut cache], LogitsMode::Last).unwrap().logits.unwrap();
+    }
+    let words: Vec<String> = want.iter().take_while(|&&t| t != 1).map(|t| format!("w{t}")).collect();
+
+    let params = SamplingParams { max_tokens: 8, ..Default::default() };
+    let mut pieces = Vec::new();
+    let stats = gen.generate(&messages, &params, &mut |t| { pieces.push(t.to_string()); Flow::Continue }).unwrap();
+    assert_eq!(stats.prompt_tokens, prompt.len());
+    assert_eq!(stats.completion_tokens, want.len());
+    let expect_finish = if want.last() == Some(&1) { FinishReason::Stop } else { FinishReason::Length };
+    assert_eq!(stats.finish_reason, expect_finish);
+    assert_eq!(pieces.concat(), words.join(" "));
+    assert!(pieces.len() >= words.len().min(1));
+
+    // Seed 11 gives a greedy answer of several words (checked), so the cases below all run.
+    assert!(words.len() >= 3, "greedy answer {want:?}");
+    {
+        // A stop string: the text before it is handed out, nothing of it.
+        let stop = SamplingParams { max_tokens: 8, stop: vec![words[2].clone()], ..Default::default() };
+        let mut text = String::new();
+        let stats = gen.generate(&messages, &stop, &mut |t| { text.push_str(t); Flow::Continue }).unwrap();
+        assert_eq!(stats.finish_reason, FinishReason::Stop);
+        let cut = words.join(" ");
+        let at = cut.find(words[2].as_str()).unwrap();
+        assert_eq!(text, cut[..at]);
+        // Cancellation from the callback after the first piece.
+        let mut calls = 0;
+        let stats = gen.generate(&messages, &params, &mut |_| { calls += 1; Flow::Stop }).unwrap();
+        assert_eq!((stats.finish_reason, stats.completion_tokens, calls), (FinishReason::Cancelled, 1, 1));
+    }
+    // Temperature sampling is reproducible by seed, and the context is enforced.
+    let hot = SamplingParams { max_tokens: 6, temperature: 0.9, top_p: Some(0.9), seed: 3, ..Default::default() };
+    let run = || { let mut s = String::new(); gen.generate(&messages, &hot, &mut |t| { s.push_str(t); Flow::Continue }).unwrap(); s };
+    assert_eq!(run(), run());
+    let huge = SamplingParams { max_tokens: 1000, ..Default::default() };
+    assert!(matches!(gen.generate(&messages, &huge, &mut |_| Flow::Continue), Err(ModelError::ContextOverflow { .. })));
 }

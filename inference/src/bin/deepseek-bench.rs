@@ -8,7 +8,7 @@
 //! Prints one `RESULT {json}` line per measurement.
 
 use candle_core::{DType, Device, Tensor, D};
-use kb_inference::deepseek::{rope, DeepSeekV2, DeepSeekV2Config, LogitsMode, RandomSource};
+use kb_inference::deepseek::{rope, DeepSeekV2, FixedDecoder, DeepSeekV2Config, LogitsMode, RandomSource};
 use std::path::Path;
 use std::time::Instant;
 
@@ -117,6 +117,19 @@ fn compare(dir: &Path, dev: &Device, dev_name: &str) -> Res<()> {
     result("compare_incremental", m, dev_name);
     let m = metrics(&inc, &full)?;
     result("incremental_vs_own_prefill", m, dev_name);
+    // 3. The same through FixedDecoder (on CUDA: one CUDA graph per attention window,
+    //    captured on its first step and replayed after).
+    let mut dec = FixedDecoder::new(&model, tokens.len())?;
+    let first = dec.prefill(&tokens[..half])?;
+    let mut rows = vec![full.narrow(0, 0, half - 1)?, first];
+    for &t in &tokens[half..tokens.len() - 1] {
+        rows.push(dec.step(t)?);
+    }
+    let fixed = Tensor::cat(&rows, 0)?;
+    let n = tokens.len() - 1;
+    let mut m = metrics(&fixed.narrow(0, half, n - half)?, &reference.narrow(0, half, n - half)?)?;
+    m["note"] = "decoded rows only; FixedDecoder (CUDA graphs on CUDA)".into();
+    result("compare_fixed_decoder", m, dev_name);
     Ok(())
 }
 
@@ -176,13 +189,33 @@ fn bench(layers: usize, steps: usize, dev: &Device, dev_name: &str) -> Res<()> {
         let _ = x.copy()?;
     }
     sync(dev)?;
-    let bw = 5.0 * 2.0 * (n * 2) as f64 / t.elapsed().as_secs_f64();
+    let candle_copy_bw = 5.0 * 2.0 * (n * 2) as f64 / t.elapsed().as_secs_f64();
     drop(x);
+    // candle's copy is an elementwise kernel (2 bytes a thread for bf16) and undershoots the
+    // HBM bandwidth; the floor uses a driver device-to-device copy where there is one.
+    let bw = match dev {
+        #[cfg(feature = "cuda")]
+        Device::Cuda(cuda) => {
+            let stream = cuda.cuda_stream();
+            let bytes = 1usize << 32;
+            let src = stream.alloc_zeros::<u8>(bytes)?;
+            let mut dst = stream.alloc_zeros::<u8>(bytes)?;
+            stream.memcpy_dtod(&src, &mut dst)?;
+            stream.synchronize()?;
+            let t = Instant::now();
+            for _ in 0..5 {
+                stream.memcpy_dtod(&src, &mut dst)?;
+            }
+            stream.synchronize()?;
+            5.0 * 2.0 * bytes as f64 / t.elapsed().as_secs_f64()
+        }
+        _ => candle_copy_bw,
+    };
     let bytes = active_bytes(&cfg, dtype);
     let floor_ms = bytes / bw * 1e3;
     result(
         "floor",
-        serde_json::json!({ "copy_bandwidth_GBps": bw / 1e9, "active_bytes_per_step_GB": bytes / 1e9,
+        serde_json::json!({ "copy_bandwidth_GBps": bw / 1e9, "candle_copy_bandwidth_GBps": candle_copy_bw / 1e9, "active_bytes_per_step_GB": bytes / 1e9,
                             "floor_ms_per_step": floor_ms, "floor_tok_s": 1e3 / floor_ms, "layers": layers }),
         dev_name,
     );
@@ -224,9 +257,53 @@ fn bench(layers: usize, steps: usize, dev: &Device, dev_name: &str) -> Res<()> {
     decode(4)?;
     let dt = decode(steps)?;
     result(
+        "decode_b1_plain",
+        serde_json::json!({ "steps": steps, "ms_per_step": dt * 1e3, "tok_s": 1.0 / dt,
+                            "fraction_of_floor": floor_ms / (dt * 1e3),
+                            "note": "DeepSeekV2::forward per step, kernels launched one by one" }),
+        dev_name,
+    );
+
+    // The same greedy decode through FixedDecoder: fixed addresses, one CUDA graph per
+    // 256-token attention window (captured on the window's first step, which is included).
+    let fixed = |steps: usize, graphs: bool| -> Res<(f64, Vec<u32>)> {
+        let toks = prompt(32, 5);
+        let mut dec = FixedDecoder::new(&model, 32 + steps + 1)?;
+        dec.set_use_graphs(graphs);
+        let logits = dec.prefill(&toks)?;
+        let mut next = logits.argmax(D::Minus1)?.to_vec1::<u32>()?[0];
+        let mut out = vec![next];
+        sync(dev)?;
+        let t = Instant::now();
+        for _ in 0..steps {
+            next = dec.step(next)?.argmax(D::Minus1)?.to_vec1::<u32>()?[0];
+            out.push(next);
+        }
+        Ok((t.elapsed().as_secs_f64() / steps as f64, out))
+    };
+    fixed(4, true)?;
+    let (dt_eager, toks_eager) = fixed(steps, false)?;
+    result(
+        "decode_b1_fixed_eager",
+        serde_json::json!({ "steps": steps, "ms_per_step": dt_eager * 1e3, "tok_s": 1.0 / dt_eager }),
+        dev_name,
+    );
+    let (dt, toks_graph) = fixed(steps, true)?;
+    let agree = toks_eager.iter().zip(toks_graph.iter()).take_while(|(a, b)| a == b).count();
+    result(
         "decode_b1",
         serde_json::json!({ "steps": steps, "ms_per_step": dt * 1e3, "tok_s": 1.0 / dt,
-                            "fraction_of_floor": floor_ms / (dt * 1e3) }),
+                            "fraction_of_floor": floor_ms / (dt * 1e3),
+                            "greedy_tokens_same_as_eager": agree, "of": toks_eager.len(),
+                            "note": "FixedDecoder with CUDA graphs, capture included" }),
+        dev_name,
+    );
+    let long = 600.min(model.max_positions() - 40);
+    let (dt_long, _) = fixed(long, true)?;
+    result(
+        "decode_b1_long",
+        serde_json::json!({ "steps": long, "ms_per_step": dt_long * 1e3, "tok_s": 1.0 / dt_long,
+                            "note": "3 attention windows, 3 captures included" }),
         dev_name,
     );
 
@@ -255,6 +332,27 @@ fn bench(layers: usize, steps: usize, dev: &Device, dev_name: &str) -> Res<()> {
     Ok(())
 }
 
+/// Only the FixedDecoder's batch-1 decode (for profilers); KB_DEEPSEEK_CUDA_GRAPHS=0 for eager.
+fn decode_only(layers: usize, steps: usize, dev: &Device, dev_name: &str) -> Res<()> {
+    let cfg = DeepSeekV2Config::from_json(&lite_config(layers).to_string(), Path::new("lite-shaped config"))?;
+    let dtype = if dev.is_cuda() { DType::BF16 } else { DType::F32 };
+    let model = DeepSeekV2::from_source(cfg, &RandomSource::new(0.02, 7), dtype, dev)?;
+    let mut dec = FixedDecoder::new(&model, 64 + steps)?;
+    let logits = dec.prefill(&[1, 2, 3, 4, 5, 6, 7, 8])?;
+    let mut next = logits.argmax(D::Minus1)?.to_vec1::<u32>()?[0];
+    for _ in 0..4 {
+        next = dec.step(next)?.argmax(D::Minus1)?.to_vec1::<u32>()?[0];
+    }
+    sync(dev)?;
+    let t = Instant::now();
+    for _ in 0..steps {
+        next = dec.step(next)?.argmax(D::Minus1)?.to_vec1::<u32>()?[0];
+    }
+    let dt = t.elapsed().as_secs_f64() / steps as f64;
+    result("decode_only", serde_json::json!({ "steps": steps, "ms_per_step": dt * 1e3 }), dev_name);
+    Ok(())
+}
+
 fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse::<usize>().ok());
@@ -266,7 +364,8 @@ fn main() -> Res<()> {
             let dir = args.get(1).ok_or("compare needs a directory")?;
             compare(Path::new(dir), &dev, &dev_name)
         }
+        Some("decode") => decode_only(flag("--layers").unwrap_or(27), flag("--steps").unwrap_or(64), &dev, &dev_name),
         Some("bench") => bench(flag("--layers").unwrap_or(27), flag("--steps").unwrap_or(64), &dev, &dev_name),
-        _ => Err("usage: deepseek-bench compare DIR | bench [--layers N] [--steps N] [--cpu]".into()),
+        _ => Err("usage: deepseek-bench compare DIR | bench [--layers N] [--steps N] [--cpu] | decode [--layers N] [--steps N]".into()),
     }
 }

@@ -84,7 +84,6 @@ impl LatentCache {
     }
 
     /// The whole buffer of `layer` (graph-captured decode reads past `len` under a mask).
-    #[allow(dead_code)]
     pub(crate) fn buffer(&self, layer: usize) -> &Tensor {
         &self.layers[layer]
     }

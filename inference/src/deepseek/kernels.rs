@@ -43,80 +43,204 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
-// One block per token: router logits (f32 weights), softmax, greedy top-k.
-// route[t] = K expert ids (as floats) then K weights.
-extern "C" __global__ void moe_route(const bf16_t* x, const float* gate, float* route,
-                                     int E, int H, int K, int norm, float scaling) {
-    extern __shared__ float p[];
-    const int t = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-    const bf16_t* xt = x + (size_t)t * H;
-    for (int e = warp; e < E; e += nw) {
-        const float* g = gate + (size_t)e * H;
-        float acc = 0.f;
-        for (int i = lane; i < H; i += 32) acc += bf2f(xt[i]) * g[i];
-        acc = warp_sum(acc);
-        if (lane == 0) p[e] = acc;
-    }
-    __syncthreads();
-    if (threadIdx.x != 0) return;
+// grid (ceil(E / warps), T): router logits, one warp per expert: logits[t][e] = x_t . gate_e (f32 weights).
+extern "C" __global__ void moe_router_logits(const bf16_t* x, const float* gate, float* logits, int E, int H) {
+    const int t = blockIdx.y, lane = threadIdx.x & 31;
+    const int e = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (e >= E) return;
+    const uint4* xv = (const uint4*)(x + (size_t)t * H);
+    const float4* g = (const float4*)(gate + (size_t)e * H);
+    float acc = 0.f;
+#pragma unroll 4
+    for (int c = lane; c < H / 8; c += 32) acc += dot8f(xv[c], g[2 * c], g[2 * c + 1]);
+    acc = warp_sum(acc);
+    if (lane == 0) logits[(size_t)t * E + e] = acc;
+}
+
+// One warp per token: softmax and greedy top-k over the logits, staged in shared memory
+// (E floats). route[t] = K expert ids (as floats) then K weights. Ties go to the lower id.
+extern "C" __global__ void moe_topk(const float* logits, float* route, int E, int K, int norm, float scaling) {
+    extern __shared__ float sl[];
+    const int t = blockIdx.x, lane = threadIdx.x;
+    const float* l = logits + (size_t)t * E;
     float m = -3.0e38f;
-    for (int e = 0; e < E; e++) m = fmaxf(m, p[e]);
+    for (int e = lane; e < E; e += 32) { sl[e] = l[e]; m = fmaxf(m, sl[e]); }
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
     float s = 0.f;
-    for (int e = 0; e < E; e++) { p[e] = __expf(p[e] - m); s += p[e]; }
+    for (int e = lane; e < E; e += 32) s += __expf(sl[e] - m);
+    s = warp_sum(s);
+    __syncwarp();
     float* o = route + (size_t)t * 2 * K;
     float wsum = 0.f;
     for (int k = 0; k < K; k++) {
-        int best = 0; float bv = -1.f;
-        for (int e = 0; e < E; e++) if (p[e] > bv) { bv = p[e]; best = e; }
-        o[k] = (float)best; o[K + k] = bv / s; wsum += bv / s;
-        p[best] = -2.f;
+        float bv = __int_as_float(0xff800000); int best = 0x7fffffff;
+        for (int e = lane; e < E; e += 32) if (sl[e] > bv) { bv = sl[e]; best = e; }
+        for (int off = 16; off > 0; off >>= 1) {
+            const float ov = __shfl_xor_sync(0xffffffffu, bv, off);
+            const int oi = __shfl_xor_sync(0xffffffffu, best, off);
+            if (ov > bv || (ov == bv && oi < best)) { bv = ov; best = oi; }
+        }
+        const float p = __expf(bv - m) / s;
+        wsum += p;
+        if (lane == 0) { o[k] = (float)best; o[K + k] = p; sl[best] = __int_as_float(0xff800000); }
+        __syncwarp();
     }
-    for (int k = 0; k < K; k++)
-        o[K + k] = (norm && K > 1) ? o[K + k] / (wsum + 1e-20f) : o[K + k] * scaling;
+    if (lane == 0)
+        for (int k = 0; k < K; k++)
+            o[K + k] = (norm && K > 1) ? o[K + k] / (wsum + 1e-20f) : o[K + k] * scaling;
 }
 
-// grid (ceil(I / warps), T * S): act[t * S + k][j] = silu(gate_e[j] . x_t) * (up_e[j] . x_t),
-// e the k-th routed expert of token t, or shared chunk k - K for k >= K.
+// grid (ceil(I / (2 * warps)), T * S): act[t * S + k][j] = silu(gate_e[j] . x_t) * (up_e[j] . x_t),
+// e the k-th routed expert of token t, or shared chunk k - K for k >= K. Two rows per warp, so
+// the grid fits the GPU in one wave (the H100 otherwise runs a second, mostly idle one).
 extern "C" __global__ void moe_gate_up(const bf16_t* x, const float* route, const bf16_t* w,
                                        float* act, int H, int I, int K, int S, int E) {
     const int pair = blockIdx.y, t = pair / S, k = pair % S;
     const int e = k < K ? (int)route[(size_t)t * 2 * K + k] : E + (k - K);
     const int lane = threadIdx.x & 31;
-    const int j = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (j >= I) return;
-    const uint4* g = (const uint4*)(w + ((size_t)e * 2 * I + j) * H);
-    const uint4* u = (const uint4*)(w + ((size_t)e * 2 * I + I + j) * H);
+    const int j0 = 2 * (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5));
+    if (j0 >= I) return;
+    const int j1 = j0 + 1 < I ? j0 + 1 : j0;
+    const uint4* g0 = (const uint4*)(w + ((size_t)e * 2 * I + j0) * H);
+    const uint4* u0 = (const uint4*)(w + ((size_t)e * 2 * I + I + j0) * H);
+    const uint4* g1 = (const uint4*)(w + ((size_t)e * 2 * I + j1) * H);
+    const uint4* u1 = (const uint4*)(w + ((size_t)e * 2 * I + I + j1) * H);
     const uint4* xv = (const uint4*)(x + (size_t)t * H);
-    float ag = 0.f, au = 0.f;
+    float ag0 = 0.f, au0 = 0.f, ag1 = 0.f, au1 = 0.f;
+#pragma unroll 4
     for (int c = lane; c < H / 8; c += 32) {
         const uint4 xx = xv[c];
-        ag += dot8(g[c], xx);
-        au += dot8(u[c], xx);
+        ag0 += dot8(g0[c], xx);
+        au0 += dot8(u0[c], xx);
+        ag1 += dot8(g1[c], xx);
+        au1 += dot8(u1[c], xx);
     }
-    ag = warp_sum(ag);
-    au = warp_sum(au);
-    if (lane == 0) act[(size_t)pair * I + j] = ag / (1.f + __expf(-ag)) * au;
+    ag0 = warp_sum(ag0); au0 = warp_sum(au0); ag1 = warp_sum(ag1); au1 = warp_sum(au1);
+    if (lane == 0) {
+        act[(size_t)pair * I + j0] = ag0 / (1.f + __expf(-ag0)) * au0;
+        if (j1 != j0) act[(size_t)pair * I + j1] = ag1 / (1.f + __expf(-ag1)) * au1;
+    }
 }
 
-// grid (ceil(H / warps), T): out[t][r] = residual[t][r] + sum_k w_k * (down_e[r] . act[t * S + k]).
+// grid (ceil(H / (warps / 2)), T): out[t][r] = residual[t][r] + sum_k w_k * (down_e[r] . act[t * S + k]).
+// Two warps per row, each striding over half of the row's S * I / 8 chunks (more loads in flight).
 extern "C" __global__ void moe_down(const float* act, const float* route, const bf16_t* w,
                                     const bf16_t* residual, bf16_t* out, int H, int I, int K, int S, int E) {
-    const int t = blockIdx.y, lane = threadIdx.x & 31;
-    const int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (r >= H) return;
+    const int t = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int r = blockIdx.x * (blockDim.x >> 6) + (warp >> 1), half = warp & 1;
+    __shared__ int se[64];
+    __shared__ float sw[64];
+    __shared__ float part[32];
+    if (threadIdx.x < S && threadIdx.x < 64) {
+        const int k = threadIdx.x;
+        if (k < K) { se[k] = (int)route[(size_t)t * 2 * K + k]; sw[k] = route[(size_t)t * 2 * K + K + k]; }
+        else { se[k] = E + (k - K); sw[k] = 1.f; }
+    }
+    __syncthreads();
+    const int C = I / 8;
     float acc = 0.f;
-    for (int k = 0; k < S; k++) {
-        int e; float wt;
-        if (k < K) { e = (int)route[(size_t)t * 2 * K + k]; wt = route[(size_t)t * 2 * K + K + k]; }
-        else { e = E + (k - K); wt = 1.f; }
-        const uint4* wr = (const uint4*)(w + ((size_t)e * H + r) * I);
-        const float4* a = (const float4*)(act + ((size_t)t * S + k) * I);
-        float s = 0.f;
-        for (int c = lane; c < I / 8; c += 32) s += dot8f(wr[c], a[2 * c], a[2 * c + 1]);
-        acc += wt * s;
+    if (r < H) {
+#pragma unroll 4
+        for (int idx = half * 32 + lane; idx < S * C; idx += 64) {
+            const int k = idx / C, c = idx - k * C;
+            const uint4* wr = (const uint4*)(w + ((size_t)se[k] * H + r) * I);
+            const float4* a = (const float4*)(act + ((size_t)t * S + k) * I);
+            acc += sw[k] * dot8f(wr[c], a[2 * c], a[2 * c + 1]);
+        }
     }
     acc = warp_sum(acc);
-    if (lane == 0) out[(size_t)t * H + r] = f2bf(acc + bf2f(residual[(size_t)t * H + r]));
+    if (lane == 0) part[warp] = acc;
+    __syncthreads();
+    if (r < H && half == 0 && lane == 0)
+        out[(size_t)t * H + r] = f2bf(part[warp] + part[warp + 1] + bf2f(residual[(size_t)t * H + r]));
+}
+
+// ---- MLA decode (one token, fixed addresses; the position is read from the device) ----
+
+__device__ __forceinline__ float block_sum(float v, float* red) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    float t = 0.f;
+    for (int w = 0; w < nw; w++) t += red[w];
+    __syncthreads();
+    return t;
+}
+
+// One block: cache[pos] = [rmsnorm(kv[:R]) * w, rope(kv[R:R+P])], pos = input[1].
+extern "C" __global__ void mla_latent_write(const bf16_t* kv, const bf16_t* w, const bf16_t* cos_t,
+                                            const bf16_t* sin_t, const unsigned int* input,
+                                            bf16_t* cache, int R, int P, float eps) {
+    __shared__ float red[32];
+    const int pos = (int)input[1], half = P / 2;
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < R; i += blockDim.x) { float v = bf2f(kv[i]); ss += v * v; }
+    const float r = rsqrtf(block_sum(ss, red) / (float)R + eps);
+    bf16_t* row = cache + (size_t)pos * (R + P);
+    for (int i = threadIdx.x; i < R; i += blockDim.x) row[i] = f2bf(bf2f(kv[i]) * r * bf2f(w[i]));
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        const float c = bf2f(cos_t[(size_t)pos * half + i]), s = bf2f(sin_t[(size_t)pos * half + i]);
+        const float x0 = bf2f(kv[R + 2 * i]), x1 = bf2f(kv[R + 2 * i + 1]);
+        row[R + 2 * i] = f2bf(x0 * c - x1 * s);
+        row[R + 2 * i + 1] = f2bf(x0 * s + x1 * c);
+    }
+}
+
+// grid (heads), 8 warps: attention of one head's absorbed query over cache rows 0..=pos.
+// query = [q_lat[h] (R), rope(q[H*N + h*P ...]) (P)]; out[h] = softmax(scale * query . rows) . rows[:, :R].
+// Online softmax per warp (rows strided by warp), then the warps are merged. Needs R == 512, P == 64.
+#define ATT_WARPS 8
+extern "C" __global__ void mla_decode_attn(const bf16_t* q, const bf16_t* q_lat, const bf16_t* cos_t,
+                                           const bf16_t* sin_t, const unsigned int* input,
+                                           const bf16_t* cache, bf16_t* out, int H, int N, float scale) {
+    const int R = 512, P = 64, D = 576;
+    __shared__ float qf[576];
+    __shared__ float wm[ATT_WARPS], wl[ATT_WARPS];
+    __shared__ float wacc[ATT_WARPS][512];
+    const int h = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int pos = (int)input[1];
+    for (int i = threadIdx.x; i < R; i += blockDim.x) qf[i] = bf2f(q_lat[(size_t)h * R + i]);
+    for (int i = threadIdx.x; i < P / 2; i += blockDim.x) {
+        const float c = bf2f(cos_t[(size_t)pos * (P / 2) + i]), s = bf2f(sin_t[(size_t)pos * (P / 2) + i]);
+        const float x0 = bf2f(q[(size_t)H * N + h * P + 2 * i]), x1 = bf2f(q[(size_t)H * N + h * P + 2 * i + 1]);
+        qf[R + 2 * i] = x0 * c - x1 * s;
+        qf[R + 2 * i + 1] = x0 * s + x1 * c;
+    }
+    __syncthreads();
+    float m = -1e30f, l = 0.f, acc[16];
+    for (int k = 0; k < 16; k++) acc[k] = 0.f;
+    const float4* q4 = (const float4*)qf;
+    for (int j = warp; j <= pos; j += ATT_WARPS) {
+        const uint4* kr = (const uint4*)(cache + (size_t)j * D);
+        const uint4 a = kr[lane], b = kr[lane + 32];
+        float s = dot8f(a, q4[2 * lane], q4[2 * lane + 1]) + dot8f(b, q4[2 * (lane + 32)], q4[2 * (lane + 32) + 1]);
+        if (lane < 8) s += dot8f(kr[lane + 64], q4[2 * (lane + 64)], q4[2 * (lane + 64) + 1]);
+        s = warp_sum(s) * scale;
+        const float mn = fmaxf(m, s), corr = __expf(m - mn), p = __expf(s - mn);
+        l = l * corr + p;
+        acc[0] = acc[0] * corr + p * lo(a.x); acc[1] = acc[1] * corr + p * hi(a.x);
+        acc[2] = acc[2] * corr + p * lo(a.y); acc[3] = acc[3] * corr + p * hi(a.y);
+        acc[4] = acc[4] * corr + p * lo(a.z); acc[5] = acc[5] * corr + p * hi(a.z);
+        acc[6] = acc[6] * corr + p * lo(a.w); acc[7] = acc[7] * corr + p * hi(a.w);
+        acc[8] = acc[8] * corr + p * lo(b.x); acc[9] = acc[9] * corr + p * hi(b.x);
+        acc[10] = acc[10] * corr + p * lo(b.y); acc[11] = acc[11] * corr + p * hi(b.y);
+        acc[12] = acc[12] * corr + p * lo(b.z); acc[13] = acc[13] * corr + p * hi(b.z);
+        acc[14] = acc[14] * corr + p * lo(b.w); acc[15] = acc[15] * corr + p * hi(b.w);
+        m = mn;
+    }
+    if (lane == 0) { wm[warp] = m; wl[warp] = l; }
+    for (int k = 0; k < 8; k++) { wacc[warp][lane * 8 + k] = acc[k]; wacc[warp][(lane + 32) * 8 + k] = acc[8 + k]; }
+    __syncthreads();
+    float M = -1e30f;
+    for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, wm[w]);
+    float L = 0.f;
+    for (int w = 0; w < ATT_WARPS; w++) L += wl[w] * __expf(wm[w] - M);
+    for (int i = threadIdx.x; i < R; i += blockDim.x) {
+        float o = 0.f;
+        for (int w = 0; w < ATT_WARPS; w++) o += wacc[w][i] * __expf(wm[w] - M);
+        out[(size_t)h * R + i] = f2bf(o / L);
+    }
 }
 "#;
 
@@ -172,12 +296,23 @@ impl CustomOp1 for Route<'_> {
         let (g, gl) = cuda_of(self.gate)?;
         let x = x.as_cuda_slice::<bf16>()?.slice(xl.start_offset()..);
         let gate = slice_of!(g, gl, f32);
+        let logits = unsafe { dev.alloc::<f32>(t * e)? };
         let out = unsafe { dev.alloc::<f32>(t * 2 * self.k)? };
-        let f = dev.get_or_load_custom_func("moe_route", MODULE, ptx()?)?;
-        let cfg = LaunchConfig { grid_dim: (t as u32, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: (e * 4) as u32 };
-        let (e, h, k, norm) = (e as i32, h as i32, self.k as i32, self.norm as i32);
+        let f = dev.get_or_load_custom_func("moe_router_logits", MODULE, ptx()?)?;
+        let cfg = LaunchConfig {
+            grid_dim: ((e as u32).div_ceil(ROWS), t as u32, 1),
+            block_dim: (32 * ROWS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (ei, hi) = (e as i32, h as i32);
         let mut b = f.builder();
-        b.arg(&x).arg(&gate).arg(&out).arg(&e).arg(&h).arg(&k).arg(&norm).arg(&self.scaling);
+        b.arg(&x).arg(&gate).arg(&logits).arg(&ei).arg(&hi);
+        unsafe { b.launch(cfg) }.map_err(|e| candle_core::Error::Cuda(Box::new(e)))?;
+        let f = dev.get_or_load_custom_func("moe_topk", MODULE, ptx()?)?;
+        let cfg = LaunchConfig { grid_dim: (t as u32, 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: (e * 4) as u32 };
+        let (k, norm) = (self.k as i32, self.norm as i32);
+        let mut b = f.builder();
+        b.arg(&logits).arg(&out).arg(&ei).arg(&k).arg(&norm).arg(&self.scaling);
         unsafe { b.launch(cfg) }.map_err(|e| candle_core::Error::Cuda(Box::new(e)))?;
         Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((t, 2 * self.k))))
     }
@@ -222,7 +357,7 @@ impl CustomOp1 for Experts<'_> {
         let block = (32 * ROWS, 1, 1);
         let f = dev.get_or_load_custom_func("moe_gate_up", MODULE, ptx()?)?;
         let cfg = LaunchConfig {
-            grid_dim: ((inter as u32).div_ceil(ROWS), (t * s) as u32, 1),
+            grid_dim: ((inter as u32).div_ceil(2 * ROWS), (t * s) as u32, 1),
             block_dim: block,
             shared_mem_bytes: 0,
         };
@@ -230,7 +365,11 @@ impl CustomOp1 for Experts<'_> {
         b.arg(&x).arg(&route).arg(&gate_up).arg(&act).arg(&hi).arg(&ii).arg(&ki).arg(&si).arg(&ei);
         unsafe { b.launch(cfg) }.map_err(|e| candle_core::Error::Cuda(Box::new(e)))?;
         let f = dev.get_or_load_custom_func("moe_down", MODULE, ptx()?)?;
-        let cfg = LaunchConfig { grid_dim: ((h as u32).div_ceil(ROWS), t as u32, 1), block_dim: block, shared_mem_bytes: 0 };
+        let cfg = LaunchConfig {
+            grid_dim: ((h as u32).div_ceil(ROWS / 2), t as u32, 1),
+            block_dim: block,
+            shared_mem_bytes: 0,
+        };
         let mut b = f.builder();
         b.arg(&act).arg(&route).arg(&down).arg(&residual).arg(&out).arg(&hi).arg(&ii).arg(&ki).arg(&si).arg(&ei);
         unsafe { b.launch(cfg) }.map_err(|e| candle_core::Error::Cuda(Box::new(e)))?;
@@ -239,8 +378,10 @@ impl CustomOp1 for Experts<'_> {
 }
 
 /// Whether the fused path can take this block: CUDA, bf16, 16-byte rows.
-pub fn supported(x: &Tensor, hidden: usize, inter: usize, n_experts: usize) -> bool {
+/// `slots`: routed top-k plus shared chunks (at most 64).
+pub fn supported(x: &Tensor, hidden: usize, inter: usize, n_experts: usize, slots: usize) -> bool {
     x.device().is_cuda() && x.dtype() == DType::BF16 && hidden % 8 == 0 && inter % 8 == 0 && n_experts <= 4096
+        && slots <= 64
 }
 
 /// Greedy routing on the device: (T, 2K) f32, ids then weights.
@@ -260,4 +401,125 @@ pub fn experts(
 ) -> Result<Tensor> {
     let residual = residual.contiguous()?;
     x.contiguous()?.apply_op1_no_bwd(&Experts { route, gate_up, down, residual: &residual, k, shared })
+}
+
+
+fn cuda_dev(t: &Tensor) -> Result<candle_core::CudaDevice> {
+    match t.device() {
+        candle_core::Device::Cuda(d) => Ok(d.clone()),
+        _ => candle_core::bail!("mla kernel: tensor not on CUDA"),
+    }
+}
+
+/// Whether the fused MLA decode kernels take this shape: CUDA, bf16, kv_lora_rank 512 and
+/// rope 64 (DeepSeek-V2 and V2-Lite).
+pub fn mla_supported(x: &Tensor, rank: usize, rope: usize) -> bool {
+    x.device().is_cuda() && x.dtype() == DType::BF16 && rank == 512 && rope == 64
+}
+
+/// Writes one token's latent into `cache` (capacity, 576) at the position `input[1]`:
+/// RMSNorm(kv[..512]) * w, then the rotated rope key. `kv` is the raw (1, 576) projection.
+pub fn mla_latent_write(
+    kv: &Tensor,
+    norm_w: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    input: &Tensor,
+    cache: &Tensor,
+    rank: usize,
+    rope: usize,
+    eps: f64,
+) -> Result<()> {
+    let dev = cuda_dev(kv)?;
+    let kv = kv.contiguous()?;
+    let (kg, kl) = cuda_of(&kv)?;
+    let (wg, wl) = cuda_of(norm_w)?;
+    let (cg, cl) = cuda_of(cos)?;
+    let (sg, sl) = cuda_of(sin)?;
+    let (ig, il) = cuda_of_u32(input)?;
+    let (cache_g, cache_l) = cuda_of(cache)?;
+    let kv_s = slice_of!(kg, kl, bf16);
+    let w_s = slice_of!(wg, wl, bf16);
+    let c_s = slice_of!(cg, cl, bf16);
+    let s_s = slice_of!(sg, sl, bf16);
+    let i_s = slice_of!(ig, il, u32);
+    // The cache is written in place through its (shared) view: the buffer is preallocated and
+    // owned by the decoder, and nothing else reads it concurrently (one stream).
+    let cache_s = slice_of!(cache_g, cache_l, bf16);
+    let f = dev.get_or_load_custom_func("mla_latent_write", MODULE, ptx()?)?;
+    let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let (r, p, e) = (rank as i32, rope as i32, eps as f32);
+    let mut b = f.builder();
+    b.arg(&kv_s).arg(&w_s).arg(&c_s).arg(&s_s).arg(&i_s).arg(&cache_s).arg(&r).arg(&p).arg(&e);
+    unsafe { b.launch(cfg) }.map_err(|e| candle_core::Error::Cuda(Box::new(e)))?;
+    Ok(())
+}
+
+/// Attention of every head's absorbed query over cache rows 0..=input[1]: q is the raw
+/// (1, heads * (nope + rope)) projection (rope part rotated here), q_lat (heads, 1, 512).
+/// Returns (heads, 512) bf16.
+#[allow(clippy::too_many_arguments)]
+pub fn mla_decode_attn(
+    q: &Tensor,
+    q_lat: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    input: &Tensor,
+    cache: &Tensor,
+    heads: usize,
+    nope: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    let q_lat = q_lat.contiguous()?;
+    q.contiguous()?.apply_op1_no_bwd(&Attn { q_lat: &q_lat, cos, sin, input, cache, heads, nope, scale: scale as f32 })
+}
+
+struct Attn<'a> {
+    q_lat: &'a Tensor,
+    cos: &'a Tensor,
+    sin: &'a Tensor,
+    input: &'a Tensor,
+    cache: &'a Tensor,
+    heads: usize,
+    nope: usize,
+    scale: f32,
+}
+
+impl CustomOp1 for Attn<'_> {
+    fn name(&self) -> &'static str {
+        "deepseek-mla-decode-attn"
+    }
+    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
+        candle_core::bail!("mla kernels are CUDA-only")
+    }
+    fn cuda_fwd(&self, q: &CudaStorage, ql: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = q.device().clone();
+        let q_s = q.as_cuda_slice::<bf16>()?.slice(ql.start_offset()..);
+        let (lg, ll) = cuda_of(self.q_lat)?;
+        let (cg, cl) = cuda_of(self.cos)?;
+        let (sg, sl) = cuda_of(self.sin)?;
+        let (ig, il) = cuda_of_u32(self.input)?;
+        let (kg, kl) = cuda_of(self.cache)?;
+        let l_s = slice_of!(lg, ll, bf16);
+        let c_s = slice_of!(cg, cl, bf16);
+        let s_s = slice_of!(sg, sl, bf16);
+        let i_s = slice_of!(ig, il, u32);
+        let k_s = slice_of!(kg, kl, bf16);
+        let out = unsafe { dev.alloc::<bf16>(self.heads * 512)? };
+        let f = dev.get_or_load_custom_func("mla_decode_attn", MODULE, ptx()?)?;
+        let cfg = LaunchConfig { grid_dim: (self.heads as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let (h, n) = (self.heads as i32, self.nope as i32);
+        let mut b = f.builder();
+        b.arg(&q_s).arg(&l_s).arg(&c_s).arg(&s_s).arg(&i_s).arg(&k_s).arg(&out).arg(&h).arg(&n).arg(&self.scale);
+        unsafe { b.launch(cfg) }.map_err(|e| candle_core::Error::Cuda(Box::new(e)))?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((self.heads, 512))))
+    }
+}
+
+fn cuda_of_u32(t: &Tensor) -> Result<(candle_core::StorageRef<'_>, Layout)> {
+    let (s, l) = t.storage_and_layout();
+    if !matches!(&*s, Storage::Cuda(_)) || !l.is_contiguous() {
+        candle_core::bail!("mla kernel: input must be a contiguous CUDA tensor")
+    }
+    Ok((s, l.clone()))
 }

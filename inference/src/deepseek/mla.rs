@@ -115,24 +115,8 @@ impl Mla {
         masks: &MaskCache,
     ) -> Result<Tensor> {
         let n = x.dim(0)?;
-        let (h, nope, rope) = (self.heads, self.nope, self.rope);
-        let q = match &self.q {
-            QProj::Direct(w) => linear(x, w)?,
-            QProj::LowRank { a, norm, b } => linear(&rms_norm(&linear(x, a)?, norm, self.eps)?, b)?,
-        };
-        // (heads, N, nope) and (1, heads, N, rope): rows were reordered at load.
-        let q_nope = q.narrow(1, 0, h * nope)?.reshape((n, h, nope))?.transpose(0, 1)?.contiguous()?;
-        let q_pe = q.narrow(1, h * nope, h * rope)?.reshape((n, h, rope))?.transpose(0, 1)?.contiguous()?.unsqueeze(0)?;
-        let q_pe = Rope::apply(&q_pe, cos, sin)?.squeeze(0)?;
-        // Absorb W_UK: (h, N, nope) x (h, nope, rank) -> (h, N, rank).
-        let q_lat = q_nope.matmul(&self.w_uk)?;
-        let q_full = Tensor::cat(&[&q_lat, &q_pe], 2)?; // (h, N, rank + rope)
-
-        let kv = linear(x, &self.kv_a)?; // (N, rank + rope)
-        let c_kv = rms_norm(&kv.narrow(1, 0, self.rank)?.contiguous()?, &self.kv_a_norm, self.eps)?;
-        let k_pe = kv.narrow(1, self.rank, rope)?.contiguous()?.reshape((1, 1, n, rope))?;
-        let k_pe = Rope::apply(&k_pe, cos, sin)?.reshape((n, rope))?;
-        let latent = Tensor::cat(&[&c_kv, &k_pe], 1)?; // what the cache keeps
+        let (h, rope) = (self.heads, self.rope);
+        let (q_full, latent) = self.project(x, cos, sin)?;
 
         let mut outs = Vec::with_capacity(spans.len());
         for (span, cache) in spans.iter().zip(caches.iter()) {
@@ -160,6 +144,92 @@ impl Mla {
         let o_lat = if outs.len() == 1 { outs.pop().expect("one span") } else { Tensor::cat(&outs, 1)? };
         // Absorb W_UV: (h, N, rank) x (h, rank, v) -> (h, N, v) -> (N, h * v).
         let o = o_lat.matmul(&self.w_uv_t)?.transpose(0, 1)?.reshape((n, h * self.v_head))?;
+        linear(&o, &self.o)
+    }
+
+    /// The absorbed query (heads, N, rank + rope) and the latent the cache keeps (N, rank + rope).
+    fn project(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<(Tensor, Tensor)> {
+        let n = x.dim(0)?;
+        let (h, nope, rope) = (self.heads, self.nope, self.rope);
+        let q = match &self.q {
+            QProj::Direct(w) => linear(x, w)?,
+            QProj::LowRank { a, norm, b } => linear(&rms_norm(&linear(x, a)?, norm, self.eps)?, b)?,
+        };
+        // (heads, N, nope) and (1, heads, N, rope): rows were reordered at load.
+        let q_nope = q.narrow(1, 0, h * nope)?.reshape((n, h, nope))?.transpose(0, 1)?.contiguous()?;
+        let q_pe = q.narrow(1, h * nope, h * rope)?.reshape((n, h, rope))?.transpose(0, 1)?.contiguous()?.unsqueeze(0)?;
+        let q_pe = Rope::apply(&q_pe, cos, sin)?.squeeze(0)?;
+        // Absorb W_UK: (h, N, nope) x (h, nope, rank) -> (h, N, rank).
+        let q_lat = q_nope.matmul(&self.w_uk)?;
+        let q_full = Tensor::cat(&[&q_lat, &q_pe], 2)?; // (h, N, rank + rope)
+
+        let kv = linear(x, &self.kv_a)?; // (N, rank + rope)
+        let c_kv = rms_norm(&kv.narrow(1, 0, self.rank)?.contiguous()?, &self.kv_a_norm, self.eps)?;
+        let k_pe = kv.narrow(1, self.rank, rope)?.contiguous()?.reshape((1, 1, n, rope))?;
+        let k_pe = Rope::apply(&k_pe, cos, sin)?.reshape((n, rope))?;
+        let latent = Tensor::cat(&[&c_kv, &k_pe], 1)?; // what the cache keeps
+        Ok((q_full, latent))
+    }
+
+    /// Whether [`Self::forward_fused`] takes this input (CUDA, bf16, V2's 512 + 64 latent).
+    #[cfg(feature = "cuda")]
+    pub(crate) fn fused_ok(&self, x: &Tensor) -> bool {
+        super::kernels::mla_supported(x, self.rank, self.rope)
+    }
+
+    /// [`Self::forward_fixed`] with two fused kernels (CUDA, bf16): one writes the latent
+    /// (norm + rope) at the device-held position `input[1]`, one attends over the cache rows
+    /// up to it with an online softmax (no window, no mask). `cos_t`/`sin_t` are the whole
+    /// rope tables.
+    #[cfg(feature = "cuda")]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward_fused(
+        &self,
+        x: &Tensor,
+        cos_t: &Tensor,
+        sin_t: &Tensor,
+        input: &Tensor,
+        cache_buf: &Tensor,
+    ) -> Result<Tensor> {
+        let (h, nope) = (self.heads, self.nope);
+        let q = match &self.q {
+            QProj::Direct(w) => linear(x, w)?,
+            QProj::LowRank { a, norm, b } => linear(&rms_norm(&linear(x, a)?, norm, self.eps)?, b)?,
+        };
+        let kv = linear(x, &self.kv_a)?; // (1, rank + rope)
+        super::kernels::mla_latent_write(&kv, &self.kv_a_norm, cos_t, sin_t, input, cache_buf, self.rank, self.rope, self.eps)?;
+        // (1, h * nope) is (h, 1, nope) in memory: one row.
+        let q_lat = q.narrow(1, 0, h * nope)?.reshape((h, 1, nope))?.matmul(&self.w_uk)?; // (h, 1, rank)
+        let o_lat = super::kernels::mla_decode_attn(&q, &q_lat, cos_t, sin_t, input, cache_buf, h, nope, self.scale)?;
+        let o = o_lat.reshape((h, 1, self.rank))?.matmul(&self.w_uv_t)?.reshape((1, h * self.v_head))?;
+        linear(&o, &self.o)
+    }
+
+    /// One token of one sequence with every address and shape fixed, so the step can be
+    /// captured once and replayed as a CUDA graph: the latent is written at the device-held
+    /// position (`write_idx`, (1, latent) u32, every entry the position), and attention runs
+    /// over the first `window` rows of the cache buffer under `mask` ((1, window): 0 up to the
+    /// position, -inf after).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward_fixed(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        cache_buf: &Tensor,
+        write_idx: &Tensor,
+        mask: &Tensor,
+        window: usize,
+    ) -> Result<Tensor> {
+        let h = self.heads;
+        let (q_full, latent) = self.project(x, cos, sin)?;
+        cache_buf.scatter_set(write_idx, &latent, 0)?;
+        let kv_all = cache_buf.narrow(0, 0, window)?;
+        let q = q_full.reshape((h, self.rank + self.rope))?;
+        let scores = (q.matmul(&kv_all.t()?)? * self.scale)?.broadcast_add(mask)?; // (h, window)
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let o_lat = probs.matmul(&kv_all)?.narrow(1, 0, self.rank)?.reshape((h, 1, self.rank))?;
+        let o = o_lat.matmul(&self.w_uv_t)?.reshape((1, h * self.v_head))?;
         linear(&o, &self.o)
     }
 }

@@ -4,11 +4,14 @@
 //! - [`loader`]: sharded safetensors (or random weights for benchmarks), shape-checked.
 //! - [`mla`]: multi-head latent attention in absorbed form over a latent-only cache ([`cache`]).
 //! - [`moe`]: shared + routed experts, tokens grouped per expert.
+//! - [`decode`]: batch-1 decode with fixed addresses, replayed as CUDA graphs.
+//! - [`tokenizer`]: tokenizer.json + DeepSeek-V2-Chat's chat template.
 //! - [`model`]: the batched forward pass — many sequences, each with its own cache and
 //!   position, one call for prefill and decode alike — returning logits and final hidden states.
 
 pub mod cache;
 pub mod config;
+pub mod decode;
 #[cfg(feature = "cuda")]
 pub mod kernels;
 pub mod loader;
@@ -16,9 +19,12 @@ pub mod mla;
 pub mod model;
 pub mod moe;
 pub mod rope;
+pub mod tokenizer;
 
 pub use cache::LatentCache;
+pub use decode::FixedDecoder;
 pub use config::{DeepSeekV2Config, TopkMethod, YarnScaling};
+pub use tokenizer::{ChatFormat, DeepSeekTokenizer};
 pub use loader::{RandomSource, SafetensorsSource, WeightSource};
 pub use model::{DeepSeekV2, ForwardOutput, LogitsMode};
 

@@ -236,4 +236,64 @@ impl DeepSeekV2 {
         };
         Ok(ForwardOutput { logits, hidden, spans })
     }
+
+    /// One decode step of one sequence with fixed addresses (see [`super::decode`]): `input`
+    /// is a (2,) u32 device tensor [token, position], `cache` holds at least `window` rows,
+    /// `arange` is (1, window) u32 0..window, `zero`/`neg_inf` are (1, window) in the model
+    /// dtype. Writes the token's latents at the position and returns its f32 logits (1, vocab).
+    /// Every shape depends on `window` only, so the step can be captured as a CUDA graph.
+    pub(crate) fn forward_fixed(
+        &self,
+        input: &Tensor,
+        cache: &LatentCache,
+        window: usize,
+        arange: &Tensor,
+        zero: &Tensor,
+        neg_inf: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let ids = input.narrow(0, 0, 1)?;
+        let pos = input.narrow(0, 1, 1)?;
+        #[cfg(feature = "cuda")]
+        if self.layers.first().is_some_and(|l| l.attn.fused_ok(&self.embed)) {
+            return self.forward_fused(input, &ids, cache);
+        }
+        let (cos, sin) = self.rope.gather(&pos)?;
+        let pos2 = pos.reshape((1, 1))?;
+        let write_idx = pos2.broadcast_as((1, self.cfg.latent_dim()))?.contiguous()?;
+        let mask = arange.broadcast_le(&pos2)?.where_cond(zero, neg_inf)?;
+        let eps = self.cfg.rms_norm_eps;
+        let mut x = self.embed.index_select(&ids, 0)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = rms_norm(&x, &layer.input_norm, eps)?;
+            let a = layer.attn.forward_fixed(&h, &cos, &sin, cache.buffer(i), &write_idx, &mask, window)?;
+            x = (x + a)?;
+            let h = rms_norm(&x, &layer.post_norm, eps)?;
+            x = match &layer.ffn {
+                Ffn::Dense(m) => (x + m.forward(&h)?)?,
+                Ffn::Moe(m) => m.forward_residual(&h, &x)?,
+            };
+        }
+        let hidden = rms_norm(&x, &self.norm, eps)?;
+        linear(&hidden, &self.lm_head)?.to_dtype(DType::F32)
+    }
+
+    /// [`Self::forward_fixed`] with the fused MLA kernels (CUDA, bf16).
+    #[cfg(feature = "cuda")]
+    fn forward_fused(&self, input: &Tensor, ids: &Tensor, cache: &LatentCache) -> candle_core::Result<Tensor> {
+        let (cos_t, sin_t) = self.rope.tables();
+        let eps = self.cfg.rms_norm_eps;
+        let mut x = self.embed.index_select(ids, 0)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = rms_norm(&x, &layer.input_norm, eps)?;
+            let a = layer.attn.forward_fused(&h, cos_t, sin_t, input, cache.buffer(i))?;
+            x = (x + a)?;
+            let h = rms_norm(&x, &layer.post_norm, eps)?;
+            x = match &layer.ffn {
+                Ffn::Dense(m) => (x + m.forward(&h)?)?,
+                Ffn::Moe(m) => m.forward_residual(&h, &x)?,
+            };
+        }
+        let hidden = rms_norm(&x, &self.norm, eps)?;
+        linear(&hidden, &self.lm_head)?.to_dtype(DType::F32)
+    }
 }

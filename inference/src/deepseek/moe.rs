@@ -208,7 +208,10 @@ impl Moe {
         #[cfg(feature = "cuda")]
         {
             let (n, hd) = x.dims2()?;
-            if n <= FUSED_MAX_TOKENS && super::kernels::supported(x, hd, self.inter, self.n_experts) {
+            if n <= FUSED_MAX_TOKENS
+                && self.top_k + self.shared <= 64
+                && super::kernels::supported(x, hd, self.inter, self.n_experts, self.top_k + self.shared)
+            {
                 let route = match self.method {
                     TopkMethod::Greedy => {
                         super::kernels::route(x, &self.gate, self.top_k, self.norm_topk_prob, self.scaling)?

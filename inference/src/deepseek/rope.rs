@@ -67,6 +67,12 @@ impl Rope {
         Ok(Self { cos, sin, max_positions })
     }
 
+    /// The whole (max_positions, rope_dim / 2) cos and sin tables.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn tables(&self) -> (&Tensor, &Tensor) {
+        (&self.cos, &self.sin)
+    }
+
     pub fn max_positions(&self) -> usize {
         self.max_positions
     }

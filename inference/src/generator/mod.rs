@@ -4,6 +4,7 @@ use crate::ModelError;
 use serde::{Deserialize, Serialize};
 
 mod chatml;
+pub mod deepseek;
 pub mod gguf_tokenizer;
 mod requant;
 mod sampling;

@@ -1,0 +1,157 @@
+//! The DeepSeek-V2 generator: one sequence at a time through [`FixedDecoder`] (on CUDA, the
+//! decode step is a replayed CUDA graph), DeepSeek-V2-Chat's template and tokenizer.
+
+use super::sampling::{RepeatPenalty, Sampler};
+use super::text_stream::{StreamState, TextStream};
+use super::{ChatMessage, FinishReason, Flow, GenerationStats, Generator, SamplingParams};
+use crate::deepseek::{DeepSeekTokenizer, DeepSeekV2, FixedDecoder};
+use crate::ModelError;
+use candle_core::Device;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Instant;
+
+pub struct DeepSeekGenerator {
+    id: String,
+    tokenizer: DeepSeekTokenizer,
+    /// The model and its one preallocated sequence cache; a request holds it throughout.
+    decoder: Mutex<FixedDecoder>,
+    context_tokens: usize,
+    repeat: RepeatPenalty,
+}
+
+impl DeepSeekGenerator {
+    /// Loads checkpoint, tokenizer and chat template from `dir` (bf16 on CUDA, f32 on CPU)
+    /// with a cache for `context_tokens` tokens (prompt plus answer).
+    pub fn load(dir: &Path, device: &Device, context_tokens: usize) -> Result<Self, ModelError> {
+        let tokenizer = DeepSeekTokenizer::from_dir(dir)?;
+        let model = DeepSeekV2::load(dir, device)?;
+        let id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "deepseek-v2".into());
+        Self::new(id, &model, tokenizer, context_tokens)
+    }
+
+    /// From a loaded model and tokenizer.
+    pub fn new(
+        id: impl Into<String>,
+        model: &DeepSeekV2,
+        tokenizer: DeepSeekTokenizer,
+        context_tokens: usize,
+    ) -> Result<Self, ModelError> {
+        let context_tokens = context_tokens.min(model.max_positions());
+        let decoder = FixedDecoder::new(model, context_tokens)?;
+        Ok(Self {
+            id: id.into(),
+            tokenizer,
+            context_tokens: context_tokens.min(decoder.capacity()),
+            decoder: Mutex::new(decoder),
+            // The repeat penalty is off by default: DeepSeek's own generation config uses none.
+            repeat: RepeatPenalty { penalty: 1.0, last_n: 64 },
+        })
+    }
+
+    /// Sets the repeat penalty applied to generated tokens.
+    pub fn with_repeat_penalty(mut self, repeat: RepeatPenalty) -> Self {
+        self.repeat = repeat;
+        self
+    }
+
+    pub fn tokenizer(&self) -> &DeepSeekTokenizer {
+        &self.tokenizer
+    }
+}
+
+impl Generator for DeepSeekGenerator {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn context_tokens(&self) -> usize {
+        self.context_tokens
+    }
+
+    fn count_tokens(&self, text: &str) -> Result<usize, ModelError> {
+        Ok(self.tokenizer.encode(text)?.len())
+    }
+
+    fn generate(
+        &self,
+        messages: &[ChatMessage],
+        params: &SamplingParams,
+        on_text: &mut dyn FnMut(&str) -> Flow,
+    ) -> Result<GenerationStats, ModelError> {
+        let mut sampler = Sampler::new(params, self.repeat)?;
+        let prompt = self.tokenizer.encode_chat(messages)?;
+        let prompt_tokens = prompt.len();
+        if prompt_tokens.saturating_add(params.max_tokens) > self.context_tokens {
+            return Err(ModelError::ContextOverflow {
+                prompt_tokens,
+                max_tokens: params.max_tokens,
+                context_tokens: self.context_tokens,
+            });
+        }
+        let mut stats = GenerationStats { prompt_tokens, completion_tokens: 0, finish_reason: FinishReason::Length };
+        if params.max_tokens == 0 {
+            return Ok(stats);
+        }
+        // A panic in an earlier request poisons the lock; the cache is reset below anyway.
+        let mut dec = self.decoder.lock().unwrap_or_else(|p| p.into_inner());
+        dec.reset();
+        let eos = self.tokenizer.eos_token_id();
+        let started = Instant::now();
+        let result = (|| {
+            let mut logits = dec.prefill(&prompt)?;
+            let prefill = started.elapsed();
+            let mut stream = TextStream::new(&params.stop);
+            let mut generated: Vec<u32> = Vec::new();
+            // Text of the answer so far; each token's new text is what decoding all of it
+            // adds (byte-level BPE pieces can be parts of one character).
+            let mut shown = String::new();
+            loop {
+                let next = sampler.sample(&logits.squeeze(0)?, &generated)?;
+                generated.push(next);
+                if next == eos {
+                    stats.finish_reason = FinishReason::Stop;
+                    break;
+                }
+                let text = self.tokenizer.decode(&generated)?;
+                if !text.ends_with('\u{FFFD}') && text.len() > shown.len() && text.starts_with(shown.as_str()) {
+                    let piece = text[shown.len()..].to_string();
+                    shown = text;
+                    match stream.push(piece.as_bytes(), on_text) {
+                        StreamState::Continue => {}
+                        StreamState::StopString => {
+                            stats.finish_reason = FinishReason::Stop;
+                            break;
+                        }
+                        StreamState::Cancelled => {
+                            stats.finish_reason = FinishReason::Cancelled;
+                            break;
+                        }
+                    }
+                }
+                if generated.len() >= params.max_tokens {
+                    stats.finish_reason = FinishReason::Length;
+                    break;
+                }
+                logits = dec.step(next)?;
+            }
+            if stats.finish_reason != FinishReason::Cancelled {
+                let _ = stream.finish(on_text);
+            }
+            stats.completion_tokens = generated.len();
+            let decode = started.elapsed().saturating_sub(prefill);
+            tracing::debug!(
+                id = self.id,
+                prompt_tokens,
+                completion_tokens = stats.completion_tokens,
+                finish = ?stats.finish_reason,
+                prefill_ms = prefill.as_millis() as u64,
+                decode_tok_per_s = stats.completion_tokens.saturating_sub(1) as f64 / decode.as_secs_f64().max(1e-9),
+                "generation done"
+            );
+            Ok(stats)
+        })();
+        dec.reset();
+        result
+    }
+}
