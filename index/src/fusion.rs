@@ -58,10 +58,12 @@ mod tests {
 
     #[test]
     fn rrf_prefers_items_ranked_well_by_both() {
+        // 2 is second and first; 1 is first and third: 1/62 + 1/61 beats 1/61 + 1/63.
         let kw = [(1, 9.0), (2, 8.0), (3, 1.0)];
-        let vec = [(3, 0.9), (2, 0.8), (4, 0.7)];
+        let vec = [(2, 0.9), (4, 0.8), (1, 0.7)];
         let fused = fuse(Fusion::Rrf { k: 60.0 }, &kw, &vec);
         assert_eq!(fused[0].0, 2);
+        assert_eq!(fused[1].0, 1);
         assert_eq!(fused.len(), 4);
     }
 
