@@ -8,4 +8,12 @@ cd "$root"
 bash scripts/fetch-models.sh
 source scripts/ensure-postgres.sh
 
-cargo test --workspace --locked "$@"
+log="$(mktemp)"
+set +e
+cargo test --workspace --locked "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# cargo's last line is the doc-test run's (often "0 passed"): close with the whole count.
+awk '/^test result:/ {p += $4; f += $6; s += $8} END {printf "summary: %d passed, %d failed, %d skipped\n", p, f, s}' "$log"
+rm -f "$log"
+exit "$status"
