@@ -1,5 +1,4 @@
 use actix_web::{post, web, HttpResponse};
-use futures_util::stream;
 use kb_inference::Flow;
 use serde::Deserialize;
 use serde_json::json;
@@ -8,6 +7,7 @@ use tokio::sync::mpsc;
 use crate::answer::Answer;
 use crate::server::error::ApiError;
 use crate::server::State;
+use super::{answer_whole, event_stream};
 
 #[derive(Deserialize)]
 pub struct AskBody {
@@ -44,10 +44,7 @@ pub async fn ask(state: web::Data<State>, name: web::Path<String>, body: web::Js
     let state2 = state.clone();
 
     if !body.stream {
-        let answer = web::block(move || state2.answerer().answer(&question, &passages, &mut |_| Flow::Continue))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let answer = answer_whole(state2, question, passages).await?;
         return Ok(HttpResponse::Ok().json(answer_json(&answer)));
     }
 
@@ -68,7 +65,7 @@ pub async fn ask(state: web::Data<State>, name: web::Path<String>, body: web::Js
             Err(e) => tx.blocking_send(sse("error", &json!({"error": {"code": "generation_failed", "message": e.to_string()}}))),
         };
     });
-    let body = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, actix_web::Error>(b), rx)) });
+    let body = event_stream(rx);
     Ok(HttpResponse::Ok()
         .content_type("text/event-stream")
         .insert_header(("Cache-Control", "no-cache"))

@@ -2,7 +2,6 @@
 //! the question, answered from the collection like `/ask`, so OpenAI clients work unchanged.
 
 use actix_web::{post, web, HttpResponse};
-use futures_util::stream;
 use kb_inference::Flow;
 use serde::Deserialize;
 use serde_json::json;
@@ -10,6 +9,7 @@ use tokio::sync::mpsc;
 
 use crate::server::error::ApiError;
 use crate::server::State;
+use super::{answer_whole, event_stream};
 
 #[derive(Deserialize)]
 pub struct ChatRequest {
@@ -66,10 +66,7 @@ pub async fn completions(state: web::Data<State>, body: web::Json<ChatRequest>) 
     let state2 = state.clone();
 
     if !body.stream {
-        let answer = web::block(move || state2.answerer().answer(&question, &passages, &mut |_| Flow::Continue))
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let answer = answer_whole(state2, question, passages).await?;
         return Ok(HttpResponse::Ok().json(json!({
             "id": id, "object": "chat.completion", "created": now(), "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.answer}, "finish_reason": "stop"}],
@@ -92,6 +89,6 @@ pub async fn completions(state: web::Data<State>, body: web::Json<ChatRequest>) 
         let _ = tx.blocking_send(chunk(&id, &model, json!({}), Some("stop")));
         let _ = tx.blocking_send(web::Bytes::from_static(b"data: [DONE]\n\n"));
     });
-    let body = stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, actix_web::Error>(b), rx)) });
+    let body = event_stream(rx);
     Ok(HttpResponse::Ok().content_type("text/event-stream").insert_header(("Cache-Control", "no-cache")).streaming(body))
 }

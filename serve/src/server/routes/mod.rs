@@ -7,3 +7,26 @@ pub mod documents;
 pub mod health;
 pub mod jobs;
 pub mod search;
+
+use actix_web::web;
+use futures_util::Stream;
+use kb_index::Hit;
+use kb_inference::Flow;
+use tokio::sync::mpsc;
+
+use crate::answer::Answer;
+use crate::server::error::ApiError;
+use crate::server::State;
+
+/// Answers without streaming, off the async executor.
+async fn answer_whole(state: web::Data<State>, question: String, passages: Vec<Hit>) -> Result<Answer, ApiError> {
+    web::block(move || state.answerer().answer(&question, &passages, &mut |_| Flow::Continue))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))?
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+/// A streaming response body fed by a generation thread through `rx`.
+fn event_stream(rx: mpsc::Receiver<web::Bytes>) -> impl Stream<Item = Result<web::Bytes, actix_web::Error>> {
+    futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok(b), rx)) })
+}
