@@ -2,7 +2,7 @@
 //! decode step is a replayed CUDA graph), DeepSeek-V2-Chat's template and tokenizer.
 
 use super::sampling::{RepeatPenalty, Sampler};
-use super::text_stream::{StreamState, TextStream};
+use super::decode_loop::decode_loop;
 use super::{ChatMessage, FinishReason, Flow, GenerationStats, Generator, SamplingParams};
 use crate::deepseek::{DeepSeekTokenizer, DeepSeekV2, FixedDecoder};
 use crate::ModelError;
@@ -99,46 +99,32 @@ impl Generator for DeepSeekGenerator {
         let eos = self.tokenizer.eos_token_id();
         let started = Instant::now();
         let result = (|| {
-            let mut logits = dec.prefill(&prompt)?;
+            let logits = dec.prefill(&prompt)?.squeeze(0)?;
             let prefill = started.elapsed();
-            let mut stream = TextStream::new(&params.stop);
-            let mut generated: Vec<u32> = Vec::new();
             // Text of the answer so far; each token's new text is what decoding all of it
             // adds (byte-level BPE pieces can be parts of one character).
             let mut shown = String::new();
-            loop {
-                let next = sampler.sample(&logits.squeeze(0)?, &generated)?;
-                generated.push(next);
-                if next == eos {
-                    stats.finish_reason = FinishReason::Stop;
-                    break;
-                }
-                let text = self.tokenizer.decode(&generated)?;
-                if !text.ends_with('\u{FFFD}') && text.len() > shown.len() && text.starts_with(shown.as_str()) {
-                    let piece = text[shown.len()..].to_string();
-                    shown = text;
-                    match stream.push(piece.as_bytes(), on_text) {
-                        StreamState::Continue => {}
-                        StreamState::StopString => {
-                            stats.finish_reason = FinishReason::Stop;
-                            break;
-                        }
-                        StreamState::Cancelled => {
-                            stats.finish_reason = FinishReason::Cancelled;
-                            break;
-                        }
+            let tokenizer = &self.tokenizer;
+            let (completion, finish) = decode_loop(
+                logits,
+                &mut sampler,
+                params.max_tokens,
+                &params.stop,
+                on_text,
+                |t| t == eos,
+                |generated| {
+                    let text = tokenizer.decode(generated)?;
+                    if text.ends_with('\u{FFFD}') || text.len() <= shown.len() || !text.starts_with(shown.as_str()) {
+                        return Ok(Vec::new());
                     }
-                }
-                if generated.len() >= params.max_tokens {
-                    stats.finish_reason = FinishReason::Length;
-                    break;
-                }
-                logits = dec.step(next)?;
-            }
-            if stats.finish_reason != FinishReason::Cancelled {
-                let _ = stream.finish(on_text);
-            }
-            stats.completion_tokens = generated.len();
+                    let piece = text.as_bytes()[shown.len()..].to_vec();
+                    shown = text;
+                    Ok(piece)
+                },
+                |token, _| Ok(dec.step(token)?.squeeze(0)?),
+            )?;
+            stats.finish_reason = finish;
+            stats.completion_tokens = completion;
             let decode = started.elapsed().saturating_sub(prefill);
             tracing::debug!(
                 id = self.id,

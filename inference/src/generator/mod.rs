@@ -4,6 +4,7 @@ use crate::ModelError;
 use serde::{Deserialize, Serialize};
 
 mod chatml;
+mod decode_loop;
 pub mod deepseek;
 pub mod gguf_tokenizer;
 mod requant;

@@ -16,7 +16,7 @@ use super::chatml::ChatMl;
 use super::gguf_tokenizer::GgufTokenizer;
 use super::requant::{self, WeightFormat};
 use super::sampling::{RepeatPenalty, Sampler};
-use super::text_stream::{StreamState, TextStream};
+use super::decode_loop::decode_loop;
 use super::{ChatMessage, FinishReason, Flow, GenerationStats, Generator, SamplingParams};
 use crate::ModelError;
 
@@ -236,47 +236,30 @@ impl Generator for SmolLmGenerator {
 
         let started = Instant::now();
         let result = (|| {
-            let mut logits = self.forward(&mut model, &prompt, 0)?;
+            let logits = self.forward(&mut model, &prompt, 0)?;
             let prefill = started.elapsed();
-            let mut stream = TextStream::new(&params.stop);
-            let mut generated: Vec<u32> = Vec::new();
             let mut first_text: Option<std::time::Duration> = None;
             let mut emit = |text: &str| {
                 first_text.get_or_insert_with(|| started.elapsed());
                 on_text(text)
             };
-            loop {
-                let next = sampler.sample(&logits, &generated)?;
-                generated.push(next);
-                if self.stop_ids.contains(&next) {
-                    stats.finish_reason = FinishReason::Stop;
-                    break;
-                }
+            let tokenizer = &self.tokenizer;
+            let (completion, finish) = decode_loop(
+                logits,
+                &mut sampler,
+                params.max_tokens,
+                &params.stop,
+                &mut emit,
+                |t| self.stop_ids.contains(&t),
                 // Other control tokens (<file_sep> and the like) have no text in an answer.
-                if !self.tokenizer.is_control(next) {
-                    match stream.push(self.tokenizer.token_bytes(next), &mut emit) {
-                        StreamState::Continue => {}
-                        StreamState::StopString => {
-                            stats.finish_reason = FinishReason::Stop;
-                            break;
-                        }
-                        StreamState::Cancelled => {
-                            stats.finish_reason = FinishReason::Cancelled;
-                            break;
-                        }
-                    }
-                }
-                if generated.len() >= params.max_tokens {
-                    stats.finish_reason = FinishReason::Length;
-                    break;
-                }
-                logits = self.forward(&mut model, &[next], prompt_tokens + generated.len() - 1)?;
-            }
-            if stats.finish_reason != FinishReason::Cancelled {
-                // The answer is over either way; what the callback says no longer matters.
-                let _ = stream.finish(&mut emit);
-            }
-            stats.completion_tokens = generated.len();
+                |generated| {
+                    let last = generated[generated.len() - 1];
+                    Ok(if tokenizer.is_control(last) { Vec::new() } else { tokenizer.token_bytes(last).to_vec() })
+                },
+                |token, len| self.forward(&mut model, &[token], prompt_tokens + len - 1),
+            )?;
+            stats.finish_reason = finish;
+            stats.completion_tokens = completion;
             let total = started.elapsed();
             let decode = total.saturating_sub(prefill);
             tracing::debug!(
