@@ -1,4 +1,5 @@
 use serde::Serialize;
+use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use super::{now_ms, Store};
@@ -17,6 +18,10 @@ pub struct CollectionSummary {
     pub name: String,
     pub documents: i64,
     pub chunks: i64,
+}
+
+fn from_row(r: &AnyRow) -> Result<Collection> {
+    Ok(Collection { id: r.try_get(0)?, name: r.try_get(1)?, embedder: r.try_get(2)? })
 }
 
 /// Names become URL path segments and directory names: keep them plain.
@@ -62,8 +67,15 @@ impl Store {
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
-        row.map(|r| Ok(Collection { id: r.try_get(0)?, name: r.try_get(1)?, embedder: r.try_get(2)? }))
-            .transpose()
+        row.as_ref().map(from_row).transpose()
+    }
+
+    pub async fn collection_by_id(&self, id: i64) -> Result<Option<Collection>> {
+        let row = sqlx::query("SELECT id, name, embedder FROM collections WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(from_row).transpose()
     }
 
     /// The collection or `CollectionNotFound`.
@@ -75,9 +87,7 @@ impl Store {
         let rows = sqlx::query("SELECT id, name, embedder FROM collections ORDER BY name")
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| Ok(Collection { id: r.try_get(0)?, name: r.try_get(1)?, embedder: r.try_get(2)? }))
-            .collect()
+        rows.iter().map(from_row).collect()
     }
 
     pub async fn collection_summaries(&self) -> Result<Vec<CollectionSummary>> {

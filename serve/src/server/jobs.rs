@@ -66,12 +66,7 @@ async fn run_job(ingestor: &Ingestor, job: Job) {
     let store = ingestor.engine().store();
     let result = async {
         let doc = store.document(job.document_id).await?.ok_or_else(|| "document was deleted".to_string())?;
-        let c = store
-            .all_collections()
-            .await?
-            .into_iter()
-            .find(|c| c.id == doc.collection_id)
-            .ok_or_else(|| "collection was deleted".to_string())?;
+        let c = store.collection_by_id(doc.collection_id).await?.ok_or_else(|| "collection was deleted".to_string())?;
         let path = doc.source_path.clone().ok_or_else(|| "the uploaded file is gone".to_string())?;
         let bytes = tokio::fs::read(&path).await.map_err(|e| format!("reading the upload: {e}"))?;
         store.set_document_status(doc.id, DocumentStatus::Running, None).await?;
