@@ -7,25 +7,14 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
+use common::{assert_error, fixture};
 use common::server::Server;
 use serde_json::{json, Value};
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(40);
 const MODES: [&str; 3] = ["hybrid", "vector", "keyword"];
 
-fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(common::fixtures().join(name)).expect(name)
-}
 
-/// Asserts the `{"error": {"code", "message"}}` shape with the given status and code.
-fn assert_error(got: &(u16, Value), status: u16, code: &str) {
-    let (s, body) = got;
-    assert_eq!(*s, status, "{body}");
-    assert_eq!(body["error"]["code"], code, "{body}");
-    let message = body["error"]["message"].as_str().unwrap_or_else(|| panic!("no message: {body}"));
-    assert!(!message.trim().is_empty(), "{body}");
-    assert_eq!(body.as_object().map(|o| o.len()), Some(1), "only `error` expected: {body}");
-}
 
 fn collection_summary(server: &Server, name: &str) -> Option<Value> {
     let (status, body) = server.get("/v1/collections");

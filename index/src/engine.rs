@@ -9,7 +9,8 @@ use kb_inference::Embedder;
 use serde::{Deserialize, Serialize};
 
 use crate::fusion::{fuse, Fusion};
-use crate::keyword::KeywordIndex;
+use crate::query_cache::QueryCache;
+use crate::keyword::{KeywordIndex, Proximity};
 use crate::store::{ChunkRow, ChunkText, Collection, Store};
 use crate::vector::{HnswParams, VectorIndex};
 use crate::{IndexError, Result};
@@ -20,11 +21,14 @@ pub struct IndexConfig {
     pub fusion: Fusion,
     /// Rebuild a vector index when this share of its points is deleted.
     pub rebuild_deleted_share: f64,
+    /// Query embeddings remembered (0: none).
+    pub query_cache_size: usize,
+    pub proximity: Proximity,
 }
 
 impl Default for IndexConfig {
     fn default() -> Self {
-        Self { hnsw: HnswParams::default(), fusion: Fusion::default(), rebuild_deleted_share: 0.2 }
+        Self { hnsw: HnswParams::default(), fusion: Fusion::default(), rebuild_deleted_share: 0.2, query_cache_size: 1024, proximity: Proximity::default() }
     }
 }
 
@@ -89,6 +93,7 @@ pub struct Engine {
     root: PathBuf,
     config: IndexConfig,
     open: RwLock<HashMap<i64, Arc<CollectionIndexes>>>,
+    query_cache: QueryCache,
 }
 
 /// Runs blocking index work off the async executor.
@@ -100,7 +105,8 @@ impl Engine {
     /// Opens the indexes of every collection under `root`, rebuilding or catching each up
     /// from the database.
     pub async fn open(store: Store, embedder: Arc<dyn Embedder>, root: &Path, config: IndexConfig) -> Result<Self> {
-        let engine = Self { store, embedder, root: root.to_owned(), config, open: RwLock::default() };
+        let query_cache = QueryCache::new(config.query_cache_size);
+        let engine = Self { store, embedder, root: root.to_owned(), config, open: RwLock::default(), query_cache };
         for c in engine.store.all_collections().await? {
             engine.indexes(&c).await?;
         }
@@ -161,14 +167,15 @@ impl Engine {
         }
         let dir = self.collection_dir(c.id);
         let (vdir, kdir, dim, params) = (dir.join("vectors"), dir.join("keywords"), self.embedder.dim(), self.config.hnsw.clone());
+        let proximity = self.config.proximity;
         let (vectors, keywords) = blocking(move || {
             let vectors = VectorIndex::load(&vdir, dim, &params).unwrap_or_else(|| VectorIndex::new(&vdir, dim, params, 0));
-            let keywords = match KeywordIndex::open(&kdir) {
+            let keywords = match KeywordIndex::open(&kdir, proximity) {
                 Ok(k) => k,
                 Err(e) => {
                     tracing::warn!(dir = %kdir.display(), error = %e, "keyword index unreadable; rebuilding");
                     let _ = std::fs::remove_dir_all(&kdir);
-                    KeywordIndex::open(&kdir)?
+                    KeywordIndex::open(&kdir, proximity)?
                 }
             };
             Ok((vectors, keywords))
@@ -296,17 +303,26 @@ impl Engine {
         let top_k = req.top_k.max(1);
         // Candidates per list: fusion and per-document collapsing need more than top_k.
         let depth = (top_k * if req.distinct_documents { 8 } else { 4 }).max(100);
-        let query_vector = match req.mode {
+        // The query embedding (the slow part) and the keyword search run side by side.
+        let embedding = match req.mode {
             SearchMode::Keyword => None,
-            _ => {
-                let embedder = self.embedder.clone();
-                let q = req.query.clone();
-                Some(blocking(move || Ok(embedder.embed_query(&q)?)).await?)
-            }
+            _ => Some(self.embed_query(&req.query)),
         };
         let keyword = match req.mode {
-            SearchMode::Vector => Vec::new(),
-            _ => ix.keywords.search(&req.query, depth)?,
+            SearchMode::Vector => None,
+            _ => {
+                let (ix, q) = (ix.clone(), req.query.clone());
+                Some(blocking(move || ix.keywords.search(&q, depth)))
+            }
+        };
+        let (query_vector, keyword) = match (embedding, keyword) {
+            (Some(e), Some(k)) => {
+                let (e, k) = tokio::join!(e, k);
+                (Some(e?), k?)
+            }
+            (Some(e), None) => (Some(e.await?), Vec::new()),
+            (None, Some(k)) => (None, k.await?),
+            (None, None) => (None, Vec::new()),
         };
         let vector = match &query_vector {
             Some(q) => ix.vectors().search(q, depth),
@@ -318,6 +334,18 @@ impl Engine {
             SearchMode::Hybrid => fuse(self.config.fusion, &keyword, &vector),
         };
         self.resolve(ranked, top_k, req.distinct_documents).await
+    }
+
+    /// The query's embedding, from a small cache: the same question is often embedded twice
+    /// in a row (an answer's relevance probe, then its search) and popular queries repeat.
+    async fn embed_query(&self, query: &str) -> Result<Arc<Vec<f32>>> {
+        if let Some(v) = self.query_cache.get(query) {
+            return Ok(v);
+        }
+        let (embedder, q) = (self.embedder.clone(), query.to_owned());
+        let v = Arc::new(blocking(move || Ok(embedder.embed_query(&q)?)).await?);
+        self.query_cache.put(query, v.clone());
+        Ok(v)
     }
 
     /// Turns ranked chunk ids into hits, dropping ids the database no longer has.

@@ -7,6 +7,8 @@ pub enum IndexError {
     CollectionExists(String),
     #[error("invalid collection name {name:?}: {reason}")]
     InvalidName { name: String, reason: &'static str },
+    #[error("an API key named {0:?} already exists")]
+    KeyExists(String),
     #[error("document not found: {0}")]
     DocumentNotFound(i64),
     #[error("collection {collection} was built with embedder {built_with}, not {requested}; re-embed it first")]

@@ -3,7 +3,7 @@
 //! Two small traits, [`Embedder`] and [`Generator`], are the whole contract the rest of kb
 //! sees; each implementation lives in its own module.
 
-mod embedder;
+pub mod embedder;
 mod error;
 pub mod deepseek;
 pub mod generator;

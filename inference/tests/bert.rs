@@ -43,3 +43,34 @@ fn missing_model_files_are_a_clear_error() {
     let err = BertEmbedder::load(dir.path()).err().expect("must fail");
     assert!(err.to_string().contains("config.json"), "{err}");
 }
+
+/// kb's encoder forward pass computes what candle-transformers' BERT computes, on the real
+/// weights, padding included.
+#[test]
+fn encoder_matches_candle_transformers_bert() {
+    use candle_core::{DType, Device, Tensor};
+    use candle_transformers::models::bert::{BertModel, Config};
+    use kb_inference::embedder::encoder::Encoder;
+
+    let dir = model_dir();
+    let config: Config = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let vb = unsafe {
+        candle_nn::VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &Device::Cpu).unwrap()
+    };
+    let reference = BertModel::load(vb.clone(), &config).unwrap();
+    let ours = Encoder::load(vb, &config).unwrap();
+    // Two sequences, the second padded after 5 tokens.
+    let ids = Tensor::new(&[[101u32, 7592, 2088, 2003, 1037, 3231, 6251, 102], [101, 2129, 2024, 2017, 102, 0, 0, 0]], &Device::Cpu).unwrap();
+    let types = ids.zeros_like().unwrap();
+    let mask = Tensor::new(&[[1u32, 1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0, 0, 0]], &Device::Cpu).unwrap();
+    let a = reference.forward(&ids, &types, Some(&mask)).unwrap();
+    let b = ours.forward(&ids, &types, &mask).unwrap();
+    assert_eq!(a.dims(), b.dims());
+    // Compare the positions that are not padding.
+    for (row, len) in [(0usize, 8usize), (1, 5)] {
+        let x = a.get(row).unwrap().narrow(0, 0, len).unwrap();
+        let y = b.get(row).unwrap().narrow(0, 0, len).unwrap();
+        let diff: f32 = (x - y).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
+        assert!(diff < 1e-3, "row {row}: max |difference| {diff}");
+    }
+}

@@ -4,15 +4,16 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Instant;
 
 use kb_index::{Collection, Engine, Hit, SearchMode, SearchRequest};
-use kb_inference::{ChatMessage, Flow, Generator, Role, SamplingParams};
+use kb_inference::{ChatMessage, Flow, GenerationStats, Generator, Role, SamplingParams};
 use serde::Serialize;
+
+use crate::metrics::METRICS;
 
 /// Below this cosine similarity (all-MiniLM-L6-v2) no passage is about the question.
 const MIN_RELEVANCE: f32 = 0.25;
-/// Tokens kept free for the answer.
-const ANSWER_TOKENS: usize = 256;
 
 pub const NOT_IN_CORPUS: &str = "The documents in this collection do not contain an answer to this question.";
 
@@ -48,11 +49,13 @@ pub struct Answer {
 pub struct Answerer {
     engine: Arc<Engine>,
     generator: Option<Arc<dyn Generator>>,
+    /// The longest answer, in tokens; also kept free in the generator's context.
+    max_tokens: usize,
 }
 
 impl Answerer {
-    pub fn new(engine: Arc<Engine>, generator: Option<Arc<dyn Generator>>) -> Self {
-        Self { engine, generator }
+    pub fn new(engine: Arc<Engine>, generator: Option<Arc<dyn Generator>>, max_tokens: usize) -> Self {
+        Self { engine, generator, max_tokens: max_tokens.max(1) }
     }
 
     /// Passages for `question`, or none when nothing is relevant enough.
@@ -79,22 +82,31 @@ impl Answerer {
             on_text(&answer.answer);
             return Ok(answer);
         };
-        let passages = fit_passages(generator.as_ref(), question, passages)?;
+        let passages = fit_passages(generator.as_ref(), question, passages, self.max_tokens)?;
         let messages = prompt(question, &passages);
         let mut text = String::new();
-        let params = SamplingParams { max_tokens: ANSWER_TOKENS, ..SamplingParams::default() };
-        generator.generate(&messages, &params, &mut |piece| {
+        let params = SamplingParams { max_tokens: self.max_tokens, ..SamplingParams::default() };
+        let start = Instant::now();
+        let mut first: Option<Instant> = None;
+        let stats = generator.generate(&messages, &params, &mut |piece| {
+            first.get_or_insert_with(Instant::now);
             text.push_str(piece);
             on_text(piece)
         })?;
+        record_generation(generator.id(), start, first, &stats);
         let citations = cite(&text, &passages);
         Ok(Answer { answer: text.trim().to_owned(), kind: AnswerKind::Generated, citations })
     }
 }
 
 /// Keeps the best passages that fit the generator's context with the question and the answer.
-fn fit_passages<'a>(g: &dyn Generator, question: &str, passages: &'a [Hit]) -> Result<Vec<&'a Hit>, kb_inference::ModelError> {
-    let mut budget = g.context_tokens().saturating_sub(ANSWER_TOKENS + 160 + g.count_tokens(question)?);
+fn fit_passages<'a>(
+    g: &dyn Generator,
+    question: &str,
+    passages: &'a [Hit],
+    answer_tokens: usize,
+) -> Result<Vec<&'a Hit>, kb_inference::ModelError> {
+    let mut budget = g.context_tokens().saturating_sub(answer_tokens + 160 + g.count_tokens(question)?);
     let mut kept = Vec::new();
     for p in passages {
         let cost = g.count_tokens(&p.chunk.text)? + 24;
@@ -133,6 +145,19 @@ pub fn prompt(question: &str, passages: &[&Hit]) -> Vec<ChatMessage> {
         ChatMessage { role: Role::System, content: system.into() },
         ChatMessage { role: Role::User, content: user },
     ]
+}
+
+fn record_generation(id: &str, start: Instant, first: Option<Instant>, stats: &GenerationStats) {
+    let labels = [id];
+    if let Some(first) = first {
+        METRICS.generation_ttft_seconds.with_label_values(&labels).observe((first - start).as_secs_f64());
+        let decode = first.elapsed().as_secs_f64();
+        if stats.completion_tokens > 1 && decode > 0.0 {
+            METRICS.generation_tokens_per_second.with_label_values(&labels).observe((stats.completion_tokens - 1) as f64 / decode);
+        }
+    }
+    METRICS.generation_tokens.with_label_values(&[id, "prompt"]).inc_by(stats.prompt_tokens as u64);
+    METRICS.generation_tokens.with_label_values(&[id, "completion"]).inc_by(stats.completion_tokens as u64);
 }
 
 fn citation(n: usize, h: &Hit) -> Citation {

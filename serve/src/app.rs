@@ -11,6 +11,7 @@ use kb_ingest::pipeline::Ingestor;
 use kb_ingest::ChunkerConfig;
 
 use crate::config::Config;
+use crate::metrics::TimedEmbedder;
 
 pub struct App {
     pub config: Config,
@@ -28,10 +29,9 @@ impl App {
             .await
             .with_context(|| format!("opening the database {}", config.describe_database()))?;
         let dir = config.embedder_dir();
-        let embedder: Arc<dyn Embedder> = Arc::new(
-            BertEmbedder::load(&dir)
-                .with_context(|| format!("loading the embedder from {} (run scripts/fetch-models.sh)", dir.display()))?,
-        );
+        let bert = BertEmbedder::load(&dir)
+            .with_context(|| format!("loading the embedder from {} (run scripts/fetch-models.sh)", dir.display()))?;
+        let embedder: Arc<dyn Embedder> = Arc::new(TimedEmbedder(Arc::new(bert)));
         let fusion = match config.fusion.as_str() {
             "rrf" => Fusion::Rrf { k: config.rrf_k },
             "convex" => Fusion::Convex { alpha: config.fusion_alpha },
@@ -44,6 +44,8 @@ impl App {
                 ef_search: config.hnsw_ef_search,
             },
             fusion,
+            query_cache_size: config.query_cache_size,
+            proximity: kb_index::keyword::Proximity { weight: config.keyword_proximity, slop: config.keyword_proximity_slop },
             ..IndexConfig::default()
         };
         let engine = Arc::new(

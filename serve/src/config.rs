@@ -24,6 +24,9 @@ pub struct ConfigArgs {
     /// sqlite://PATH or postgres://… (default: SQLite file in the data directory).
     #[arg(long, env = "DATABASE_URL", global = true)]
     pub database_url: Option<String>,
+    /// Serve the web UI from this directory (UI development) instead of the built-in copy.
+    #[arg(long, env = "KB_WEB_DIR", global = true)]
+    pub web_dir: Option<PathBuf>,
     /// JSON logs.
     #[arg(long, env = "KB_LOG_JSON", global = true)]
     pub log_json: bool,
@@ -45,6 +48,11 @@ pub struct Config {
     pub hnsw_m: usize,
     pub hnsw_ef_construction: usize,
     pub hnsw_ef_search: usize,
+    /// Query embeddings kept in memory for repeated queries (0 turns the cache off).
+    pub query_cache_size: usize,
+    /// Weight of query-word proximity in BM25 (0: plain BM25) and the positions a pair may drift.
+    pub keyword_proximity: f32,
+    pub keyword_proximity_slop: u32,
     /// `convex` or `rrf`.
     pub fusion: String,
     /// Vector weight of convex fusion.
@@ -52,9 +60,18 @@ pub struct Config {
     pub rrf_k: f32,
     pub max_upload_bytes: u64,
     pub ingest_workers: usize,
+    /// The longest generated answer, in tokens.
+    pub answer_max_tokens: usize,
+    /// Answers generating or waiting for the generator at once; more get 503 + Retry-After.
+    pub max_pending_answers: usize,
     pub pdf_timeout_secs: u64,
     pub pdf_memory_mb: u64,
     pub log_json: bool,
+    /// How long running ingest jobs may take to finish at shutdown before they are queued
+    /// again for the next start.
+    pub shutdown_grace_secs: u64,
+    /// Serve the web UI from this directory instead of the copy built into the binary.
+    pub web_dir: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -71,14 +88,21 @@ impl Default for Config {
             hnsw_m: 16,
             hnsw_ef_construction: 200,
             hnsw_ef_search: 128,
+            query_cache_size: 1024,
+            keyword_proximity: 0.0,
+            keyword_proximity_slop: 1,
             fusion: "convex".into(),
             fusion_alpha: 0.5,
             rrf_k: 60.0,
             max_upload_bytes: 64 * 1024 * 1024,
             ingest_workers: 2,
+            max_pending_answers: 32,
+            answer_max_tokens: 256,
             pdf_timeout_secs: 30,
             pdf_memory_mb: 1024,
             log_json: false,
+            shutdown_grace_secs: 20,
+            web_dir: None,
         }
     }
 }
@@ -109,6 +133,9 @@ impl Config {
             config.database_url = Some(u.clone());
         }
         config.log_json |= args.log_json;
+        if let Some(w) = &args.web_dir {
+            config.web_dir = Some(w.clone());
+        }
         Ok(config)
     }
 

@@ -4,6 +4,7 @@ mod answer;
 mod app;
 mod commands;
 mod config;
+mod metrics;
 mod server;
 
 use std::path::PathBuf;
@@ -52,12 +53,36 @@ enum Command {
     },
     /// List collections with their document and chunk counts.
     Collections,
+    /// Manage API keys. With none, the API is open and `kb serve` listens only on loopback.
+    #[command(subcommand)]
+    Keys(KeysArgs),
     /// Measure retrieval quality and speed.
     #[command(subcommand)]
     Eval(EvalCommand),
     /// Internal: parse one PDF from stdin in an isolated process.
     #[command(name = "pdf-worker", hide = true)]
     PdfWorker,
+}
+
+#[derive(Subcommand)]
+enum KeysArgs {
+    /// Create a key and print it (once).
+    Create {
+        name: String,
+        /// All collections, including creating and deleting them.
+        #[arg(long)]
+        admin: bool,
+        /// A collection this key may search, ask and list (repeatable).
+        #[arg(long, value_name = "COLLECTION")]
+        read: Vec<String>,
+        /// A collection this key may also upload to and delete from (repeatable).
+        #[arg(long, value_name = "COLLECTION")]
+        write: Vec<String>,
+    },
+    /// List keys and their rights.
+    List,
+    /// Delete a key.
+    Revoke { name: String },
 }
 
 #[derive(Subcommand)]
@@ -106,6 +131,15 @@ fn main() -> anyhow::Result<()> {
                 commands::search::run(config, &collection, mode, top_k, distinct, &query).await
             }
             Command::Collections => commands::collections::run(config).await,
+            Command::Keys(k) => {
+                use commands::keys::KeysCommand;
+                let command = match k {
+                    KeysArgs::Create { name, admin, read, write } => KeysCommand::Create { name, admin, read, write },
+                    KeysArgs::List => KeysCommand::List,
+                    KeysArgs::Revoke { name } => KeysCommand::Revoke { name },
+                };
+                commands::keys::run(config, command).await
+            }
             Command::Eval(EvalCommand::Beir { dir, collection, mode, batch }) => {
                 commands::eval::run(config, &dir, &collection, mode, batch).await
             }

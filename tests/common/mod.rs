@@ -86,6 +86,21 @@ pub async fn open(url: &str, index_dir: &Path) -> Kb {
 }
 
 pub fn read_fixture(name: &str) -> (String, Vec<u8>) {
-    (name.to_owned(), std::fs::read(fixtures().join(name)).expect(name))
+    (name.to_owned(), fixture(name))
 }
 pub mod server;
+
+/// The bytes of a file in `fixtures/`.
+pub fn fixture(name: &str) -> Vec<u8> {
+    std::fs::read(fixtures().join(name)).expect(name)
+}
+
+/// Asserts the `{"error": {"code", "message"}}` shape with the given status and code.
+pub fn assert_error(got: &(u16, serde_json::Value), status: u16, code: &str) {
+    let (s, body) = got;
+    assert_eq!(*s, status, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_else(|| panic!("no message: {body}"));
+    assert!(!message.trim().is_empty(), "{body}");
+    assert_eq!(body.as_object().map(|o| o.len()), Some(1), "only `error` expected: {body}");
+}

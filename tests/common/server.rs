@@ -19,6 +19,32 @@ pub struct Server {
     pub base: String,
     pub data_dir: PathBuf,
     agent: ureq::Agent,
+    /// The API key sent as `Authorization: Bearer`, when set.
+    key: std::sync::Mutex<Option<String>>,
+}
+
+/// A full response: status, headers that tests look at, body text.
+pub struct Reply {
+    pub status: u16,
+    pub content_type: String,
+    pub request_id: Option<String>,
+    pub retry_after: Option<String>,
+    pub body: String,
+}
+
+/// Runs the `kb` command line over `data_dir`; returns (success, stdout, stderr).
+pub fn kb(data_dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_kb"))
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--models-dir")
+        .arg(super::models_dir())
+        .args(args)
+        .env_remove("DATABASE_URL")
+        .env_remove("KB_CONFIG")
+        .output()
+        .expect("running kb");
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 impl Server {
@@ -29,6 +55,11 @@ impl Server {
 
     /// As `start`, with a TOML configuration file (`--config`).
     pub fn start_with(data_dir: &Path, config: Option<&Path>) -> Self {
+        Self::start_at(data_dir, config, "127.0.0.1:0")
+    }
+
+    /// As `start_with`, listening on `addr`.
+    pub fn start_at(data_dir: &Path, config: Option<&Path>, addr: &str) -> Self {
         std::fs::create_dir_all(data_dir).expect("data dir");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -37,7 +68,7 @@ impl Server {
             .expect("server log");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_kb"));
         cmd.arg("serve")
-            .args(["--addr", "127.0.0.1:0"])
+            .args(["--addr", addr])
             .arg("--data-dir")
             .arg(data_dir)
             .arg("--models-dir")
@@ -77,7 +108,8 @@ impl Server {
             }
         };
         let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
-        Self { child, base, data_dir: data_dir.to_owned(), agent }
+        let base = base.replace("0.0.0.0", "127.0.0.1");
+        Self { child, base, data_dir: data_dir.to_owned(), agent, key: Default::default() }
     }
 
     pub fn pid(&self) -> u32 {
@@ -103,6 +135,43 @@ impl Server {
         format!("{}{}", self.base, path)
     }
 
+    /// Sends `key` as the API key on every later request (`None`: no key).
+    pub fn use_key(&self, key: Option<&str>) {
+        *self.key.lock().unwrap() = key.map(str::to_owned);
+    }
+
+    fn request(&self, method: &str, path: &str) -> ureq::Request {
+        let req = self.agent.request(method, &self.url(path));
+        match self.key.lock().unwrap().as_deref() {
+            Some(k) => req.set("Authorization", &format!("Bearer {k}")),
+            None => req,
+        }
+    }
+
+    /// Any request, with extra headers and an optional JSON body; the whole reply as text.
+    pub fn call(&self, method: &str, path: &str, headers: &[(&str, &str)], body: Option<&Value>) -> Reply {
+        let mut req = self.request(method, path);
+        for (k, v) in headers {
+            req = req.set(k, v);
+        }
+        let result = match body {
+            Some(b) => req.send_json(b.clone()),
+            None => req.call(),
+        };
+        let res = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("HTTP transport error: {e}"),
+        };
+        Reply {
+            status: res.status(),
+            content_type: res.header("content-type").unwrap_or("").to_owned(),
+            request_id: res.header("x-request-id").map(str::to_owned),
+            retry_after: res.header("retry-after").map(str::to_owned),
+            body: res.into_string().expect("reading the response body"),
+        }
+    }
+
     fn finish(result: Result<ureq::Response, ureq::Error>) -> (u16, Value) {
         let res = match result {
             Ok(r) => r,
@@ -120,20 +189,20 @@ impl Server {
     }
 
     pub fn get(&self, path: &str) -> (u16, Value) {
-        Self::finish(self.agent.get(&self.url(path)).call())
+        Self::finish(self.request("GET", path).call())
     }
 
     pub fn delete(&self, path: &str) -> (u16, Value) {
-        Self::finish(self.agent.delete(&self.url(path)).call())
+        Self::finish(self.request("DELETE", path).call())
     }
 
     pub fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
-        Self::finish(self.agent.post(&self.url(path)).send_json(body.clone()))
+        Self::finish(self.request("POST", path).send_json(body.clone()))
     }
 
     /// A POST with any body and content type (malformed JSON, hand-made multipart).
     pub fn post_raw(&self, path: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
-        Self::finish(self.agent.post(&self.url(path)).set("Content-Type", content_type).send_bytes(body))
+        Self::finish(self.request("POST", path).set("Content-Type", content_type).send_bytes(body))
     }
 
     /// Uploads files as multipart parts named `file`, file names sent verbatim.

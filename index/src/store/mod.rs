@@ -6,6 +6,7 @@ mod chunks;
 mod collections;
 mod documents;
 mod jobs;
+mod keys;
 mod status;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,6 +18,7 @@ pub use chunks::{ChunkRow, ChunkText, NewChunk};
 pub use collections::{Collection, CollectionSummary};
 pub use documents::{Document, NewDocument};
 pub use jobs::Job;
+pub use keys::{Access, ApiKey, Grant};
 pub use status::{DocumentStatus, JobStatus, Status};
 
 use crate::Result;

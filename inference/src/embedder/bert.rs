@@ -5,9 +5,10 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
+use candle_transformers::models::bert::Config;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
+use super::encoder::Encoder;
 use super::Embedder;
 use crate::ModelError;
 
@@ -16,7 +17,7 @@ const BATCH_SIZE: usize = 32;
 
 pub struct BertEmbedder {
     id: String,
-    model: BertModel,
+    model: Encoder,
     /// Truncating, padding tokenizer for model input.
     encoder_tokenizer: Tokenizer,
     /// The same vocabulary with no truncation or padding, for counting (the chunker's view).
@@ -52,7 +53,7 @@ impl BertEmbedder {
         let device = Device::Cpu;
         // SAFETY: the file is mapped read-only and not modified while the model lives.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device)? };
-        let model = BertModel::load(vb, &config)?;
+        let model = Encoder::load(vb, &config)?;
 
         let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
             .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", tokenizer_path.display())))?;
@@ -95,7 +96,7 @@ impl BertEmbedder {
         let type_ids = Tensor::from_vec(flat(&|e| e.get_type_ids()), (n, len), &self.device)?;
         let mask = Tensor::from_vec(flat(&|e| e.get_attention_mask()), (n, len), &self.device)?;
 
-        let hidden = self.model.forward(&ids, &type_ids, Some(&mask))?; // (n, len, dim)
+        let hidden = self.model.forward(&ids, &type_ids, &mask)?; // (n, len, dim)
         let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
         let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
         let counts = mask.sum(1)?.clamp(1e-9, f64::INFINITY)?;

@@ -1,4 +1,5 @@
 pub mod bert;
+pub mod encoder;
 
 use crate::ModelError;
 

@@ -3,4 +3,5 @@
 pub mod collections;
 pub mod eval;
 pub mod ingest;
+pub mod keys;
 pub mod search;

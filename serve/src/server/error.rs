@@ -1,6 +1,6 @@
 //! The one place where errors become HTTP answers: `{"error": {"code", "message"}}`.
 
-use actix_web::http::StatusCode;
+use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use kb_index::IndexError;
 use serde_json::json;
@@ -11,6 +11,13 @@ pub enum ApiError {
     BadRequest { code: &'static str, message: String },
     #[error("{0}")]
     NotFound(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    /// Overloaded or not ready: the client should retry after `retry_after` seconds.
+    #[error("{message}")]
+    Unavailable { message: String, retry_after: u32 },
     #[error("upload larger than the limit of {limit} bytes")]
     TooLarge { limit: u64 },
     #[error(transparent)]
@@ -28,6 +35,9 @@ impl ApiError {
         match self {
             Self::BadRequest { code, .. } => code,
             Self::NotFound(_) => "not_found",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::Unavailable { .. } => "unavailable",
             Self::TooLarge { .. } => "payload_too_large",
             Self::Index(e) => match e {
                 IndexError::CollectionNotFound(_) => "collection_not_found",
@@ -35,6 +45,7 @@ impl ApiError {
                 IndexError::CollectionExists(_) => "collection_exists",
                 IndexError::InvalidName { .. } => "invalid_name",
                 IndexError::EmbedderMismatch { .. } => "embedder_mismatch",
+                IndexError::KeyExists(_) => "key_exists",
                 _ => "internal",
             },
             Self::Internal(_) => "internal",
@@ -47,12 +58,15 @@ impl ResponseError for ApiError {
         match self {
             Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
             Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Index(e) => match e {
                 IndexError::CollectionNotFound(_) | IndexError::DocumentNotFound(_) => StatusCode::NOT_FOUND,
                 IndexError::CollectionExists(_) => StatusCode::CONFLICT,
                 IndexError::InvalidName { .. } => StatusCode::BAD_REQUEST,
-                IndexError::EmbedderMismatch { .. } => StatusCode::CONFLICT,
+                IndexError::EmbedderMismatch { .. } | IndexError::KeyExists(_) => StatusCode::CONFLICT,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             },
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -63,7 +77,17 @@ impl ResponseError for ApiError {
         if self.status_code().is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        HttpResponse::build(self.status_code()).json(json!({"error": {"code": self.code(), "message": self.to_string()}}))
+        let mut response = HttpResponse::build(self.status_code());
+        match self {
+            Self::Unauthorized(_) => {
+                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
+            }
+            Self::Unavailable { retry_after, .. } => {
+                response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
+            }
+            _ => {}
+        }
+        response.json(json!({"error": {"code": self.code(), "message": self.to_string()}}))
     }
 }
 

@@ -2,13 +2,17 @@
 //! order and runs up to `workers` at once; jobs interrupted by a crash are queued again at
 //! start (their chunks are replaced, never duplicated).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use kb_index::store::{DocumentStatus, Job, JobStatus};
-use kb_index::IndexError;
+use kb_index::{IndexError, Store};
 use kb_ingest::pipeline::{Ingestor, Outcome, Pending};
 use kb_ingest::IngestError;
 use tokio::sync::{Notify, Semaphore};
+
+use crate::metrics::METRICS;
 
 /// How many times a job runs before a transient database conflict fails it.
 const MAX_ATTEMPTS: i64 = 5;
@@ -16,11 +20,14 @@ const MAX_ATTEMPTS: i64 = 5;
 pub struct JobQueue {
     wake: Notify,
     workers: Arc<Semaphore>,
+    size: usize,
+    stopping: AtomicBool,
 }
 
 impl JobQueue {
     pub fn new(workers: usize) -> Arc<Self> {
-        Arc::new(Self { wake: Notify::new(), workers: Arc::new(Semaphore::new(workers.max(1))) })
+        let size = workers.max(1);
+        Arc::new(Self { wake: Notify::new(), workers: Arc::new(Semaphore::new(size)), size, stopping: AtomicBool::new(false) })
     }
 
     /// Tells the dispatcher a job was queued.
@@ -38,6 +45,9 @@ impl JobQueue {
         }
         loop {
             let Ok(permit) = self.workers.clone().acquire_owned().await else { return };
+            if self.stopping.load(Ordering::Acquire) {
+                return;
+            }
             match store.claim_job().await {
                 Ok(Some(job)) => {
                     let ingestor = ingestor.clone();
@@ -57,6 +67,23 @@ impl JobQueue {
                     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
                 }
             }
+        }
+    }
+}
+
+impl JobQueue {
+    /// Stops claiming jobs and lets running ones finish for up to `grace`; jobs still running
+    /// then are queued again in the database, to run at the next start.
+    pub async fn shutdown(&self, store: &Store, grace: Duration) {
+        self.stopping.store(true, Ordering::Release);
+        self.wake.notify_waiters();
+        let all = self.workers.acquire_many(self.size as u32);
+        match tokio::time::timeout(grace, all).await {
+            Ok(_) => tracing::info!("ingest workers idle; shutting down"),
+            Err(_) => match store.requeue_interrupted_jobs().await {
+                Ok(n) => tracing::warn!(jobs = n, "jobs still running at shutdown were queued again for the next start"),
+                Err(e) => tracing::error!(error = %e, "requeueing running jobs at shutdown"),
+            },
         }
     }
 }
@@ -95,6 +122,8 @@ async fn run_job(ingestor: &Ingestor, job: Job) {
         }
     };
     tracing::info!(status = status.as_str(), error = error.as_deref().unwrap_or(""), "job finished");
+    let outcome = if status == JobStatus::Queued { "requeued" } else { status.as_str() };
+    METRICS.jobs_finished.with_label_values(&[outcome]).inc();
     if let Err(e) = store.finish_job(job.id, status, error.as_deref()).await {
         tracing::error!(error = %e, "recording job result");
     }

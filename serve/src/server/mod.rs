@@ -1,14 +1,19 @@
 //! The HTTP service: REST API over the engine, background ingest jobs.
 
+pub mod auth;
 pub mod error;
 mod jobs;
+pub mod openapi;
+mod observe;
 mod routes;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix_web::{middleware, web, App as HttpApp, HttpServer};
 use anyhow::Context;
+use tokio::sync::Semaphore;
 use kb_index::Engine;
 use kb_ingest::pipeline::Ingestor;
 
@@ -23,6 +28,7 @@ pub struct State {
     answerer: Answerer,
     jobs: Arc<JobQueue>,
     ready: AtomicBool,
+    answer_slots: Arc<Semaphore>,
 }
 
 impl State {
@@ -41,6 +47,9 @@ impl State {
     pub fn jobs(&self) -> &JobQueue {
         &self.jobs
     }
+    pub fn answer_slots(&self) -> Arc<Semaphore> {
+        self.answer_slots.clone()
+    }
     pub fn ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
@@ -50,6 +59,8 @@ impl State {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(routes::health::healthz)
         .service(routes::health::readyz)
+        .service(routes::health::metrics)
+        .service(openapi::document)
         .service(routes::collections::create)
         .service(routes::collections::list)
         .service(routes::collections::remove)
@@ -59,7 +70,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(routes::jobs::get)
         .service(routes::search::search)
         .service(routes::ask::ask)
-        .service(routes::chat::completions);
+        .service(routes::chat::completions)
+        // Last: it answers every path the API does not.
+        .service(routes::ui::asset);
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -67,17 +80,29 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let addr = config.addr;
     let workers = config.ingest_workers;
     let app = App::open(config).await?;
+    if !addr.ip().is_loopback() && !app.engine.store().has_api_keys().await? {
+        anyhow::bail!(
+            "refusing to listen on {addr} without API keys: anyone who can reach it could read and change every collection. \
+             Create one with `kb keys create NAME --admin`, or listen on loopback (127.0.0.1)"
+        );
+    }
     let generator = app.load_generator().await?;
-    let answerer = Answerer::new(app.engine.clone(), generator);
+    let answerer = Answerer::new(app.engine.clone(), generator, app.config.answer_max_tokens);
     let jobs = JobQueue::new(workers);
     tokio::spawn(jobs.clone().run(app.ingestor.clone()));
-    let state = web::Data::new(State { app, answerer, jobs, ready: AtomicBool::new(false) });
+    let state = web::Data::new(State {
+        answer_slots: Arc::new(Semaphore::new(app.config.max_pending_answers.max(1))),
+        app,
+        answerer,
+        jobs,
+        ready: AtomicBool::new(false),
+    });
     let data = state.clone();
     let server = HttpServer::new(move || {
         HttpApp::new()
             .app_data(data.clone())
             .app_data(web::JsonConfig::default().limit(1 << 20).error_handler(error::json_error))
-            .wrap(middleware::Logger::new("%r %s %Dms").log_target("kb::http"))
+            .wrap(middleware::from_fn(observe::observe))
             .configure(routes)
     })
     .bind(addr)
@@ -87,7 +112,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         println!("kb listening on http://{a}");
     }
     state.ready.store(true, Ordering::Release);
+    // Stops on SIGINT/SIGTERM after in-flight requests finish.
     server.run().await?;
+    state.ready.store(false, Ordering::Release);
+    state.jobs.shutdown(state.engine().store(), Duration::from_secs(state.config().shutdown_grace_secs)).await;
     state.engine().flush_all().await?;
     Ok(())
 }

@@ -1,15 +1,17 @@
 use actix_web::{post, web, HttpResponse};
+use kb_index::store::Access;
 use kb_inference::Flow;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
 use crate::answer::Answer;
+use crate::server::auth::Caller;
 use crate::server::error::ApiError;
 use crate::server::State;
-use super::{answer_whole, event_stream};
+use super::{admit, answer_whole, event_stream};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct AskBody {
     question: String,
     #[serde(default = "default_top_k")]
@@ -30,8 +32,10 @@ fn sse(event: &str, data: &serde_json::Value) -> web::Bytes {
     web::Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
 }
 
+#[utoipa::path(post, path = "/v1/collections/{name}/ask", tag = "search", params(("name" = String, Path)), request_body = AskBody, responses((status = 200, description = "The answer; with stream: true, text/event-stream events token, citations, done", body = crate::server::openapi::AnswerBody), (status = 503, description = "Too many answers in progress (Retry-After)", body = crate::server::openapi::ErrorBody), (status = 400, description = "Bad request", body = crate::server::openapi::ErrorBody), (status = 401, description = "API key missing or unknown", body = crate::server::openapi::ErrorBody), (status = 403, description = "The key lacks the right", body = crate::server::openapi::ErrorBody), (status = 404, description = "No such collection (or not visible to the key)", body = crate::server::openapi::ErrorBody)))]
 #[post("/v1/collections/{name}/ask")]
-pub async fn ask(state: web::Data<State>, name: web::Path<String>, body: web::Json<AskBody>) -> Result<HttpResponse, ApiError> {
+pub async fn ask(state: web::Data<State>, caller: Caller, name: web::Path<String>, body: web::Json<AskBody>) -> Result<HttpResponse, ApiError> {
+    caller.require(&name, Access::Read)?;
     if body.question.trim().is_empty() {
         return Err(ApiError::bad_request("invalid_request", "question must not be empty"));
     }
@@ -51,7 +55,9 @@ pub async fn ask(state: web::Data<State>, name: web::Path<String>, body: web::Js
     // Tokens travel through a bounded channel; when the client goes away the receiver is
     // dropped, the next send fails, and generation stops, freeing the generator.
     let (tx, rx) = mpsc::channel::<web::Bytes>(64);
+    let permit = admit(&state)?;
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let result = state2.answerer().answer(&question, &passages, &mut |piece| {
             match tx.blocking_send(sse("token", &json!({"text": piece}))) {
                 Ok(()) => Flow::Continue,

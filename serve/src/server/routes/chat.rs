@@ -2,16 +2,18 @@
 //! the question, answered from the collection like `/ask`, so OpenAI clients work unchanged.
 
 use actix_web::{post, web, HttpResponse};
+use kb_index::store::Access;
 use kb_inference::Flow;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use crate::server::auth::Caller;
 use crate::server::error::ApiError;
 use crate::server::State;
-use super::{answer_whole, event_stream};
+use super::{admit, answer_whole, event_stream};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct ChatRequest {
     model: String,
     messages: Vec<ChatMessageIn>,
@@ -19,10 +21,11 @@ pub struct ChatRequest {
     stream: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct ChatMessageIn {
     role: String,
     /// OpenAI allows a string or an array of content parts; text parts are joined.
+    #[schema(value_type = Object)]
     content: serde_json::Value,
 }
 
@@ -46,8 +49,9 @@ fn chunk(id: &str, model: &str, delta: serde_json::Value, finish: Option<&str>) 
     web::Bytes::from(format!("data: {body}\n\n"))
 }
 
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "search", request_body = ChatRequest, responses((status = 200, description = "OpenAI chat.completion (or chat.completion.chunk events with stream: true)", body = serde_json::Value), (status = 503, description = "Too many answers in progress (Retry-After)", body = crate::server::openapi::ErrorBody), (status = 400, description = "Bad request", body = crate::server::openapi::ErrorBody), (status = 401, description = "API key missing or unknown", body = crate::server::openapi::ErrorBody), (status = 403, description = "The key lacks the right", body = crate::server::openapi::ErrorBody), (status = 404, description = "No such collection (or not visible to the key)", body = crate::server::openapi::ErrorBody)))]
 #[post("/v1/chat/completions")]
-pub async fn completions(state: web::Data<State>, body: web::Json<ChatRequest>) -> Result<HttpResponse, ApiError> {
+pub async fn completions(state: web::Data<State>, caller: Caller, body: web::Json<ChatRequest>) -> Result<HttpResponse, ApiError> {
     let collection = body.model.strip_prefix("kb:").ok_or_else(|| {
         ApiError::bad_request("invalid_model", format!("model must be \"kb:<collection>\", not {:?}", body.model))
     })?;
@@ -59,6 +63,7 @@ pub async fn completions(state: web::Data<State>, body: web::Json<ChatRequest>) 
         .map(|m| text_of(&m.content))
         .filter(|q| !q.trim().is_empty())
         .ok_or_else(|| ApiError::bad_request("invalid_request", "messages must contain a user message with text"))?;
+    caller.require(collection, Access::Read)?;
     let c = state.engine().collection(collection).await?;
     let passages = state.answerer().retrieve(&c, &question, 5).await?;
     let model = body.model.clone();
@@ -75,7 +80,9 @@ pub async fn completions(state: web::Data<State>, body: web::Json<ChatRequest>) 
     }
 
     let (tx, rx) = mpsc::channel::<web::Bytes>(64);
+    let permit = admit(&state)?;
     tokio::task::spawn_blocking(move || {
+        let _permit = permit;
         let _ = tx.blocking_send(chunk(&id, &model, json!({"role": "assistant", "content": ""}), None));
         let result = state2.answerer().answer(&question, &passages, &mut |piece| {
             match tx.blocking_send(chunk(&id, &model, json!({"content": piece}), None)) {

@@ -1,11 +1,12 @@
 use actix_multipart::Multipart;
 use actix_web::{delete, get, post, web, HttpResponse};
 use futures_util::TryStreamExt;
-use kb_index::store::DocumentStatus;
+use kb_index::store::{Access, DocumentStatus};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use crate::server::auth::Caller;
 use crate::server::error::ApiError;
 use crate::server::State;
 
@@ -87,8 +88,15 @@ async fn receive(state: &State, mut payload: Multipart) -> Result<Vec<Upload>, A
     Ok(uploads)
 }
 
+#[utoipa::path(post, path = "/v1/collections/{name}/documents", tag = "documents", params(("name" = String, Path)), request_body(content = crate::server::openapi::Upload, content_type = "multipart/form-data"), responses((status = 202, description = "Queued for ingestion", body = crate::server::openapi::Accepted), (status = 413, description = "Larger than the upload limit", body = crate::server::openapi::ErrorBody), (status = 400, description = "Bad request", body = crate::server::openapi::ErrorBody), (status = 401, description = "API key missing or unknown", body = crate::server::openapi::ErrorBody), (status = 403, description = "The key lacks the right", body = crate::server::openapi::ErrorBody), (status = 404, description = "No such collection (or not visible to the key)", body = crate::server::openapi::ErrorBody)))]
 #[post("/v1/collections/{name}/documents")]
-pub async fn upload(state: web::Data<State>, name: web::Path<String>, payload: Multipart) -> Result<HttpResponse, ApiError> {
+pub async fn upload(
+    state: web::Data<State>,
+    caller: Caller,
+    name: web::Path<String>,
+    payload: Multipart,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(&name, Access::Write)?;
     let c = state.engine().collection(&name).await?;
     let uploads = receive(&state, payload).await?;
     let mut out = Vec::with_capacity(uploads.len());
@@ -127,8 +135,10 @@ pub async fn upload(state: web::Data<State>, name: web::Path<String>, payload: M
     Ok(HttpResponse::Accepted().json(json!({"documents": out})))
 }
 
+#[utoipa::path(get, path = "/v1/collections/{name}/documents", tag = "documents", params(("name" = String, Path)), responses((status = 200, body = crate::server::openapi::DocumentList), (status = 400, description = "Bad request", body = crate::server::openapi::ErrorBody), (status = 401, description = "API key missing or unknown", body = crate::server::openapi::ErrorBody), (status = 403, description = "The key lacks the right", body = crate::server::openapi::ErrorBody), (status = 404, description = "No such collection (or not visible to the key)", body = crate::server::openapi::ErrorBody)))]
 #[get("/v1/collections/{name}/documents")]
-pub async fn list(state: web::Data<State>, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
+pub async fn list(state: web::Data<State>, caller: Caller, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
+    caller.require(&name, Access::Read)?;
     let c = state.engine().store().require_collection(&name).await?;
     let docs = state.engine().store().documents(c.id).await?;
     let docs: Vec<_> = docs
@@ -149,9 +159,11 @@ pub async fn list(state: web::Data<State>, name: web::Path<String>) -> Result<Ht
     Ok(HttpResponse::Ok().json(json!({"documents": docs})))
 }
 
+#[utoipa::path(delete, path = "/v1/collections/{name}/documents/{id}", tag = "documents", params(("name" = String, Path), ("id" = i64, Path)), responses((status = 204, description = "Deleted; its chunks left both indexes"), (status = 400, description = "Bad request", body = crate::server::openapi::ErrorBody), (status = 401, description = "API key missing or unknown", body = crate::server::openapi::ErrorBody), (status = 403, description = "The key lacks the right", body = crate::server::openapi::ErrorBody), (status = 404, description = "No such collection (or not visible to the key)", body = crate::server::openapi::ErrorBody)))]
 #[delete("/v1/collections/{name}/documents/{id}")]
-pub async fn remove(state: web::Data<State>, path: web::Path<(String, i64)>) -> Result<HttpResponse, ApiError> {
+pub async fn remove(state: web::Data<State>, caller: Caller, path: web::Path<(String, i64)>) -> Result<HttpResponse, ApiError> {
     let (name, id) = path.into_inner();
+    caller.require(&name, Access::Write)?;
     let c = state.engine().store().require_collection(&name).await?;
     match state.engine().store().document(id).await? {
         Some(d) if d.collection_id == c.id => {

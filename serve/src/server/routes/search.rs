@@ -1,17 +1,22 @@
 use actix_web::{post, web, HttpResponse};
+use kb_index::store::Access;
 use kb_index::{SearchMode, SearchRequest};
 use serde::Deserialize;
 use serde_json::json;
 
+use crate::server::auth::Caller;
 use crate::server::error::ApiError;
 use crate::server::State;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 pub struct SearchBody {
     query: String,
     #[serde(default = "default_top_k")]
+    #[schema(default = 10)]
     top_k: usize,
+    /// `hybrid` (default), `vector` or `keyword`.
     #[serde(default)]
+    #[schema(value_type = String)]
     mode: SearchMode,
     /// At most one hit per document.
     #[serde(default)]
@@ -25,8 +30,15 @@ fn default_top_k() -> usize {
 /// The most hits one search may ask for.
 const MAX_TOP_K: usize = 1000;
 
+#[utoipa::path(post, path = "/v1/collections/{name}/search", tag = "search", params(("name" = String, Path)), request_body = SearchBody, responses((status = 200, body = crate::server::openapi::SearchHits), (status = 400, description = "Bad request", body = crate::server::openapi::ErrorBody), (status = 401, description = "API key missing or unknown", body = crate::server::openapi::ErrorBody), (status = 403, description = "The key lacks the right", body = crate::server::openapi::ErrorBody), (status = 404, description = "No such collection (or not visible to the key)", body = crate::server::openapi::ErrorBody)))]
 #[post("/v1/collections/{name}/search")]
-pub async fn search(state: web::Data<State>, name: web::Path<String>, body: web::Json<SearchBody>) -> Result<HttpResponse, ApiError> {
+pub async fn search(
+    state: web::Data<State>,
+    caller: Caller,
+    name: web::Path<String>,
+    body: web::Json<SearchBody>,
+) -> Result<HttpResponse, ApiError> {
+    caller.require(&name, Access::Read)?;
     if body.query.trim().is_empty() {
         return Err(ApiError::bad_request("invalid_request", "query must not be empty"));
     }
