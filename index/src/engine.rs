@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::fusion::{fuse, Fusion};
 use crate::query_cache::QueryCache;
-use crate::keyword::{KeywordIndex, Proximity};
+use crate::keyword::KeywordIndex;
 use crate::store::{ChunkRow, ChunkText, Collection, Store};
 use crate::vector::{HnswParams, VectorIndex};
 use crate::{IndexError, Result};
@@ -23,12 +23,11 @@ pub struct IndexConfig {
     pub rebuild_deleted_share: f64,
     /// Query embeddings remembered (0: none).
     pub query_cache_size: usize,
-    pub proximity: Proximity,
 }
 
 impl Default for IndexConfig {
     fn default() -> Self {
-        Self { hnsw: HnswParams::default(), fusion: Fusion::default(), rebuild_deleted_share: 0.2, query_cache_size: 1024, proximity: Proximity::default() }
+        Self { hnsw: HnswParams::default(), fusion: Fusion::default(), rebuild_deleted_share: 0.2, query_cache_size: 1024 }
     }
 }
 
@@ -167,15 +166,14 @@ impl Engine {
         }
         let dir = self.collection_dir(c.id);
         let (vdir, kdir, dim, params) = (dir.join("vectors"), dir.join("keywords"), self.embedder.dim(), self.config.hnsw.clone());
-        let proximity = self.config.proximity;
         let (vectors, keywords) = blocking(move || {
             let vectors = VectorIndex::load(&vdir, dim, &params).unwrap_or_else(|| VectorIndex::new(&vdir, dim, params, 0));
-            let keywords = match KeywordIndex::open(&kdir, proximity) {
+            let keywords = match KeywordIndex::open(&kdir) {
                 Ok(k) => k,
                 Err(e) => {
                     tracing::warn!(dir = %kdir.display(), error = %e, "keyword index unreadable; rebuilding");
                     let _ = std::fs::remove_dir_all(&kdir);
-                    KeywordIndex::open(&kdir, proximity)?
+                    KeywordIndex::open(&kdir)?
                 }
             };
             Ok((vectors, keywords))

@@ -2,18 +2,14 @@
 //!
 //! One analysed field holds the document title, the heading path and the chunk text: the
 //! title travels with every chunk, and a single field keeps BM25's length normalisation
-//! over what a reader sees as the passage. Positions are indexed so that query words found
-//! near each other, as in the query, can add to BM25 (a sequential-dependence-style
-//! proximity feature).
-
-use serde::{Deserialize, Serialize};
+//! over what a reader sees as the passage.
 
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Mutex;
 
 use tantivy::collector::TopDocs;
-use tantivy::query::{BooleanQuery, BoostQuery, Occur, PhraseQuery, Query, TermQuery};
+use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
 use tantivy::schema::{
     Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, Value,
 };
@@ -28,23 +24,7 @@ use crate::{IndexError, Result};
 const ANALYZER: &str = "kb_en";
 const WRITER_HEAP: usize = 64 * 1024 * 1024;
 
-/// How adjacent query words found close together in a passage add to its BM25 score.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Proximity {
-    /// Weight of each adjacent pair's phrase score (0 turns the feature off).
-    pub weight: f32,
-    /// How many positions the pair may drift apart and still count.
-    pub slop: u32,
-}
-
-impl Default for Proximity {
-    fn default() -> Self {
-        Self { weight: 0.0, slop: 1 }
-    }
-}
-
 pub struct KeywordIndex {
-    proximity: Proximity,
     index: Index,
     reader: IndexReader,
     writer: Mutex<IndexWriter>,
@@ -69,7 +49,7 @@ fn schema() -> (Schema, Field, Field) {
     let chunk_id = b.add_i64_field("chunk_id", NumericOptions::default().set_indexed().set_fast().set_stored());
     let indexing = TextFieldIndexing::default()
         .set_tokenizer(ANALYZER)
-        .set_index_option(IndexRecordOption::WithFreqsAndPositions);
+        .set_index_option(IndexRecordOption::WithFreqs);
     let content = b.add_text_field("content", TextOptions::default().set_indexing_options(indexing));
     (b.build(), chunk_id, content)
 }
@@ -77,7 +57,7 @@ fn schema() -> (Schema, Field, Field) {
 impl KeywordIndex {
     /// Opens the index in `dir`, creating it when absent. `None` if it exists but cannot be
     /// opened (the caller rebuilds it from the database).
-    pub fn open(dir: &Path, proximity: Proximity) -> Result<Self> {
+    pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|source| IndexError::Io { path: dir.to_owned(), source })?;
         let (schema, chunk_id, content) = schema();
         let index = if dir.join("meta.json").exists() {
@@ -85,21 +65,11 @@ impl KeywordIndex {
         } else {
             Index::create_in_dir(dir, schema)?
         };
-        // An index from before positions were recorded cannot serve proximity: rebuild it.
-        let positions = index
-            .schema()
-            .get_field_entry(content)
-            .field_type()
-            .get_index_record_option()
-            .is_some_and(|o| o.has_positions());
-        if !positions {
-            return Err(IndexError::Task("keyword index lacks positions (older format)".into()));
-        }
         index.tokenizers().register(ANALYZER, analyzer());
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         // One indexing thread: ingest batches are small and the cores are busy embedding.
         let writer = index.writer_with_num_threads(1, WRITER_HEAP)?;
-        Ok(Self { proximity, index, reader, writer: Mutex::new(writer), analyzer: analyzer(), chunk_id, content })
+        Ok(Self { index, reader, writer: Mutex::new(writer), analyzer: analyzer(), chunk_id, content })
     }
 
     /// Adds chunks and commits. The caller makes sure ids are not already present.
@@ -138,14 +108,13 @@ impl KeywordIndex {
         Ok(ids)
     }
 
-    /// Analysed terms of `text` with their positions, as the index sees them.
-    fn terms(&self, text: &str) -> Vec<(usize, String)> {
+    /// Analysed terms of `text`, as the index sees them.
+    fn terms(&self, text: &str) -> Vec<String> {
         let mut analyzer = self.analyzer.clone();
         let mut stream = analyzer.token_stream(text);
         let mut out = Vec::new();
         while stream.advance() {
-            let t = stream.token();
-            out.push((t.position, t.text.clone()));
+            out.push(stream.token().text.clone());
         }
         out
     }
@@ -153,29 +122,14 @@ impl KeywordIndex {
     /// BM25 search: (chunk id, score), best first. The query is analysed into terms, never
     /// parsed as query syntax, so any user text is a valid query.
     pub fn search(&self, query: &str, k: usize) -> Result<Vec<(i64, f32)>> {
-        let terms = self.terms(query);
-        let mut clauses: Vec<(Occur, Box<dyn Query>)> = terms
-            .iter()
-            .map(|(_, t)| {
-                let q = TermQuery::new(Term::from_field_text(self.content, t), IndexRecordOption::WithFreqs);
+        let clauses: Vec<(Occur, Box<dyn Query>)> = self
+            .terms(query)
+            .into_iter()
+            .map(|t| {
+                let q = TermQuery::new(Term::from_field_text(self.content, &t), IndexRecordOption::WithFreqs);
                 (Occur::Should, Box::new(q) as Box<dyn Query>)
             })
             .collect();
-        if self.proximity.weight > 0.0 {
-            for pair in terms.windows(2) {
-                let ((pa, a), (pb, b)) = (&pair[0], &pair[1]);
-                if a == b {
-                    continue;
-                }
-                let mut phrase = PhraseQuery::new_with_offset(vec![
-                    (0, Term::from_field_text(self.content, a)),
-                    (pb - pa, Term::from_field_text(self.content, b)),
-                ]);
-                phrase.set_slop(self.proximity.slop);
-                let boosted = BoostQuery::new(Box::new(phrase), self.proximity.weight);
-                clauses.push((Occur::Should, Box::new(boosted)));
-            }
-        }
         if clauses.is_empty() || k == 0 {
             return Ok(Vec::new());
         }

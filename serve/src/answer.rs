@@ -94,8 +94,8 @@ impl Answerer {
             on_text(piece)
         })?;
         record_generation(generator.id(), start, first, &stats);
-        let citations = cite(&text, &passages);
-        Ok(Answer { answer: text.trim().to_owned(), kind: AnswerKind::Generated, citations })
+        let (answer, citations) = cite(text.trim(), &passages);
+        Ok(Answer { answer, kind: AnswerKind::Generated, citations })
     }
 }
 
@@ -197,26 +197,73 @@ fn words(text: &str) -> HashSet<String> {
         .collect()
 }
 
-/// Citations the answer earned: the retrieved passages it cites; failing that, the passages
-/// sharing most words with it.
-pub fn cite(answer: &str, passages: &[&Hit]) -> Vec<Citation> {
+/// Citations the answer earned, and the answer as returned: the retrieved passages it cites
+/// by number; failing that, each answer sentence is marked `[n]` with the passage sharing
+/// most words with it (at least two), and those passages are the citations.
+pub fn cite(answer: &str, passages: &[&Hit]) -> (String, Vec<Citation>) {
     let cited: Vec<Citation> = cited_numbers(answer)
         .into_iter()
         .filter(|n| (1..=passages.len()).contains(n))
         .map(|n| citation(n, passages[n - 1]))
         .collect();
     if !cited.is_empty() {
-        return cited;
+        return (answer.to_owned(), cited);
     }
-    let answer_words = words(answer);
-    let mut scored: Vec<(usize, usize)> = passages
-        .iter()
-        .enumerate()
-        .map(|(i, h)| (words(&h.chunk.text).intersection(&answer_words).count(), i))
-        .filter(|(overlap, _)| *overlap >= 2)
-        .collect();
-    scored.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    scored.into_iter().take(2).map(|(_, i)| citation(i + 1, passages[i])).collect()
+    let passage_words: Vec<HashSet<String>> = passages.iter().map(|h| words(&h.chunk.text)).collect();
+    let mut marked = String::with_capacity(answer.len() + 16);
+    let mut used: Vec<usize> = Vec::new();
+    for sentence in sentences(answer) {
+        let w = words(sentence);
+        let best = passage_words
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.intersection(&w).count(), i))
+            .filter(|(overlap, _)| *overlap >= 2)
+            .max_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+        match best {
+            Some((_, i)) => {
+                // "… bolt [1]." rather than "… bolt. [1]"
+                let body = sentence.trim_end();
+                let cut = body.trim_end_matches(['.', '!', '?', ':', ';']).len();
+                marked.push_str(&body[..cut]);
+                marked.push_str(&format!(" [{}]", i + 1));
+                marked.push_str(&sentence[cut..]);
+                if !used.contains(&i) {
+                    used.push(i);
+                }
+            }
+            None => marked.push_str(sentence),
+        }
+    }
+    let citations = used.into_iter().map(|i| citation(i + 1, passages[i])).collect();
+    (marked, citations)
+}
+
+/// `text` cut after each `.`, `!` or `?` that ends a sentence (followed by white space or the
+/// end), keeping every character, so the pieces join back to `text`.
+fn sentences(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut chars = text.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        let ends = matches!(c, '.' | '!' | '?') && chars.peek().is_none_or(|(_, n)| n.is_whitespace());
+        if ends {
+            let mut end = i + c.len_utf8();
+            while let Some((j, n)) = chars.peek().copied() {
+                if !n.is_whitespace() {
+                    break;
+                }
+                end = j + n.len_utf8();
+                chars.next();
+            }
+            out.push(&text[start..end]);
+            start = end;
+        }
+    }
+    if start < text.len() {
+        out.push(&text[start..]);
+    }
+    out
 }
 
 /// An answer made of the passages' sentences that share most words with the question.
@@ -265,7 +312,8 @@ mod tests {
     fn citations_are_only_retrieved_passages_the_answer_cites() {
         let a = hit(1, "a.pdf", "The turbine bolt torque is 42 newton-metres.", Some(2));
         let b = hit(2, "b.md", "Backups run nightly.", None);
-        let cites = cite("The torque is 42 Nm [1]. See also [7] and [1, 2].", &[&a, &b]);
+        let (text, cites) = cite("The torque is 42 Nm [1]. See also [7] and [1, 2].", &[&a, &b]);
+        assert_eq!(text, "The torque is 42 Nm [1]. See also [7] and [1, 2].");
         assert_eq!(cites.iter().map(|c| c.chunk_id).collect::<Vec<_>>(), vec![1, 2]);
         assert_eq!(cites[0].page, Some(2));
     }
@@ -274,9 +322,9 @@ mod tests {
     fn uncited_answers_get_the_passages_that_support_them() {
         let a = hit(1, "a.pdf", "The turbine bolt torque is 42 newton-metres.", Some(2));
         let b = hit(2, "b.md", "Backups run nightly at 02:30.", None);
-        let cites = cite("Each turbine bolt needs a torque of 42 newton-metres.", &[&a, &b]);
-        assert_eq!(cites.len(), 1);
-        assert_eq!(cites[0].filename, "a.pdf");
+        let (text, cites) = cite("Each turbine bolt needs a torque of 42 newton-metres. Backups run at 02:30 each night. Hello.", &[&a, &b]);
+        assert_eq!(text, "Each turbine bolt needs a torque of 42 newton-metres [1]. Backups run at 02:30 each night [2]. Hello.");
+        assert_eq!(cites.iter().map(|c| (c.n, c.filename.as_str())).collect::<Vec<_>>(), vec![(1, "a.pdf"), (2, "b.md")]);
     }
 
     #[test]

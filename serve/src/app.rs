@@ -45,7 +45,6 @@ impl App {
             },
             fusion,
             query_cache_size: config.query_cache_size,
-            proximity: kb_index::keyword::Proximity { weight: config.keyword_proximity, slop: config.keyword_proximity_slop },
             ..IndexConfig::default()
         };
         let engine = Arc::new(

@@ -50,9 +50,6 @@ pub struct Config {
     pub hnsw_ef_search: usize,
     /// Query embeddings kept in memory for repeated queries (0 turns the cache off).
     pub query_cache_size: usize,
-    /// Weight of query-word proximity in BM25 (0: plain BM25) and the positions a pair may drift.
-    pub keyword_proximity: f32,
-    pub keyword_proximity_slop: u32,
     /// `convex` or `rrf`.
     pub fusion: String,
     /// Vector weight of convex fusion.
@@ -89,8 +86,6 @@ impl Default for Config {
             hnsw_ef_construction: 200,
             hnsw_ef_search: 128,
             query_cache_size: 1024,
-            keyword_proximity: 0.0,
-            keyword_proximity_slop: 1,
             fusion: "convex".into(),
             fusion_alpha: 0.5,
             rrf_k: 60.0,
