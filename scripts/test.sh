@@ -16,7 +16,7 @@ cargo test --workspace --locked "$@" 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 web_status=0
 if [ "$status" -eq 0 ]; then
-  KB_BIN=target/debug/kb KB_E2E_EMBEDDED=1 bash scripts/test-web.sh 2>&1 | tee -a "$log"
+  KB_BIN="${CARGO_TARGET_DIR:-target}/debug/kb" KB_E2E_EMBEDDED=1 bash scripts/test-web.sh 2>&1 | tee -a "$log"
   web_status=${PIPESTATUS[0]}
 fi
 set -e

@@ -341,7 +341,14 @@ impl Engine {
             return Ok(v);
         }
         let (embedder, q) = (self.embedder.clone(), query.to_owned());
-        let v = Arc::new(blocking(move || Ok(embedder.embed_query(&q)?)).await?);
+        // On a rayon worker, the model's parallel ops split work within the pool instead of
+        // handing every op over from an outside thread.
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        rayon::spawn(move || {
+            let _ = tx.send(embedder.embed_query(&q));
+        });
+        let v = rx.await.map_err(|_| IndexError::Task("query embedding was dropped".into()))??;
+        let v = Arc::new(v);
         self.query_cache.put(query, v.clone());
         Ok(v)
     }
