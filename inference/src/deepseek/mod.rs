@@ -19,6 +19,7 @@ pub mod mla;
 pub mod model;
 pub mod moe;
 pub mod rope;
+pub mod scheduler;
 pub mod tokenizer;
 
 pub use cache::LatentCache;

@@ -8,7 +8,7 @@ mod decode_loop;
 pub mod deepseek;
 pub mod gguf_tokenizer;
 mod requant;
-mod sampling;
+pub(crate) mod sampling;
 pub mod smollm;
 mod text_stream;
 
