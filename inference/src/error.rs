@@ -3,6 +3,9 @@ use std::path::PathBuf;
 /// Everything that can go wrong loading or running a model.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
+    /// Too many requests in flight: retry later.
+    #[error("busy: {0}")]
+    Busy(String),
     #[error("model file missing: {path}")]
     MissingFile { path: PathBuf },
     #[error("invalid model config {path}: {message}")]

@@ -469,3 +469,35 @@ fn generator_streams_greedy_text_and_honours_stop_strings_and_cancellation() {
     let huge = SamplingParams { max_tokens: 1000, ..Default::default() };
     assert!(matches!(gen.generate(&messages, &huge, &mut |_| Flow::Continue), Err(ModelError::ContextOverflow { .. })));
 }
+
+#[test]
+fn batched_generator_answers_concurrent_requests_as_the_single_one_does() {
+    use kb_inference::deepseek::scheduler::SchedulerConfig;
+    use kb_inference::generator::deepseek::DeepSeekGenerator;
+    use kb_inference::generator::deepseek_batched::BatchedDeepSeekGenerator;
+    use kb_inference::{ChatMessage, Flow, Generator, Role, SamplingParams};
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), &tiny_config(&[]), 11);
+    write_word_tokenizer(dir.path());
+    let single = DeepSeekGenerator::load(dir.path(), &Device::Cpu, 300).unwrap();
+    let config = SchedulerConfig { max_sequences: 4, max_queued: 8, prefill_chunk: 3, cache_tokens: 2048 };
+    let batched = BatchedDeepSeekGenerator::load(dir.path(), &Device::Cpu, 300, config).unwrap();
+    let params = SamplingParams { max_tokens: 8, ..Default::default() };
+    let questions = ["w10 w11 w12", "w40 w41", "w7 w8 w9 w20 w21 w22", "w99"];
+    let run = |g: &dyn Generator, q: &str| {
+        let messages = [ChatMessage { role: Role::User, content: q.into() }];
+        let mut text = String::new();
+        let stats = g.generate(&messages, &params, &mut |t| { text.push_str(t); Flow::Continue }).unwrap();
+        (text, stats)
+    };
+    let want: Vec<_> = questions.iter().map(|q| run(&single, q)).collect();
+    // All at once, from four threads: the scheduler decodes them in one batch.
+    let got: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = questions.iter().map(|q| s.spawn(|| run(&batched, q))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for ((text, stats), (want_text, want_stats)) in got.iter().zip(&want) {
+        assert_eq!(text, want_text);
+        assert_eq!(stats, want_stats);
+    }
+}

@@ -188,7 +188,8 @@ impl Worker {
             }
             let job = self.waiting.pop_front().expect("front exists");
             self.queued.fetch_sub(1, Ordering::AcqRel);
-            let started = Sampler::new(&job.request.params, RepeatPenalty::default())
+            // No repeat penalty: DeepSeek's own generation config uses none.
+            let started = Sampler::new(&job.request.params, RepeatPenalty { penalty: 1.0, last_n: 64 })
                 .and_then(|sampler| Ok((sampler, self.model.new_cache(need)?)));
             match started {
                 Ok((sampler, cache)) => {

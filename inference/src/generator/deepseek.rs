@@ -3,7 +3,7 @@
 
 use super::sampling::{RepeatPenalty, Sampler};
 use super::decode_loop::decode_loop;
-use super::{ChatMessage, FinishReason, Flow, GenerationStats, Generator, SamplingParams};
+use super::{ChatMessage, Flow, GenerationStats, Generator, SamplingParams};
 use crate::deepseek::{DeepSeekTokenizer, DeepSeekV2, FixedDecoder};
 use crate::ModelError;
 use candle_core::Device;
@@ -82,14 +82,7 @@ impl Generator for DeepSeekGenerator {
         let mut sampler = Sampler::new(params, self.repeat)?;
         let prompt = self.tokenizer.encode_chat(messages)?;
         let prompt_tokens = prompt.len();
-        if prompt_tokens.saturating_add(params.max_tokens) > self.context_tokens {
-            return Err(ModelError::ContextOverflow {
-                prompt_tokens,
-                max_tokens: params.max_tokens,
-                context_tokens: self.context_tokens,
-            });
-        }
-        let mut stats = GenerationStats { prompt_tokens, completion_tokens: 0, finish_reason: FinishReason::Length };
+        let mut stats = super::start_stats(prompt_tokens, params.max_tokens, self.context_tokens)?;
         if params.max_tokens == 0 {
             return Ok(stats);
         }
@@ -101,8 +94,6 @@ impl Generator for DeepSeekGenerator {
         let result = (|| {
             let logits = dec.prefill(&prompt)?.squeeze(0)?;
             let prefill = started.elapsed();
-            // Text of the answer so far; each token's new text is what decoding all of it
-            // adds (byte-level BPE pieces can be parts of one character).
             let mut shown = String::new();
             let tokenizer = &self.tokenizer;
             let (completion, finish) = decode_loop(
@@ -112,15 +103,7 @@ impl Generator for DeepSeekGenerator {
                 &params.stop,
                 on_text,
                 |t| t == eos,
-                |generated| {
-                    let text = tokenizer.decode(generated)?;
-                    if text.ends_with('\u{FFFD}') || text.len() <= shown.len() || !text.starts_with(shown.as_str()) {
-                        return Ok(Vec::new());
-                    }
-                    let piece = text.as_bytes()[shown.len()..].to_vec();
-                    shown = text;
-                    Ok(piece)
-                },
+                |generated| new_text(tokenizer, generated, &mut shown),
                 |token, _| Ok(dec.step(token)?.squeeze(0)?),
             )?;
             stats.finish_reason = finish;
@@ -140,4 +123,16 @@ impl Generator for DeepSeekGenerator {
         dec.reset();
         result
     }
+}
+
+/// The bytes the newest token adds to the answer: what decoding all of `generated` adds to
+/// `shown` (byte-level BPE pieces can be parts of one character, so nothing until it is whole).
+pub(crate) fn new_text(tokenizer: &DeepSeekTokenizer, generated: &[u32], shown: &mut String) -> Result<Vec<u8>, ModelError> {
+    let text = tokenizer.decode(generated)?;
+    if text.ends_with('\u{FFFD}') || text.len() <= shown.len() || !text.starts_with(shown.as_str()) {
+        return Ok(Vec::new());
+    }
+    let piece = text.as_bytes()[shown.len()..].to_vec();
+    *shown = text;
+    Ok(piece)
 }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 mod chatml;
 mod decode_loop;
 pub mod deepseek;
+pub mod deepseek_batched;
 pub mod gguf_tokenizer;
 mod requant;
 pub(crate) mod sampling;
@@ -90,4 +91,13 @@ pub trait Generator: Send + Sync {
         params: &SamplingParams,
         on_text: &mut dyn FnMut(&str) -> Flow,
     ) -> Result<GenerationStats, ModelError>;
+}
+
+/// The stats a generation starts from, or the overflow error when the prompt and the answer
+/// cannot both fit in `context_tokens`.
+pub(crate) fn start_stats(prompt_tokens: usize, max_tokens: usize, context_tokens: usize) -> Result<GenerationStats, ModelError> {
+    if prompt_tokens.saturating_add(max_tokens) > context_tokens {
+        return Err(ModelError::ContextOverflow { prompt_tokens, max_tokens, context_tokens });
+    }
+    Ok(GenerationStats { prompt_tokens, completion_tokens: 0, finish_reason: FinishReason::Length })
 }

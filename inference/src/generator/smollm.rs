@@ -17,7 +17,7 @@ use super::gguf_tokenizer::GgufTokenizer;
 use super::requant::{self, WeightFormat};
 use super::sampling::{RepeatPenalty, Sampler};
 use super::decode_loop::decode_loop;
-use super::{ChatMessage, FinishReason, Flow, GenerationStats, Generator, SamplingParams};
+use super::{ChatMessage, Flow, GenerationStats, Generator, SamplingParams};
 use crate::ModelError;
 
 /// The most context used even if the file claims more: keeps the KV cache and attention cost
@@ -211,18 +211,7 @@ impl Generator for SmolLmGenerator {
         let mut sampler = Sampler::new(params, self.repeat)?;
         let prompt = self.prompt_tokens(messages)?;
         let prompt_tokens = prompt.len();
-        if prompt_tokens.saturating_add(params.max_tokens) > self.context_tokens {
-            return Err(ModelError::ContextOverflow {
-                prompt_tokens,
-                max_tokens: params.max_tokens,
-                context_tokens: self.context_tokens,
-            });
-        }
-        let mut stats = GenerationStats {
-            prompt_tokens,
-            completion_tokens: 0,
-            finish_reason: FinishReason::Length,
-        };
+        let mut stats = super::start_stats(prompt_tokens, params.max_tokens, self.context_tokens)?;
         if params.max_tokens == 0 {
             return Ok(stats);
         }
