@@ -302,25 +302,17 @@ impl Engine {
         // Candidates per list: fusion and per-document collapsing need more than top_k.
         let depth = (top_k * if req.distinct_documents { 8 } else { 4 }).max(100);
         // The query embedding (the slow part) and the keyword search run side by side.
-        let embedding = match req.mode {
-            SearchMode::Keyword => None,
-            _ => Some(self.embed_query(&req.query)),
+        let keyword = || {
+            let (ix, q) = (ix.clone(), req.query.clone());
+            blocking(move || ix.keywords.search(&q, depth))
         };
-        let keyword = match req.mode {
-            SearchMode::Vector => None,
-            _ => {
-                let (ix, q) = (ix.clone(), req.query.clone());
-                Some(blocking(move || ix.keywords.search(&q, depth)))
-            }
-        };
-        let (query_vector, keyword) = match (embedding, keyword) {
-            (Some(e), Some(k)) => {
-                let (e, k) = tokio::join!(e, k);
+        let (query_vector, keyword) = match req.mode {
+            SearchMode::Keyword => (None, keyword().await?),
+            SearchMode::Vector => (Some(self.embed_query(&req.query).await?), Vec::new()),
+            SearchMode::Hybrid => {
+                let (e, k) = tokio::join!(self.embed_query(&req.query), keyword());
                 (Some(e?), k?)
             }
-            (Some(e), None) => (Some(e.await?), Vec::new()),
-            (None, Some(k)) => (None, k.await?),
-            (None, None) => (None, Vec::new()),
         };
         let vector = match &query_vector {
             Some(q) => ix.vectors().search(q, depth),

@@ -47,6 +47,14 @@ impl ApiKey {
     }
 }
 
+fn parse_access(s: &str) -> Access {
+    if s == "write" {
+        Access::Write
+    } else {
+        Access::Read
+    }
+}
+
 impl Store {
     /// Stores a key by the hash of its secret.
     pub async fn create_api_key(&self, name: &str, key_hash: &str, admin: bool, grants: &[Grant]) -> Result<ApiKey> {
@@ -78,16 +86,25 @@ impl Store {
         Ok(ApiKey { id, name: name.to_owned(), admin, grants: grants.to_vec() })
     }
 
-    /// The key whose secret hashes to `key_hash`.
+    /// The key whose secret hashes to `key_hash`, with its grants, in one query (this runs on
+    /// every authenticated request).
     pub async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKey>> {
-        let row = sqlx::query("SELECT id, name, admin FROM api_keys WHERE key_hash = $1")
-            .bind(key_hash)
-            .fetch_optional(&self.pool)
-            .await?;
-        match row {
-            Some(r) => Ok(Some(self.with_grants(r.try_get(0)?, r.try_get(1)?, r.try_get::<i64, _>(2)? != 0).await?)),
-            None => Ok(None),
+        let rows = sqlx::query(
+            "SELECT k.id, k.name, k.admin, g.collection, g.access
+             FROM api_keys k LEFT JOIN api_key_grants g ON g.key_id = k.id
+             WHERE k.key_hash = $1 ORDER BY g.collection",
+        )
+        .bind(key_hash)
+        .fetch_all(&self.pool)
+        .await?;
+        let Some(first) = rows.first() else { return Ok(None) };
+        let mut key = ApiKey { id: first.try_get(0)?, name: first.try_get(1)?, admin: first.try_get::<i64, _>(2)? != 0, grants: Vec::new() };
+        for r in &rows {
+            if let Some(collection) = r.try_get::<Option<String>, _>(3)? {
+                key.grants.push(Grant { collection, access: parse_access(&r.try_get::<String, _>(4)?) });
+            }
         }
+        Ok(Some(key))
     }
 
     async fn with_grants(&self, id: i64, name: String, admin: bool) -> Result<ApiKey> {
@@ -97,10 +114,7 @@ impl Store {
             .await?;
         let grants = rows
             .iter()
-            .map(|r| {
-                let access = if r.try_get::<String, _>(1)? == "write" { Access::Write } else { Access::Read };
-                Ok(Grant { collection: r.try_get(0)?, access })
-            })
+            .map(|r| Ok(Grant { collection: r.try_get(0)?, access: parse_access(&r.try_get::<String, _>(1)?) }))
             .collect::<Result<Vec<_>>>()?;
         Ok(ApiKey { id, name, admin, grants })
     }

@@ -1,21 +1,30 @@
-//! The DeepSeek-V2 generator: one sequence at a time through [`FixedDecoder`] (on CUDA, the
-//! decode step is a replayed CUDA graph), DeepSeek-V2-Chat's template and tokenizer.
+//! The DeepSeek-V2 generator with DeepSeek-V2-Chat's template and tokenizer, decoding either
+//! one sequence at a time through [`FixedDecoder`] (on CUDA, the decode step is a replayed CUDA
+//! graph) or many at once through the continuous-batching [`Scheduler`].
 
 use super::sampling::{RepeatPenalty, Sampler};
 use super::decode_loop::decode_loop;
-use super::{ChatMessage, Flow, GenerationStats, Generator, SamplingParams};
+use super::{ChatMessage, FinishReason, Flow, GenerationStats, Generator, SamplingParams};
+use super::text_stream::{StreamState, TextStream};
+use crate::deepseek::scheduler::{Event, Request, Scheduler, SchedulerConfig, SubmitError};
 use crate::deepseek::{DeepSeekTokenizer, DeepSeekV2, FixedDecoder};
 use crate::ModelError;
 use candle_core::Device;
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
+
+enum Backend {
+    /// The model and its one preallocated sequence cache; a request holds it throughout.
+    Single(Mutex<FixedDecoder>),
+    /// Each request joins the running batch.
+    Batched(Scheduler),
+}
 
 pub struct DeepSeekGenerator {
     id: String,
     tokenizer: DeepSeekTokenizer,
-    /// The model and its one preallocated sequence cache; a request holds it throughout.
-    decoder: Mutex<FixedDecoder>,
+    backend: Backend,
     context_tokens: usize,
     repeat: RepeatPenalty,
 }
@@ -43,13 +52,28 @@ impl DeepSeekGenerator {
             id: id.into(),
             tokenizer,
             context_tokens: context_tokens.min(decoder.capacity()),
-            decoder: Mutex::new(decoder),
+            backend: Backend::Single(Mutex::new(decoder)),
             // The repeat penalty is off by default: DeepSeek's own generation config uses none.
             repeat: RepeatPenalty { penalty: 1.0, last_n: 64 },
         })
     }
 
-    /// Sets the repeat penalty applied to generated tokens.
+    /// As [`Self::load`], serving concurrent requests in one batch through a [`Scheduler`].
+    pub fn load_batched(dir: &Path, device: &Device, context_tokens: usize, config: SchedulerConfig) -> Result<Self, ModelError> {
+        let tokenizer = DeepSeekTokenizer::from_dir(dir)?;
+        let model = Arc::new(DeepSeekV2::load(dir, device)?);
+        let id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "deepseek-v2".into());
+        let context_tokens = context_tokens.min(model.max_positions()).min(config.cache_tokens);
+        Ok(Self {
+            id,
+            tokenizer,
+            backend: Backend::Batched(Scheduler::start(model, config)),
+            context_tokens,
+            repeat: RepeatPenalty { penalty: 1.0, last_n: 64 },
+        })
+    }
+
+    /// Sets the repeat penalty applied to generated tokens (single-sequence decoding).
     pub fn with_repeat_penalty(mut self, repeat: RepeatPenalty) -> Self {
         self.repeat = repeat;
         self
@@ -79,15 +103,31 @@ impl Generator for DeepSeekGenerator {
         params: &SamplingParams,
         on_text: &mut dyn FnMut(&str) -> Flow,
     ) -> Result<GenerationStats, ModelError> {
-        let mut sampler = Sampler::new(params, self.repeat)?;
         let prompt = self.tokenizer.encode_chat(messages)?;
-        let prompt_tokens = prompt.len();
-        let mut stats = super::start_stats(prompt_tokens, params.max_tokens, self.context_tokens)?;
+        let stats = super::start_stats(prompt.len(), params.max_tokens, self.context_tokens)?;
         if params.max_tokens == 0 {
             return Ok(stats);
         }
+        match &self.backend {
+            Backend::Single(decoder) => self.generate_single(decoder, prompt, stats, params, on_text),
+            Backend::Batched(scheduler) => self.generate_batched(scheduler, prompt, stats, params, on_text),
+        }
+    }
+}
+
+impl DeepSeekGenerator {
+    fn generate_single(
+        &self,
+        decoder: &Mutex<FixedDecoder>,
+        prompt: Vec<u32>,
+        mut stats: GenerationStats,
+        params: &SamplingParams,
+        on_text: &mut dyn FnMut(&str) -> Flow,
+    ) -> Result<GenerationStats, ModelError> {
+        let mut sampler = Sampler::new(params, self.repeat)?;
+        let prompt_tokens = prompt.len();
         // A panic in an earlier request poisons the lock; the cache is reset below anyway.
-        let mut dec = self.decoder.lock().unwrap_or_else(|p| p.into_inner());
+        let mut dec = decoder.lock().unwrap_or_else(|p| p.into_inner());
         dec.reset();
         let eos = self.tokenizer.eos_token_id();
         let started = Instant::now();
@@ -123,11 +163,59 @@ impl Generator for DeepSeekGenerator {
         dec.reset();
         result
     }
+
+    fn generate_batched(
+        &self,
+        scheduler: &Scheduler,
+        prompt: Vec<u32>,
+        mut stats: GenerationStats,
+        params: &SamplingParams,
+        on_text: &mut dyn FnMut(&str) -> Flow,
+    ) -> Result<GenerationStats, ModelError> {
+        let request = Request { prompt, params: params.clone(), end_tokens: vec![self.tokenizer.eos_token_id()] };
+        let events = scheduler.submit(request).map_err(|e| match e {
+            SubmitError::QueueFull => ModelError::Busy("the generation queue is full".into()),
+            other => ModelError::InvalidInput(other.to_string()),
+        })?;
+        let mut stream = TextStream::new(&params.stop);
+        let (mut generated, mut shown) = (Vec::new(), String::new());
+        // Leaving this loop early drops `events`, which cancels the request in the scheduler.
+        let finish = loop {
+            match events.recv() {
+                Ok(Event::Token(t)) => {
+                    generated.push(t);
+                    let bytes = new_text(&self.tokenizer, &generated, &mut shown)?;
+                    if !bytes.is_empty() {
+                        match stream.push(&bytes, on_text) {
+                            StreamState::Continue => {}
+                            StreamState::StopString => break FinishReason::Stop,
+                            StreamState::Cancelled => break FinishReason::Cancelled,
+                        }
+                    }
+                }
+                Ok(Event::Done(reason)) => {
+                    // The scheduler ends on an end token without sending it; it counts as generated.
+                    if reason == FinishReason::Stop {
+                        generated.push(self.tokenizer.eos_token_id());
+                    }
+                    break reason;
+                }
+                Ok(Event::Error(e)) => return Err(ModelError::InvalidInput(format!("generation failed: {e}"))),
+                Err(_) => return Err(ModelError::InvalidInput("the scheduler stopped".into())),
+            }
+        };
+        if finish != FinishReason::Cancelled {
+            let _ = stream.finish(on_text);
+        }
+        stats.completion_tokens = generated.len();
+        stats.finish_reason = finish;
+        Ok(stats)
+    }
 }
 
 /// The bytes the newest token adds to the answer: what decoding all of `generated` adds to
 /// `shown` (byte-level BPE pieces can be parts of one character, so nothing until it is whole).
-pub(crate) fn new_text(tokenizer: &DeepSeekTokenizer, generated: &[u32], shown: &mut String) -> Result<Vec<u8>, ModelError> {
+fn new_text(tokenizer: &DeepSeekTokenizer, generated: &[u32], shown: &mut String) -> Result<Vec<u8>, ModelError> {
     let text = tokenizer.decode(generated)?;
     if text.ends_with('\u{FFFD}') || text.len() <= shown.len() || !text.starts_with(shown.as_str()) {
         return Ok(Vec::new());

@@ -6,7 +6,6 @@ use serde::{Deserialize, Serialize};
 mod chatml;
 mod decode_loop;
 pub mod deepseek;
-pub mod deepseek_batched;
 pub mod gguf_tokenizer;
 mod requant;
 pub(crate) mod sampling;
