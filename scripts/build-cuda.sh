@@ -46,8 +46,10 @@ done
 #    libcuda.so.1 is what the binary loads on the GPU machine.
 if [ ! -e "$LIB/stubs/libcuda.so" ]; then
   mkdir -p "$LIB/stubs"
-  SYS=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.*/src/driver/sys/mod.rs | head -1)
-  [ -f "$SYS" ] || { cargo fetch; SYS=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.*/src/driver/sys/mod.rs | head -1); }
+  find_sys() { ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/cudarc-0.19.*/src/driver/sys/mod.rs 2>/dev/null | head -1 || true; }
+  SYS=$(find_sys)
+  # A fresh machine has not unpacked cudarc yet (the CPU build does not use it).
+  [ -f "$SYS" ] || { cargo fetch; SYS=$(find_sys); }
   grep -oE "pub unsafe fn cu[A-Za-z0-9_]+\(" "$SYS" | sed -E 's/pub unsafe fn (.*)\(/int \1(void){return 999;}/' | sort -u > "$LIB/stubs/cuda_stub.c"
   cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$LIB/stubs/libcuda.so" "$LIB/stubs/cuda_stub.c"
 fi

@@ -107,9 +107,54 @@ impl Engine {
         let query_cache = QueryCache::new(config.query_cache_size);
         let engine = Self { store, embedder, root: root.to_owned(), config, open: RwLock::default(), query_cache };
         for c in engine.store.all_collections().await? {
+            if c.embedder != engine.embedder.id() {
+                // Its vectors are another model's: it is refused until re-embedded.
+                tracing::warn!(collection = %c.name, built_with = %c.embedder, embedder = %engine.embedder.id(), "collection built by another embedder; run kb reembed");
+                continue;
+            }
             engine.indexes(&c).await?;
         }
         Ok(engine)
+    }
+
+    /// Re-embeds every chunk of a collection with this engine's embedder and switches the
+    /// collection to it: vectors are staged in the database and swapped in one transaction at
+    /// the end (an interrupted run changes nothing and resumes), then the vector index is
+    /// rebuilt. `progress(done, total)` follows the embedding. Returns the chunks re-embedded.
+    pub async fn reembed(&self, name: &str, batch: usize, progress: &(dyn Fn(usize, usize) + Sync)) -> Result<u64> {
+        let c = self.store.require_collection(name).await?;
+        let embedder_id = self.embedder.id().to_owned();
+        if c.embedder == embedder_id {
+            return Ok(0);
+        }
+        let all = self.store.chunk_ids(c.id).await?;
+        let staged = self.store.staged_chunk_ids(c.id, &embedder_id).await?;
+        let todo: Vec<i64> = all.iter().copied().filter(|id| !staged.contains(id)).collect();
+        let mut done = all.len() - todo.len();
+        progress(done, all.len());
+        for ids in todo.chunks(batch.max(1)) {
+            let texts = self.store.chunk_texts(ids).await?;
+            let inputs: Vec<String> =
+                texts.iter().map(|t| crate::contextual_text(t.title.as_deref(), &t.heading_path, &t.text)).collect();
+            let embedder = self.embedder.clone();
+            let vectors = blocking(move || {
+                let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
+                Ok(embedder.embed_passages(&refs)?)
+            })
+            .await?;
+            let rows: Vec<(i64, Vec<f32>)> = texts.iter().map(|t| t.id).zip(vectors).collect();
+            self.store.stage_embeddings(c.id, &embedder_id, &rows).await?;
+            done += rows.len();
+            progress(done, all.len());
+        }
+        let switched = self.store.commit_reembed(c.id, &embedder_id).await?;
+        // The vector graph is derived: drop it and build it again from the new vectors.
+        self.open.write().unwrap_or_else(|e| e.into_inner()).remove(&c.id);
+        let _ = std::fs::remove_dir_all(self.collection_dir(c.id).join("vectors"));
+        let c = self.store.require_collection(name).await?;
+        self.indexes(&c).await?;
+        self.flush(&c).await?;
+        Ok(switched)
     }
 
     pub fn store(&self) -> &Store {

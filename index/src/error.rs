@@ -13,6 +13,8 @@ pub enum IndexError {
     DocumentNotFound(i64),
     #[error("collection {collection} was built with embedder {built_with}, not {requested}; re-embed it first")]
     EmbedderMismatch { collection: String, built_with: String, requested: String },
+    #[error("re-embedding incomplete: {staged} of {total} chunks have new vectors; run it again")]
+    ReembedIncomplete { staged: u64, total: u64 },
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),
     #[error("database migration: {0}")]

@@ -13,15 +13,13 @@ use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
 use tantivy::schema::{
     Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, Value,
 };
-use tantivy::tokenizer::{
-    Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer,
-};
+use tantivy::tokenizer::TextAnalyzer;
 use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
 use crate::store::ChunkText;
+use crate::tokenizer::{analyzer, ANALYZER};
 use crate::{IndexError, Result};
 
-const ANALYZER: &str = "kb_en";
 const WRITER_HEAP: usize = 64 * 1024 * 1024;
 
 pub struct KeywordIndex {
@@ -31,17 +29,6 @@ pub struct KeywordIndex {
     analyzer: TextAnalyzer,
     chunk_id: Field,
     content: Field,
-}
-
-fn analyzer() -> TextAnalyzer {
-    // English stop words and Snowball stemming: what BM25 baselines that do well use.
-    let builder = TextAnalyzer::builder(SimpleTokenizer::default())
-        .filter(RemoveLongFilter::limit(40))
-        .filter(LowerCaser);
-    match StopWordFilter::new(Language::English) {
-        Some(stop) => builder.filter(stop).filter(Stemmer::new(Language::English)).build(),
-        None => builder.filter(Stemmer::new(Language::English)).build(),
-    }
 }
 
 fn schema() -> (Schema, Field, Field) {
@@ -55,13 +42,22 @@ fn schema() -> (Schema, Field, Field) {
 }
 
 impl KeywordIndex {
-    /// Opens the index in `dir`, creating it when absent. `None` if it exists but cannot be
-    /// opened (the caller rebuilds it from the database).
+    /// Opens the index in `dir`, creating it when absent. An error if it exists but cannot be
+    /// opened, or was built with another schema or analyzer (the caller rebuilds it from the
+    /// database).
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|source| IndexError::Io { path: dir.to_owned(), source })?;
         let (schema, chunk_id, content) = schema();
         let index = if dir.join("meta.json").exists() {
-            Index::open_in_dir(dir)?
+            let index = Index::open_in_dir(dir)?;
+            // The schema names the analyzer: terms from another one would not match queries.
+            if index.schema() != schema {
+                return Err(tantivy::TantivyError::SchemaError(format!(
+                    "built with another schema or analyzer (this kb uses {ANALYZER:?})"
+                ))
+                .into());
+            }
+            index
         } else {
             Index::create_in_dir(dir, schema)?
         };
@@ -157,5 +153,44 @@ impl KeywordIndex {
 
     pub fn index(&self) -> &Index {
         &self.index
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(id: i64, text: &str) -> ChunkText {
+        ChunkText { id, document_id: 1, title: None, heading_path: Vec::new(), text: text.into() }
+    }
+
+    #[test]
+    fn reopens_its_own_index_and_matches_across_spellings() {
+        let dir = tempfile::tempdir().unwrap();
+        let ix = KeywordIndex::open(dir.path()).unwrap();
+        ix.insert(&[chunk(1, "Serum IL-6 rises in sepsis."), chunk(2, "TNFα blockade")]).unwrap();
+        drop(ix);
+        let ix = KeywordIndex::open(dir.path()).unwrap();
+        assert_eq!(ix.num_chunks(), 2);
+        assert_eq!(ix.search("il6", 10).unwrap()[0].0, 1);
+        assert_eq!(ix.search("TNF-alpha", 10).unwrap()[0].0, 2);
+    }
+
+    #[test]
+    fn an_index_from_an_older_analyzer_is_refused_then_rebuilt() {
+        let dir = tempfile::tempdir().unwrap();
+        // What kb built before the word-delimiter analyzer: same fields, analyzer "kb_en".
+        let mut b = Schema::builder();
+        b.add_i64_field("chunk_id", NumericOptions::default().set_indexed().set_fast().set_stored());
+        let indexing = TextFieldIndexing::default().set_tokenizer("kb_en").set_index_option(IndexRecordOption::WithFreqs);
+        b.add_text_field("content", TextOptions::default().set_indexing_options(indexing));
+        drop(Index::create_in_dir(dir.path(), b.build()).unwrap());
+
+        assert!(KeywordIndex::open(dir.path()).is_err());
+        // The engine's fallback: delete the directory, open afresh, refill from the database.
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        let ix = KeywordIndex::open(dir.path()).unwrap();
+        ix.insert(&[chunk(7, "Bcl-2 family")]).unwrap();
+        assert_eq!(ix.search("bcl2", 10).unwrap()[0].0, 7);
     }
 }

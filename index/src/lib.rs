@@ -8,6 +8,7 @@ pub mod keyword;
 mod passage;
 mod query_cache;
 pub mod store;
+mod tokenizer;
 pub mod vector;
 
 pub use engine::{CollectionIndexes, Engine, Hit, IndexConfig, SearchMode, SearchRequest};

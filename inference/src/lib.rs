@@ -8,7 +8,7 @@ mod error;
 pub mod deepseek;
 pub mod generator;
 
-pub use embedder::{bert::BertEmbedder, Embedder};
+pub use embedder::{bert::BertEmbedder, deepseek::{DeepSeekEmbedder, Pooling}, Embedder};
 pub use error::ModelError;
 pub use generator::{ChatMessage, FinishReason, Flow, GenerationStats, Generator, Role, SamplingParams};
 pub use generator::{smollm::SmolLmGenerator, GgufTokenizer, RepeatPenalty, WeightFormat};

@@ -479,7 +479,7 @@ fn batched_generator_answers_concurrent_requests_as_the_single_one_does() {
     write_checkpoint(dir.path(), &tiny_config(&[]), 11);
     write_word_tokenizer(dir.path());
     let single = DeepSeekGenerator::load(dir.path(), &Device::Cpu, 300).unwrap();
-    let config = SchedulerConfig { max_sequences: 4, max_queued: 8, prefill_chunk: 3, cache_tokens: 2048 };
+    let config = SchedulerConfig { max_sequences: 4, max_queued: 8, prefill_chunk: 3, cache_tokens: 2048, ..SchedulerConfig::default() };
     let batched = DeepSeekGenerator::load_batched(dir.path(), &Device::Cpu, 300, config).unwrap();
     let params = SamplingParams { max_tokens: 8, ..Default::default() };
     let questions = ["w10 w11 w12", "w40 w41", "w7 w8 w9 w20 w21 w22", "w99"];

@@ -46,13 +46,14 @@ fn collect(rx: &Receiver<Event>) -> (Vec<u32>, FinishReason) {
             Event::Token(t) => tokens.push(t),
             Event::Done(r) => return (tokens, r),
             Event::Error(e) => panic!("generation failed: {e}"),
+            Event::Busy => panic!("turned away as busy"),
         }
     }
 }
 
 fn config(max_sequences: usize, max_queued: usize) -> SchedulerConfig {
     // Small prefill chunks: prompts are fed over several steps, beside other sequences' decoding.
-    SchedulerConfig { max_sequences, max_queued, prefill_chunk: 4, cache_tokens: 4096 }
+    SchedulerConfig { max_sequences, max_queued, prefill_chunk: 4, cache_tokens: 4096, ..SchedulerConfig::default() }
 }
 
 #[test]
@@ -62,11 +63,11 @@ fn a_batch_decodes_what_each_sequence_decodes_alone() {
     let alone: Vec<Vec<u32>> = prompts
         .iter()
         .map(|p| {
-            let s = Scheduler::start(m.clone(), config(1, 4));
+            let s = Scheduler::start(m.clone(), config(1, 4)).unwrap();
             collect(&s.submit(request(p.clone(), 10)).unwrap()).0
         })
         .collect();
-    let s = Scheduler::start(m.clone(), config(8, 8));
+    let s = Scheduler::start(m.clone(), config(8, 8)).unwrap();
     let receivers: Vec<_> = prompts.iter().map(|p| s.submit(request(p.clone(), 10)).unwrap()).collect();
     for (rx, want) in receivers.iter().zip(&alone) {
         let (got, reason) = collect(rx);
@@ -88,7 +89,7 @@ fn a_batch_decodes_what_each_sequence_decodes_alone() {
 
 #[test]
 fn a_dropped_receiver_frees_its_place() {
-    let s = Scheduler::start(model(), config(1, 4));
+    let s = Scheduler::start(model(), config(1, 4)).unwrap();
     let long = s.submit(request(prompt(5, 1), 2000)).unwrap();
     assert!(matches!(long.recv_timeout(Duration::from_secs(60)).unwrap(), Event::Token(_)));
     drop(long);
@@ -100,7 +101,7 @@ fn a_dropped_receiver_frees_its_place() {
 
 #[test]
 fn a_full_queue_refuses_new_requests() {
-    let s = Scheduler::start(model(), config(1, 1));
+    let s = Scheduler::start(model(), config(1, 1)).unwrap();
     let running = s.submit(request(prompt(5, 1), 2000)).unwrap();
     assert!(matches!(running.recv_timeout(Duration::from_secs(60)).unwrap(), Event::Token(_)));
     let waiting = s.submit(request(prompt(5, 2), 5)).unwrap();
@@ -110,4 +111,39 @@ fn a_full_queue_refuses_new_requests() {
     assert!(matches!(s.submit(request(prompt(5, 4), 10_000)), Err(SubmitError::Invalid(_))));
     drop(running);
     assert_eq!(collect(&waiting).1, FinishReason::Length);
+}
+
+#[test]
+fn a_request_that_finds_no_place_in_time_is_turned_away_busy() {
+    let config = SchedulerConfig { queue_wait: Duration::from_millis(50), ..config(1, 4) };
+    let s = Scheduler::start(model(), config).unwrap();
+    let running = s.submit(request(prompt(8, 1), 2000)).unwrap();
+    assert!(matches!(running.recv_timeout(Duration::from_secs(60)).unwrap(), Event::Token(_)));
+    let late = s.submit(request(prompt(5, 2), 4)).unwrap();
+    assert_eq!(late.recv_timeout(Duration::from_secs(60)).unwrap(), Event::Busy);
+    // The running request is unaffected; dropping it frees the place for the next one.
+    assert!(matches!(running.recv_timeout(Duration::from_secs(60)).unwrap(), Event::Token(_)));
+    drop(running);
+    let next = s.submit(request(prompt(5, 3), 3)).unwrap();
+    let (tokens, reason) = collect(&next);
+    assert_eq!((tokens.len(), reason), (3, FinishReason::Length));
+}
+
+#[test]
+fn the_cache_pool_hands_out_and_takes_back_row_ranges() {
+    use kb_inference::deepseek::CachePool;
+    let mut pool = CachePool::new(2, 8, 100, DType::F32, &Device::Cpu).unwrap();
+    let a = pool.alloc(30).unwrap().unwrap();
+    let b = pool.alloc(30).unwrap().unwrap();
+    let c = pool.alloc(40).unwrap().unwrap();
+    assert_eq!(pool.free_rows(), 0);
+    assert!(pool.alloc(1).unwrap().is_none());
+    pool.release(&b);
+    assert!(pool.alloc(31).unwrap().is_none(), "30 free rows cannot hold 31");
+    pool.release(&a);
+    pool.release(&c);
+    assert_eq!(pool.free_rows(), 100);
+    // Neighbours merged back into one range.
+    let whole = pool.alloc(100).unwrap().unwrap();
+    assert_eq!(whole.capacity(), 100);
 }

@@ -143,6 +143,31 @@ def bench(model, vocab, steps):
     return out
 
 
+@torch.no_grad()
+def gen_bench(model, vocab, batches, prompt, new):
+    """transformers' generate at each batch size: greedy, `new` tokens after a `prompt`-token
+    prompt, EOS ignored. Decode rate = tokens after the first / (total - time to first token)."""
+    out = {}
+    for b in batches:
+        ids = torch.randint(0, vocab, (b, prompt), device="cuda")
+        mask = torch.ones_like(ids)
+        kw = dict(attention_mask=mask, do_sample=False, eos_token_id=None, pad_token_id=0)
+        model.generate(ids, max_new_tokens=2, min_new_tokens=2, **kw)
+        torch.cuda.synchronize(); t = time.perf_counter()
+        model.generate(ids, max_new_tokens=1, min_new_tokens=1, **kw)
+        torch.cuda.synchronize(); first = time.perf_counter() - t
+        t = time.perf_counter()
+        model.generate(ids, max_new_tokens=new, min_new_tokens=new, **kw)
+        torch.cuda.synchronize(); total = time.perf_counter() - t
+        out[str(b)] = {"first_token_s": first, "total_s": total,
+                       "decode_tok_s": b * (new - 1) / max(total - first, 1e-9),
+                       "end_to_end_tok_s": b * new / total}
+        print(f"transformers generate batch {b}: first {first:.2f} s, total {total:.2f} s, "
+              f"decode {out[str(b)]['decode_tok_s']:.1f} tok/s", flush=True)
+        torch.cuda.empty_cache()
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", choices=sorted(SHAPES), required=True)
@@ -153,6 +178,9 @@ def main():
     ap.add_argument("--no-save", action="store_true")
     ap.add_argument("--bench", action="store_true")
     ap.add_argument("--decode-steps", type=int, default=32)
+    ap.add_argument("--gen-batches", help="comma-separated batch sizes for transformers' generate")
+    ap.add_argument("--gen-prompt", type=int, default=1024)
+    ap.add_argument("--gen-new", type=int, default=128)
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
     cfg_d = config_dict(a.shape, a.layers)
@@ -205,6 +233,11 @@ def main():
         for m in attn:
             m.scaling = native
         report["bench"] = bench(model, cfg_d["vocab_size"], a.decode_steps)
+    if a.gen_batches:
+        for m in attn:
+            m.scaling = native
+        batches = [int(b) for b in a.gen_batches.split(",")]
+        report["generate"] = gen_bench(model, cfg_d["vocab_size"], batches, a.gen_prompt, a.gen_new)
     print("REF " + json.dumps(report), flush=True)
 
 

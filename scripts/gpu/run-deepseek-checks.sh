@@ -5,6 +5,8 @@
 # lite:      the same at the DeepSeek-V2-Lite shape (27 layers; LITE_LAYERS overrides), ~31 GB on disk.
 # bench:     kb's prefill / decode throughput on random Lite-shaped bf16 weights made on the GPU.
 # ref-bench: transformers' throughput on the same shape, and the copy bandwidth.
+# gen-bench: kb's continuous-batching scheduler, BATCHES concurrent requests (PROMPT tokens in, NEW out).
+# ref-gen-bench: transformers' generate at the same batch sizes.
 set -uo pipefail
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export PYTHONUNBUFFERED=1 RUST_BACKTRACE=1
@@ -26,6 +28,11 @@ for step in "$@"; do
       "$BIN" bench --steps ${STEPS:-64} ;;
     ref-bench)
       python3 scripts/gpu/deepseek_ref.py --shape lite --out "$W/lite-bench" --no-save --bench --decode-steps ${REF_STEPS:-24} ;;
+    gen-bench)
+      "$BIN" serve-bench --batches ${BATCHES:-1,8,32,64} --prompt ${PROMPT:-1024} --new ${NEW:-128} ;;
+    ref-gen-bench)
+      python3 scripts/gpu/deepseek_ref.py --shape lite --out "$W/lite-gen" --no-save \
+        --gen-batches ${BATCHES:-1,8,32,64} --gen-prompt ${PROMPT:-1024} --gen-new ${NEW:-128} ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
   echo "=== $step done rc=$? $(date +%T)"

@@ -12,8 +12,6 @@ use serde::Serialize;
 
 use crate::metrics::METRICS;
 
-/// Below this cosine similarity (all-MiniLM-L6-v2) no passage is about the question.
-const MIN_RELEVANCE: f32 = 0.25;
 
 pub const NOT_IN_CORPUS: &str = "The documents in this collection do not contain an answer to this question.";
 
@@ -49,13 +47,15 @@ pub struct Answer {
 pub struct Answerer {
     engine: Arc<Engine>,
     generator: Option<Arc<dyn Generator>>,
+    /// Below this cosine similarity of the best passage, nothing is about the question.
+    min_relevance: f32,
     /// The longest answer, in tokens; also kept free in the generator's context.
     max_tokens: usize,
 }
 
 impl Answerer {
-    pub fn new(engine: Arc<Engine>, generator: Option<Arc<dyn Generator>>, max_tokens: usize) -> Self {
-        Self { engine, generator, max_tokens: max_tokens.max(1) }
+    pub fn new(engine: Arc<Engine>, generator: Option<Arc<dyn Generator>>, max_tokens: usize, min_relevance: f32) -> Self {
+        Self { engine, generator, max_tokens: max_tokens.max(1), min_relevance }
     }
 
     /// Passages for `question`, or none when nothing is relevant enough.
@@ -63,7 +63,7 @@ impl Answerer {
         // The vector side gives an absolute relevance signal; fused scores are only relative.
         let probe = SearchRequest { query: question.into(), top_k: 1, mode: SearchMode::Vector, distinct_documents: false };
         let best = self.engine.search(c, &probe).await?;
-        if best.first().is_none_or(|h| h.score < MIN_RELEVANCE) {
+        if best.first().is_none_or(|h| h.score < self.min_relevance) {
             return Ok(Vec::new());
         }
         let req = SearchRequest { query: question.into(), top_k, mode: SearchMode::Hybrid, distinct_documents: false };

@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use anyhow::Context;
 use kb_index::{Engine, Fusion, HnswParams, IndexConfig, Store};
-use kb_inference::{BertEmbedder, Embedder, Generator, SmolLmGenerator};
+use kb_inference::deepseek::scheduler::SchedulerConfig;
+use kb_inference::deepseek::{best_device, DeepSeekTokenizer, DeepSeekV2};
+use kb_inference::generator::deepseek::DeepSeekGenerator;
+use kb_inference::{BertEmbedder, DeepSeekEmbedder, Embedder, Generator, Pooling, SmolLmGenerator};
 use kb_ingest::parse::PdfParser;
 use kb_ingest::pipeline::Ingestor;
 use kb_ingest::ChunkerConfig;
@@ -17,6 +20,35 @@ pub struct App {
     pub config: Config,
     pub engine: Arc<Engine>,
     pub ingestor: Arc<Ingestor>,
+    /// Loaded once when the generator or the embedder is DeepSeek; both share it.
+    deepseek: Option<DeepSeek>,
+}
+
+#[derive(Clone)]
+struct DeepSeek {
+    name: String,
+    model: Arc<DeepSeekV2>,
+    tokenizer: DeepSeekTokenizer,
+}
+
+impl DeepSeek {
+    async fn load(config: &crate::config::DeepSeekConfig) -> anyhow::Result<Self> {
+        let dir = config
+            .model_dir
+            .clone()
+            .context("the DeepSeek generator or embedder needs a checkpoint directory (--model-dir or deepseek.model_dir)")?;
+        let random = config.random_weights;
+        let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<Self> {
+            let tokenizer = DeepSeekTokenizer::from_dir(&dir)?;
+            let device = best_device();
+            tracing::info!(dir = %dir.display(), device = ?device, random, "loading DeepSeek-V2");
+            let model = if random { DeepSeekV2::load_random(&dir, &device, 7)? } else { DeepSeekV2::load(&dir, &device)? };
+            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "deepseek-v2".into());
+            Ok(Self { name, model: Arc::new(model), tokenizer })
+        })
+        .await??;
+        Ok(loaded)
+    }
 }
 
 /// The hidden subcommand under which `kb` runs pdf-extract in a child process.
@@ -28,10 +60,25 @@ impl App {
         let store = Store::open(&config.database_url())
             .await
             .with_context(|| format!("opening the database {}", config.describe_database()))?;
-        let dir = config.embedder_dir();
-        let bert = BertEmbedder::load(&dir)
-            .with_context(|| format!("loading the embedder from {} (run scripts/fetch-models.sh)", dir.display()))?;
-        let embedder: Arc<dyn Embedder> = Arc::new(TimedEmbedder(Arc::new(bert)));
+        let deepseek = if config.generator == "deepseek" || config.embedder == "deepseek" {
+            Some(DeepSeek::load(&config.deepseek).await?)
+        } else {
+            None
+        };
+        let inner: Arc<dyn Embedder> = match &deepseek {
+            Some(ds) if config.embedder == "deepseek" => {
+                let d = &config.deepseek;
+                let pooling: Pooling = d.pooling.parse()?;
+                Arc::new(DeepSeekEmbedder::new(&ds.name, ds.model.clone(), &ds.tokenizer, pooling, d.head.as_deref(), d.embed_max_tokens)?)
+            }
+            _ => {
+                let dir = config.embedder_dir();
+                Arc::new(BertEmbedder::load(&dir).with_context(|| {
+                    format!("loading the embedder from {} (run scripts/fetch-models.sh)", dir.display())
+                })?)
+            }
+        };
+        let embedder: Arc<dyn Embedder> = Arc::new(TimedEmbedder(inner));
         let fusion = match config.fusion.as_str() {
             "rrf" => Fusion::Rrf { k: config.rrf_k },
             "convex" => Fusion::Convex { alpha: config.fusion_alpha },
@@ -61,7 +108,7 @@ impl App {
         };
         let chunker = ChunkerConfig { target_tokens: config.chunk_tokens, overlap_tokens: config.chunk_overlap };
         let ingestor = Arc::new(Ingestor::new(engine.clone(), pdf, chunker));
-        Ok(Self { config, engine, ingestor })
+        Ok(Self { config, engine, ingestor, deepseek })
     }
 }
 
@@ -79,7 +126,22 @@ impl App {
                 let g = tokio::task::spawn_blocking(move || SmolLmGenerator::load(&path)).await??;
                 Ok(Some(Arc::new(g)))
             }
-            other => anyhow::bail!("unknown generator {other:?}: expected smollm2 or none"),
+            "deepseek" => {
+                let ds = self.deepseek.clone().context("DeepSeek model not loaded")?;
+                let d = &self.config.deepseek;
+                let scheduler = SchedulerConfig {
+                    max_sequences: d.max_sequences,
+                    max_queued: d.max_queued,
+                    prefill_chunk: d.prefill_chunk,
+                    cache_tokens: d.cache_tokens,
+                    queue_wait: Duration::from_secs(d.queue_wait_secs),
+                    ..SchedulerConfig::default()
+                };
+                let context = ds.model.max_positions().min(d.cache_tokens);
+                let g = DeepSeekGenerator::batched(ds.name, ds.model, ds.tokenizer, context, scheduler)?;
+                Ok(Some(Arc::new(g)))
+            }
+            other => anyhow::bail!("unknown generator {other:?}: expected smollm2, deepseek or none"),
         }
     }
 }

@@ -30,6 +30,15 @@ pub struct ConfigArgs {
     /// JSON logs.
     #[arg(long, env = "KB_LOG_JSON", global = true)]
     pub log_json: bool,
+    /// Answer generator: smollm2 (CPU default), deepseek, or none.
+    #[arg(long, env = "KB_GENERATOR", global = true)]
+    pub generator: Option<String>,
+    /// Embedder: a sentence-encoder directory under the models directory, or deepseek.
+    #[arg(long, env = "KB_EMBEDDER", global = true)]
+    pub embedder: Option<String>,
+    /// DeepSeek-V2 checkpoint directory (Hugging Face layout) for `deepseek`.
+    #[arg(long, env = "KB_MODEL_DIR", global = true)]
+    pub model_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,10 +48,13 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub models_dir: PathBuf,
     pub database_url: Option<String>,
-    /// Sentence-encoder directory name under `models_dir`.
+    /// Sentence-encoder directory name under `models_dir`, or `deepseek` for the DeepSeek
+    /// embedding head (the generator's model, pooled).
     pub embedder: String,
     /// `smollm2` (CPU default), `deepseek`, or `none` (extractive answers only).
     pub generator: String,
+    /// The DeepSeek model, for `generator = "deepseek"` and `embedder = "deepseek"`.
+    pub deepseek: DeepSeekConfig,
     pub chunk_tokens: usize,
     pub chunk_overlap: usize,
     pub hnsw_m: usize,
@@ -59,6 +71,9 @@ pub struct Config {
     pub ingest_workers: usize,
     /// The longest generated answer, in tokens.
     pub answer_max_tokens: usize,
+    /// Cosine similarity the best passage needs for a question to count as answerable; the
+    /// default suits all-MiniLM-L6-v2 (another embedder has its own scale: measure it).
+    pub answer_min_relevance: f32,
     /// Answers generating or waiting for the generator at once; more get 503 + Retry-After.
     pub max_pending_answers: usize,
     pub pdf_timeout_secs: u64,
@@ -71,6 +86,48 @@ pub struct Config {
     pub web_dir: Option<PathBuf>,
 }
 
+/// The DeepSeek-V2 model: one copy, shared by the generator and the embedding head.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeepSeekConfig {
+    /// Checkpoint directory: config.json, *.safetensors, tokenizer.json, tokenizer_config.json.
+    pub model_dir: Option<PathBuf>,
+    /// Embedding pooling over the final hidden states: `mean` or `last`.
+    pub pooling: String,
+    /// Optional projection head: a safetensors file with one (dim, hidden) matrix.
+    pub head: Option<PathBuf>,
+    /// Longest passage the embedding head reads, in tokens.
+    pub embed_max_tokens: usize,
+    /// Sequences decoded together at most.
+    pub max_sequences: usize,
+    /// Cache tokens (prompt + answer of every running sequence) reserved on the device.
+    pub cache_tokens: usize,
+    /// Requests waiting for a place; beyond them, or after `queue_wait_secs`, a 503.
+    pub max_queued: usize,
+    pub queue_wait_secs: u64,
+    /// Prompt tokens of one sequence prefilled per step.
+    pub prefill_chunk: usize,
+    /// Benchmarks only: random weights of config.json's shape instead of the safetensors.
+    pub random_weights: bool,
+}
+
+impl Default for DeepSeekConfig {
+    fn default() -> Self {
+        Self {
+            model_dir: None,
+            pooling: "mean".into(),
+            head: None,
+            embed_max_tokens: 512,
+            max_sequences: 64,
+            cache_tokens: 64 * 4096,
+            max_queued: 256,
+            queue_wait_secs: 10,
+            prefill_chunk: 512,
+            random_weights: false,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -80,6 +137,7 @@ impl Default for Config {
             database_url: None,
             embedder: "all-MiniLM-L6-v2".into(),
             generator: "smollm2".into(),
+            deepseek: DeepSeekConfig::default(),
             chunk_tokens: 200,
             chunk_overlap: 32,
             hnsw_m: 16,
@@ -93,6 +151,7 @@ impl Default for Config {
             ingest_workers: 2,
             max_pending_answers: 32,
             answer_max_tokens: 256,
+            answer_min_relevance: 0.25,
             pdf_timeout_secs: 30,
             pdf_memory_mb: 1024,
             log_json: false,
@@ -123,6 +182,15 @@ impl Config {
         }
         if let Some(m) = &args.models_dir {
             config.models_dir = m.clone();
+        }
+        if let Some(g) = &args.generator {
+            config.generator = g.clone();
+        }
+        if let Some(e) = &args.embedder {
+            config.embedder = e.clone();
+        }
+        if let Some(d) = &args.model_dir {
+            config.deepseek.model_dir = Some(d.clone());
         }
         if let Some(u) = &args.database_url {
             config.database_url = Some(u.clone());

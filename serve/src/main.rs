@@ -53,6 +53,15 @@ enum Command {
     },
     /// List collections with their document and chunk counts.
     Collections,
+    /// Re-embed a collection with the configured embedder (e.g. `--embedder deepseek`) and
+    /// switch it over; until then a collection built by another embedder is refused.
+    Reembed {
+        #[arg(long, short)]
+        collection: String,
+        /// Chunks per embedding batch.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+    },
     /// Manage API keys. With none, the API is open and `kb serve` listens only on loopback.
     #[command(subcommand)]
     Keys(KeysArgs),
@@ -131,6 +140,7 @@ fn main() -> anyhow::Result<()> {
                 commands::search::run(config, &collection, mode, top_k, distinct, &query).await
             }
             Command::Collections => commands::collections::run(config).await,
+            Command::Reembed { collection, batch } => commands::reembed::run(config, &collection, batch).await,
             Command::Keys(k) => {
                 use commands::keys::KeysCommand;
                 let command = match k {

@@ -7,6 +7,7 @@ mod collections;
 mod documents;
 mod jobs;
 mod keys;
+mod reembed;
 mod status;
 
 use std::time::{SystemTime, UNIX_EPOCH};

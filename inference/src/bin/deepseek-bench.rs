@@ -4,11 +4,13 @@
 //!                                       safetensors, tokens.json, logits.npy (+ logits_native.npy)
 //!   deepseek-bench bench [--layers N] [--steps N] [--cpu]
 //!                                       random Lite-shaped bf16 weights made on the device
+//!   deepseek-bench serve-bench [--batches 1,8,32,64] [--prompt N] [--new N] [--layers N]
+//!                                       the continuous-batching scheduler at each concurrency
 //!
 //! Prints one `RESULT {json}` line per measurement.
 
 use candle_core::{DType, Device, Tensor, D};
-use kb_inference::deepseek::{rope, DeepSeekV2, FixedDecoder, DeepSeekV2Config, LogitsMode, RandomSource};
+use kb_inference::deepseek::{rope, CachePool, DeepSeekV2, DeepSeekV2Config, FixedDecoder, LatentCache, LogitsMode, RandomSource};
 use std::path::Path;
 use std::time::Instant;
 
@@ -353,6 +355,172 @@ fn decode_only(layers: usize, steps: usize, dev: &Device, dev_name: &str) -> Res
     Ok(())
 }
 
+/// Random token ids (a small LCG: the same prompts every run).
+fn tokens(n: usize, seed: u64, vocab: usize) -> Vec<u32> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((x >> 33) % vocab as u64) as u32
+        })
+        .collect()
+}
+
+/// The batched decode step (pool + fused batch kernels) against the generic forward pass on
+/// the same caches: 5 sequences of different lengths, one decode token each.
+fn check_batched(model: &DeepSeekV2, dev_name: &str) -> Res<()> {
+    let vocab = model.config().vocab_size;
+    let cfg = model.config();
+    let mut pool = CachePool::new(cfg.num_hidden_layers, cfg.latent_dim(), 4096, model.dtype(), model.device())?;
+    let lens = [7usize, 33, 100, 257, 600];
+    let mut caches: Vec<LatentCache> = lens.iter().map(|&n| pool.alloc(n + 4).map(|c| c.expect("room"))).collect::<Result<_, _>>()?;
+    for (i, (&n, c)) in lens.iter().zip(caches.iter_mut()).enumerate() {
+        let p = tokens(n, i as u64, vocab);
+        model.forward(&[p.as_slice()], &mut [c], LogitsMode::None)?;
+    }
+    let next: Vec<u32> = (0..lens.len()).map(|i| tokens(1, 100 + i as u64, vocab)[0]).collect();
+    let mut refs: Vec<&mut LatentCache> = caches.iter_mut().collect();
+    let batched = model.forward_decode(&next, &mut refs, &pool)?;
+    for (c, &n) in caches.iter_mut().zip(lens.iter()) {
+        c.truncate(n);
+    }
+    let owned: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+    let toks: Vec<&[u32]> = owned.iter().map(|t| t.as_slice()).collect();
+    let mut refs: Vec<&mut LatentCache> = caches.iter_mut().collect();
+    let generic = model.forward(&toks, &mut refs, LogitsMode::Last)?.logits.expect("logits");
+    result("batched_decode_vs_generic", metrics(&batched, &generic)?, dev_name);
+    Ok(())
+}
+
+/// The continuous-batching scheduler at each concurrency: `b` requests submitted at once,
+/// `prompt` random tokens in, exactly `new` out (greedy, no end token). Decode rate = tokens
+/// produced after every request has its first token / the time from then to the last token.
+fn serve_bench(layers: usize, batches: &[usize], prompt: usize, new: usize, dev: &Device, dev_name: &str) -> Res<()> {
+    use kb_inference::deepseek::scheduler::{Event, Request, Scheduler, SchedulerConfig};
+    use kb_inference::SamplingParams;
+    use std::sync::Arc;
+    let cfg = DeepSeekV2Config::from_json(&lite_config(layers).to_string(), Path::new("lite-shaped config"))?;
+    let vocab = cfg.vocab_size;
+    let dtype = if dev.is_cuda() { DType::BF16 } else { DType::F32 };
+    let model = Arc::new(DeepSeekV2::from_source(cfg, &RandomSource::new(0.02, 7), dtype, dev)?);
+    if model.batched_decode_supported(5) {
+        check_batched(&model, dev_name)?;
+    }
+    let request = |n: usize, max: usize, seed: u64| Request {
+        prompt: tokens(n, seed, vocab),
+        params: SamplingParams { max_tokens: max, ..SamplingParams::default() },
+        end_tokens: Vec::new(),
+    };
+    for &b in batches {
+        let config = SchedulerConfig {
+            max_sequences: b.max(1),
+            cache_tokens: b * (prompt + new) + 64,
+            queue_wait: std::time::Duration::from_secs(600),
+            ..SchedulerConfig::default()
+        };
+        let sched = Scheduler::start(model.clone(), config)?;
+        // Warm-up: kernels compiled, allocator primed.
+        let warm = sched.submit(request(64, 4, 999))?;
+        while !matches!(warm.recv()?, Event::Done(_)) {}
+        let t0 = Instant::now();
+        let rxs = (0..b).map(|i| sched.submit(request(prompt, new, 1000 + i as u64))).collect::<Result<Vec<_>, _>>()?;
+        let handles: Vec<_> = rxs
+            .into_iter()
+            .map(|rx| {
+                std::thread::spawn(move || -> Result<Vec<Instant>, String> {
+                    let mut times = Vec::new();
+                    loop {
+                        match rx.recv().map_err(|e| e.to_string())? {
+                            Event::Token(_) => times.push(Instant::now()),
+                            Event::Done(_) => return Ok(times),
+                            other => return Err(format!("{other:?}")),
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for h in handles {
+            all.push(h.join().map_err(|_| "receiver thread panicked")??);
+        }
+        let first_all = all.iter().map(|t| t[0]).max().ok_or("no requests")?;
+        let last = all.iter().map(|t| *t.last().expect("tokens")).max().ok_or("no requests")?;
+        let in_window: usize = all.iter().map(|t| t.iter().filter(|&&x| x > first_all).count()).sum();
+        let window = last.duration_since(first_all).as_secs_f64();
+        let mut ttft: Vec<f64> = all.iter().map(|t| t[0].duration_since(t0).as_secs_f64()).collect();
+        ttft.sort_by(f64::total_cmp);
+        let total = last.duration_since(t0).as_secs_f64();
+        let steps = all.iter().map(|t| t.iter().filter(|&&x| x > first_all).count()).max().unwrap_or(0);
+        result(
+            "serve_batch",
+            serde_json::json!({
+                "batch": b, "prompt": prompt, "new": new,
+                "ttft_p50_s": ttft[ttft.len() / 2], "ttft_max_s": ttft[ttft.len() - 1], "total_s": total,
+                "decode_tok_s": in_window as f64 / window.max(1e-9),
+                "decode_ms_per_step": window * 1e3 / steps.max(1) as f64,
+                "end_to_end_tok_s": (b * new) as f64 / total,
+            }),
+            dev_name,
+        );
+    }
+    Ok(())
+}
+
+/// Only batched decode steps (for profilers and tuning): `batch` sequences prefilled to
+/// `prompt` tokens, then `steps` forward_decode steps with a device argmax. Also reports how
+/// long the host takes to enqueue a step (no sync) against the step's wall time.
+fn decode_batch(layers: usize, batch: usize, prompt: usize, steps: usize, dev: &Device, dev_name: &str) -> Res<()> {
+    let cfg = DeepSeekV2Config::from_json(&lite_config(layers).to_string(), Path::new("lite-shaped config"))?;
+    let vocab = cfg.vocab_size;
+    let dtype = if dev.is_cuda() { DType::BF16 } else { DType::F32 };
+    let model = DeepSeekV2::from_source(cfg, &RandomSource::new(0.02, 7), dtype, dev)?;
+    let c = model.config();
+    let mut pool = CachePool::new(c.num_hidden_layers, c.latent_dim(), batch * (prompt + steps + 8), model.dtype(), model.device())?;
+    let mut caches: Vec<LatentCache> = (0..batch).map(|_| pool.alloc(prompt + steps + 8).map(|c| c.expect("room"))).collect::<Result<_, _>>()?;
+    for (i, cache) in caches.iter_mut().enumerate() {
+        let p = tokens(prompt, i as u64, vocab);
+        model.forward(&[p.as_slice()], &mut [cache], LogitsMode::None)?;
+    }
+    let mut next: Vec<u32> = (0..batch as u64).map(|i| tokens(1, 77 + i, vocab)[0]).collect();
+    let step = |next: &mut Vec<u32>, caches: &mut Vec<LatentCache>| -> Res<()> {
+        let mut refs: Vec<&mut LatentCache> = caches.iter_mut().collect();
+        *next = model.forward_decode(next, &mut refs, &pool)?.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        Ok(())
+    };
+    for _ in 0..2 {
+        step(&mut next, &mut caches)?;
+    }
+    sync(dev)?;
+    let t = Instant::now();
+    for _ in 0..steps {
+        step(&mut next, &mut caches)?;
+    }
+    let wall = t.elapsed().as_secs_f64() / steps as f64;
+    // Enqueue only: the logits stay on the device until one sync at the end.
+    let t = Instant::now();
+    let mut enqueue = 0.0;
+    for _ in 0..steps.min(4) {
+        let e = Instant::now();
+        let mut refs: Vec<&mut LatentCache> = caches.iter_mut().collect();
+        let logits = model.forward_decode(&next, &mut refs, &pool)?;
+        enqueue += e.elapsed().as_secs_f64();
+        drop(logits);
+    }
+    sync(dev)?;
+    let queued = t.elapsed().as_secs_f64() / steps.min(4) as f64;
+    result(
+        "decode_batch",
+        serde_json::json!({
+            "batch": batch, "prompt": prompt, "layers": layers, "steps": steps,
+            "ms_per_step": wall * 1e3, "tok_s": batch as f64 / wall,
+            "host_enqueue_ms_per_step": enqueue * 1e3 / steps.min(4) as f64,
+            "no_sync_ms_per_step": queued * 1e3,
+        }),
+        dev_name,
+    );
+    Ok(())
+}
+
 fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse::<usize>().ok());
@@ -365,6 +533,23 @@ fn main() -> Res<()> {
             compare(Path::new(dir), &dev, &dev_name)
         }
         Some("decode") => decode_only(flag("--layers").unwrap_or(27), flag("--steps").unwrap_or(64), &dev, &dev_name),
+        Some("decode-batch") => decode_batch(
+            flag("--layers").unwrap_or(27),
+            flag("--batch").unwrap_or(32),
+            flag("--prompt").unwrap_or(1024),
+            flag("--steps").unwrap_or(16),
+            &dev,
+            &dev_name,
+        ),
+        Some("serve-bench") => {
+            let batches: Vec<usize> = args
+                .iter()
+                .position(|a| a == "--batches")
+                .and_then(|i| args.get(i + 1))
+                .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
+                .unwrap_or_else(|| vec![1, 8, 32, 64]);
+            serve_bench(flag("--layers").unwrap_or(27), &batches, flag("--prompt").unwrap_or(1024), flag("--new").unwrap_or(128), &dev, &dev_name)
+        }
         Some("bench") => bench(flag("--layers").unwrap_or(27), flag("--steps").unwrap_or(64), &dev, &dev_name),
         _ => Err("usage: deepseek-bench compare DIR | bench [--layers N] [--steps N] [--cpu] | decode [--layers N] [--steps N]".into()),
     }

@@ -11,6 +11,87 @@ pub struct LatentCache {
     len: usize,
     capacity: usize,
     latent_dim: usize,
+    /// Where the rows sit when the buffers are views of a [`CachePool`]: the pool's id and
+    /// the first row (batched decode kernels address every sequence through the pool).
+    slot: Option<(usize, usize)>,
+}
+
+/// One device buffer per layer holding many sequences' caches as row ranges: allocated once,
+/// so admitting a sequence costs no device allocation, and a batched kernel reaches every
+/// sequence's rows from one base address.
+#[derive(Debug)]
+pub struct CachePool {
+    id: usize,
+    layers: Vec<Tensor>,
+    rows: usize,
+    latent_dim: usize,
+    /// Free row ranges (start, len), sorted by start, never adjacent.
+    free: Vec<(usize, usize)>,
+}
+
+impl CachePool {
+    pub fn new(num_layers: usize, latent_dim: usize, rows: usize, dtype: DType, device: &Device) -> Result<Self> {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+        let rows = rows.max(1);
+        let layers = (0..num_layers)
+            .map(|_| Tensor::zeros((rows, latent_dim), dtype, device))
+            .collect::<Result<Vec<_>>>()?;
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Self { id, layers, rows, latent_dim, free: vec![(0, rows)] })
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Rows not held by any sequence.
+    pub fn free_rows(&self) -> usize {
+        self.free.iter().map(|r| r.1).sum()
+    }
+
+    /// A cache of exactly `n` rows (first fit), or None when no free range is long enough.
+    pub fn alloc(&mut self, n: usize) -> Result<Option<LatentCache>> {
+        let n = n.max(1);
+        let Some(i) = self.free.iter().position(|&(_, len)| len >= n) else { return Ok(None) };
+        let (start, len) = self.free[i];
+        if len == n {
+            self.free.remove(i);
+        } else {
+            self.free[i] = (start + n, len - n);
+        }
+        let layers = self.layers.iter().map(|t| t.narrow(0, start, n)).collect::<Result<Vec<_>>>()?;
+        Ok(Some(LatentCache { layers, len: 0, capacity: n, latent_dim: self.latent_dim, slot: Some((self.id, start)) }))
+    }
+
+    /// Returns a cache's rows to the pool.
+    pub fn release(&mut self, cache: &LatentCache) {
+        let Some((id, start)) = cache.slot else { return };
+        if id != self.id {
+            return;
+        }
+        let at = self.free.partition_point(|&(s, _)| s < start);
+        self.free.insert(at, (start, cache.capacity));
+        // Merge with the neighbours.
+        if at + 1 < self.free.len() && self.free[at].0 + self.free[at].1 == self.free[at + 1].0 {
+            self.free[at].1 += self.free[at + 1].1;
+            self.free.remove(at + 1);
+        }
+        if at > 0 && self.free[at - 1].0 + self.free[at - 1].1 == self.free[at].0 {
+            self.free[at - 1].1 += self.free[at].1;
+            self.free.remove(at);
+        }
+    }
+
+    /// The whole buffer of `layer` (the batched decode kernels address it; CUDA only).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn layer(&self, layer: usize) -> &Tensor {
+        &self.layers[layer]
+    }
+
+    /// The first row of `cache` in this pool, if it is one of this pool's caches.
+    pub(crate) fn base_of(&self, cache: &LatentCache) -> Option<usize> {
+        cache.slot.filter(|s| s.0 == self.id).map(|s| s.1)
+    }
 }
 
 impl LatentCache {
@@ -25,7 +106,7 @@ impl LatentCache {
         let layers = (0..num_layers)
             .map(|_| Tensor::zeros((capacity, latent_dim), dtype, device))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Self { layers, len: 0, capacity, latent_dim })
+        Ok(Self { layers, len: 0, capacity, latent_dim, slot: None })
     }
 
     /// Tokens cached so far: the position of the next token.
@@ -39,6 +120,11 @@ impl LatentCache {
 
     pub fn capacity(&self) -> usize {
         self.capacity
+    }
+
+    /// Forgets the tokens from position `len` on (their rows are rewritten by the next ones).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
     }
 
     /// Forgets every token, keeping the buffers (reuse for a new sequence).
@@ -56,6 +142,10 @@ impl LatentCache {
         let need = self.len + extra;
         if need <= self.capacity {
             return Ok(());
+        }
+        if self.slot.is_some() {
+            // A pooled cache has exactly the rows reserved for its sequence.
+            candle_core::bail!("sequence needs {need} cache rows; {} were reserved", self.capacity)
         }
         let capacity = need.max(self.capacity * 2);
         for layer in self.layers.iter_mut() {

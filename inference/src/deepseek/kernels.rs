@@ -242,12 +242,312 @@ extern "C" __global__ void mla_decode_attn(const bf16_t* q, const bf16_t* q_lat,
         out[(size_t)h * R + i] = f2bf(o / L);
     }
 }
+
+// ---- MoE for a decode batch (9..64 tokens): tokens grouped by expert on the device, so each
+// expert's weights are read once for all of its tokens. ----
+
+// One block: per expert (routed e < E, shared chunk E + j), its slots in token order:
+// offsets[EA + 1], slot_token / slot_weight per slot, and pair_slot[t * S + k] = slot of (t, k).
+extern "C" __global__ void moe_group(const float* route, int* offsets, int* slot_token, float* slot_weight,
+                                     int* pair_slot, int T, int K, int S, int E) {
+    extern __shared__ int sm[];
+    const int EA = E + (S - K);
+    int* start = sm;            // EA
+    int* ids = sm + EA;         // T * K routed expert ids
+    for (int i = threadIdx.x; i < T * K; i += blockDim.x) ids[i] = (int)route[(size_t)(i / K) * 2 * K + (i % K)];
+    __syncthreads();
+    for (int e = threadIdx.x; e < EA; e += blockDim.x) {
+        int c = 0;
+        if (e >= E) c = T;
+        else for (int i = 0; i < T * K; i++) c += (ids[i] == e);
+        start[e] = c;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int acc = 0;
+        for (int e = 0; e < EA; e++) { const int c = start[e]; start[e] = acc; offsets[e] = acc; acc += c; }
+        offsets[EA] = acc;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < EA; e += blockDim.x) {
+        int o = start[e];
+        for (int t = 0; t < T; t++) {
+            if (e >= E) {
+                slot_token[o] = t; slot_weight[o] = 1.f; pair_slot[t * S + K + (e - E)] = o; o++;
+            } else {
+                for (int k = 0; k < K; k++) {
+                    if (ids[t * K + k] == e) {
+                        slot_token[o] = t; slot_weight[o] = route[(size_t)t * 2 * K + K + k]; pair_slot[t * S + k] = o; o++;
+                    }
+                }
+            }
+        }
+    }
+}
+
+// Tokens per pass: each warp keeps TB (TBG for gate/up, four sums each) accumulators in
+// registers; fewer for gate/up keeps two blocks resident per SM.
+#ifndef TB
+#define TB 16
+#endif
+#ifndef TBG
+#define TBG 8
+#endif
+// Weight chunks each warp loads ahead (memory-level parallelism for the streamed experts).
+#ifndef UNR
+#define UNR 1
+#endif
+constexpr int kUnroll = UNR;
+// Shared experts see every token, so their blocks run longest: schedule them first.
+__device__ __forceinline__ int expert_of_block(int E) {
+    const int shared = gridDim.y - E;
+    return blockIdx.y < shared ? E + blockIdx.y : blockIdx.y - shared;
+}
+// grid (ceil(I / (2 * warps)), EA): for every slot of expert e, act[slot][j] = silu(gate_e[j] . x_t) * (up_e[j] . x_t).
+// Each warp holds two rows' weight chunks while it walks up to TB of the expert's tokens.
+extern "C" __global__ void __launch_bounds__(256, 2) moe_gate_up_grouped(const bf16_t* x, const int* offsets, const int* slot_token,
+                                               const bf16_t* w, float* act, int H, int I, int E) {
+    const int e = expert_of_block(E), beg = offsets[e], end = offsets[e + 1];
+    if (beg == end) return;
+    const int lane = threadIdx.x & 31;
+    const int j0 = 2 * (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5));
+    if (j0 >= I) return;
+    const int j1 = j0 + 1 < I ? j0 + 1 : j0;
+    const uint4* g0 = (const uint4*)(w + ((size_t)e * 2 * I + j0) * H);
+    const uint4* u0 = (const uint4*)(w + ((size_t)e * 2 * I + I + j0) * H);
+    const uint4* g1 = (const uint4*)(w + ((size_t)e * 2 * I + j1) * H);
+    const uint4* u1 = (const uint4*)(w + ((size_t)e * 2 * I + I + j1) * H);
+    for (int s0 = beg; s0 < end; s0 += TBG) {
+        const int nb = min(TBG, end - s0);
+        float ag0[TBG], au0[TBG], ag1[TBG], au1[TBG];
+        const uint4* xs[TBG];
+#pragma unroll
+        for (int b = 0; b < TBG; b++) {
+            ag0[b] = au0[b] = ag1[b] = au1[b] = 0.f;
+            xs[b] = (const uint4*)(x + (size_t)slot_token[s0 + (b < nb ? b : 0)] * H);
+        }
+#pragma unroll kUnroll
+        for (int c = lane; c < H / 8; c += 32) {
+            const uint4 wg0 = g0[c], wu0 = u0[c], wg1 = g1[c], wu1 = u1[c];
+#pragma unroll
+            for (int b = 0; b < TBG; b++) {
+                if (b < nb) {
+                    const uint4 xx = xs[b][c];
+                    ag0[b] += dot8(wg0, xx); au0[b] += dot8(wu0, xx);
+                    ag1[b] += dot8(wg1, xx); au1[b] += dot8(wu1, xx);
+                }
+            }
+        }
+#pragma unroll
+        for (int b = 0; b < TBG; b++) {
+            if (b < nb) {
+                const float a = warp_sum(ag0[b]), u = warp_sum(au0[b]);
+                const float a1 = warp_sum(ag1[b]), v1 = warp_sum(au1[b]);
+                if (lane == 0) {
+                    act[(size_t)(s0 + b) * I + j0] = a / (1.f + __expf(-a)) * u;
+                    if (j1 != j0) act[(size_t)(s0 + b) * I + j1] = a1 / (1.f + __expf(-a1)) * v1;
+                }
+            }
+        }
+    }
+}
+
+// Rows per warp in the down kernel (the launch's grid assumes 4), and the most activation
+// rows one pass stages.
+#define DR 4
+#ifndef TBD
+#define TBD 8
+#endif
+// grid (ceil(H / (warps * DR)), EA), dynamic shared memory tb * I floats: y[slot][r] =
+// down_e[r] . act[slot]. Each pass stages up to tb (<= TBD) of the expert's activation rows in
+// shared memory, read once per block (re-reading them per row from L2 was the bottleneck).
+extern "C" __global__ void __launch_bounds__(256, 2) moe_down_grouped(const float* act, const int* offsets, const bf16_t* w,
+                                                                       float* y, int H, int I, int E, int tb) {
+    extern __shared__ float sa[];
+    const int e = expert_of_block(E), beg = offsets[e], end = offsets[e + 1];
+    if (beg == end) return;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int r0 = (blockIdx.x * (blockDim.x >> 5) + warp) * DR;
+    const uint4* wr[DR];
+#pragma unroll
+    for (int d = 0; d < DR; d++) wr[d] = (const uint4*)(w + ((size_t)e * H + min(r0 + d, H - 1)) * I);
+    const float4* sa4 = (const float4*)sa;
+    for (int s0 = beg; s0 < end; s0 += tb) {
+        const int nb = min(tb, end - s0);
+        __syncthreads();
+        const float4* src = (const float4*)(act + (size_t)s0 * I);
+        for (int i = threadIdx.x; i < nb * I / 4; i += blockDim.x) ((float4*)sa)[i] = src[i];
+        __syncthreads();
+        float acc[DR][TBD];
+#pragma unroll
+        for (int d = 0; d < DR; d++)
+#pragma unroll
+            for (int b = 0; b < TBD; b++) acc[d][b] = 0.f;
+        for (int c = lane; c < I / 8; c += 32) {
+            uint4 ww[DR];
+#pragma unroll
+            for (int d = 0; d < DR; d++) ww[d] = wr[d][c];
+#pragma unroll
+            for (int b = 0; b < TBD; b++) {
+                if (b < nb) {
+                    const float4 a0 = sa4[(b * I) / 4 + 2 * c], a1 = sa4[(b * I) / 4 + 2 * c + 1];
+#pragma unroll
+                    for (int d = 0; d < DR; d++) acc[d][b] += dot8f(ww[d], a0, a1);
+                }
+            }
+        }
+#pragma unroll
+        for (int d = 0; d < DR; d++)
+#pragma unroll
+            for (int b = 0; b < TBD; b++) {
+                if (b < nb) {
+                    const float v = warp_sum(acc[d][b]);
+                    if (lane == 0 && r0 + d < H) y[(size_t)(s0 + b) * H + r0 + d] = v;
+                }
+            }
+    }
+}
+
+// grid (ceil(H / 256), T): out[t][r] = residual[t][r] + sum_k weight(slot) * y[slot][r], k in order.
+extern "C" __global__ void moe_combine(const float* y, const int* pair_slot, const float* slot_weight,
+                                       const bf16_t* residual, bf16_t* out, int H, int S) {
+    const int t = blockIdx.y, r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= H) return;
+    float acc = 0.f;
+    for (int k = 0; k < S; k++) {
+        const int slot = pair_slot[t * S + k];
+        acc += slot_weight[slot] * y[(size_t)slot * H + r];
+    }
+    out[(size_t)t * H + r] = f2bf(acc + bf2f(residual[(size_t)t * H + r]));
+}
+
+// ---- MLA decode for a batch of sequences whose caches are row ranges of one pool ----
+// meta = [pos_0 .. pos_{n-1}, base_0 .. base_{n-1}]: sequence b's token goes to pool row base_b + pos_b.
+
+// grid (n): pool[base + pos] = [rmsnorm(kv_b[:R]) * w, rope(kv_b[R:R+P])].
+extern "C" __global__ void mla_batch_latent_write(const bf16_t* kv, const bf16_t* w, const bf16_t* cos_t,
+                                                  const bf16_t* sin_t, const unsigned int* meta,
+                                                  bf16_t* pool, int R, int P, float eps, int n) {
+    __shared__ float red[32];
+    const int b = blockIdx.x;
+    const int pos = (int)meta[b], base = (int)meta[n + b], half = P / 2;
+    const bf16_t* k = kv + (size_t)b * (R + P);
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < R; i += blockDim.x) { float v = bf2f(k[i]); ss += v * v; }
+    const float r = rsqrtf(block_sum(ss, red) / (float)R + eps);
+    bf16_t* row = pool + ((size_t)base + pos) * (R + P);
+    for (int i = threadIdx.x; i < R; i += blockDim.x) row[i] = f2bf(bf2f(k[i]) * r * bf2f(w[i]));
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        const float c = bf2f(cos_t[(size_t)pos * half + i]), s = bf2f(sin_t[(size_t)pos * half + i]);
+        const float x0 = bf2f(k[R + 2 * i]), x1 = bf2f(k[R + 2 * i + 1]);
+        row[R + 2 * i] = f2bf(x0 * c - x1 * s);
+        row[R + 2 * i + 1] = f2bf(x0 * s + x1 * c);
+    }
+}
+
+// grid (heads / HPB, n), 8 warps: HPB heads of sequence b attend over its rows base_b .. base_b + pos_b.
+// All heads share the latent rows (MQA-like), so a block may load each row once for HPB heads
+// (less L2 traffic, but fewer blocks: at batch 32 on an H100, 1 measured best).
+// q (n, H * (N + P)) raw projection rows; q_lat (H, n, R); out (H, n, R). Needs H % HPB == 0.
+#ifndef HPB
+#define HPB 1
+#endif
+extern "C" __global__ void mla_batch_decode_attn(const bf16_t* q, const bf16_t* q_lat, const bf16_t* cos_t,
+                                                 const bf16_t* sin_t, const unsigned int* meta,
+                                                 const bf16_t* pool, bf16_t* out, int H, int N, float scale, int n) {
+    const int R = 512, P = 64, D = 576;
+    __shared__ float qf[HPB][576];
+    __shared__ float wm[ATT_WARPS][HPB], wl[ATT_WARPS][HPB];
+    __shared__ float wacc[ATT_WARPS][512];
+    const int h0 = blockIdx.x * HPB, b = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int pos = (int)meta[b], base = (int)meta[n + b];
+    const bf16_t* qb = q + (size_t)b * H * (N + P);
+    for (int hh = 0; hh < HPB; hh++) {
+        const int h = h0 + hh;
+        const bf16_t* ql = q_lat + ((size_t)h * n + b) * R;
+        for (int i = threadIdx.x; i < R; i += blockDim.x) qf[hh][i] = bf2f(ql[i]);
+        for (int i = threadIdx.x; i < P / 2; i += blockDim.x) {
+            const float c = bf2f(cos_t[(size_t)pos * (P / 2) + i]), s = bf2f(sin_t[(size_t)pos * (P / 2) + i]);
+            const float x0 = bf2f(qb[(size_t)H * N + h * P + 2 * i]), x1 = bf2f(qb[(size_t)H * N + h * P + 2 * i + 1]);
+            qf[hh][R + 2 * i] = x0 * c - x1 * s;
+            qf[hh][R + 2 * i + 1] = x0 * s + x1 * c;
+        }
+    }
+    __syncthreads();
+    const bf16_t* cache = pool + (size_t)base * D;
+    float m[HPB], l[HPB], acc[HPB][16];
+#pragma unroll
+    for (int hh = 0; hh < HPB; hh++) {
+        m[hh] = -1e30f; l[hh] = 0.f;
+#pragma unroll
+        for (int k = 0; k < 16; k++) acc[hh][k] = 0.f;
+    }
+    for (int j = warp; j <= pos; j += ATT_WARPS) {
+        const uint4* kr = (const uint4*)(cache + (size_t)j * D);
+        const uint4 a = kr[lane], c2 = kr[lane + 32];
+        const uint4 k3 = lane < 8 ? kr[lane + 64] : make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int hh = 0; hh < HPB; hh++) {
+            const float4* q4 = (const float4*)qf[hh];
+            float s = dot8f(a, q4[2 * lane], q4[2 * lane + 1]) + dot8f(c2, q4[2 * (lane + 32)], q4[2 * (lane + 32) + 1]);
+            if (lane < 8) s += dot8f(k3, q4[2 * (lane + 64)], q4[2 * (lane + 64) + 1]);
+            s = warp_sum(s) * scale;
+            const float mn = fmaxf(m[hh], s), corr = __expf(m[hh] - mn), p = __expf(s - mn);
+            l[hh] = l[hh] * corr + p;
+            float* ac = acc[hh];
+            ac[0] = ac[0] * corr + p * lo(a.x); ac[1] = ac[1] * corr + p * hi(a.x);
+            ac[2] = ac[2] * corr + p * lo(a.y); ac[3] = ac[3] * corr + p * hi(a.y);
+            ac[4] = ac[4] * corr + p * lo(a.z); ac[5] = ac[5] * corr + p * hi(a.z);
+            ac[6] = ac[6] * corr + p * lo(a.w); ac[7] = ac[7] * corr + p * hi(a.w);
+            ac[8] = ac[8] * corr + p * lo(c2.x); ac[9] = ac[9] * corr + p * hi(c2.x);
+            ac[10] = ac[10] * corr + p * lo(c2.y); ac[11] = ac[11] * corr + p * hi(c2.y);
+            ac[12] = ac[12] * corr + p * lo(c2.z); ac[13] = ac[13] * corr + p * hi(c2.z);
+            ac[14] = ac[14] * corr + p * lo(c2.w); ac[15] = ac[15] * corr + p * hi(c2.w);
+            m[hh] = mn;
+        }
+    }
+    if (lane == 0)
+        for (int hh = 0; hh < HPB; hh++) { wm[warp][hh] = m[hh]; wl[warp][hh] = l[hh]; }
+    // Merge the warps' partial softmaxes one head at a time (one 16 KiB staging buffer).
+    for (int hh = 0; hh < HPB; hh++) {
+        __syncthreads();
+        for (int k = 0; k < 8; k++) { wacc[warp][lane * 8 + k] = acc[hh][k]; wacc[warp][(lane + 32) * 8 + k] = acc[hh][8 + k]; }
+        __syncthreads();
+        float M = -1e30f;
+        for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, wm[w][hh]);
+        float L = 0.f;
+        for (int w = 0; w < ATT_WARPS; w++) L += wl[w][hh] * __expf(wm[w][hh] - M);
+        bf16_t* o = out + ((size_t)(h0 + hh) * n + b) * R;
+        for (int i = threadIdx.x; i < R; i += blockDim.x) {
+            float v = 0.f;
+            for (int w = 0; w < ATT_WARPS; w++) v += wacc[w][i] * __expf(wm[w][hh] - M);
+            o[i] = f2bf(v / L);
+        }
+    }
+}
 "#;
+
+/// KB_DEEPSEEK_NVRTC_OPTIONS (e.g. "-DTBG=4 -DUNR=2 -DHPB=2") overrides the kernels' tile
+/// constants, for tuning on a new GPU without a rebuild.
+fn nvrtc_options() -> Vec<String> {
+    std::env::var("KB_DEEPSEEK_NVRTC_OPTIONS")
+        .map(|o| o.split_whitespace().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// Heads per block of the batched decode attention (the kernel's HPB).
+fn heads_per_block() -> usize {
+    static HPB: OnceLock<usize> = OnceLock::new();
+    *HPB.get_or_init(|| {
+        nvrtc_options().iter().find_map(|o| o.strip_prefix("-DHPB=")?.parse().ok()).unwrap_or(1).max(1)
+    })
+}
 
 fn ptx() -> Result<&'static str> {
     static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
     let r = PTX.get_or_init(|| {
-        let opts = CompileOptions { arch: Some("compute_80"), ..Default::default() };
+        let options = nvrtc_options();
+        let opts = CompileOptions { arch: Some("compute_80"), options, ..Default::default() };
         compile_ptx_with_opts(SRC, opts).map(|p| p.to_src()).map_err(|e| format!("nvrtc: {e:?}"))
     });
     r.as_deref().map_err(|e| candle_core::Error::Msg(e.clone()))
@@ -522,4 +822,215 @@ fn cuda_of_u32(t: &Tensor) -> Result<(candle_core::StorageRef<'_>, Layout)> {
         candle_core::bail!("mla kernel: input must be a contiguous CUDA tensor")
     }
     Ok((s, l.clone()))
+}
+
+fn launch_err(e: impl std::error::Error + Send + Sync + 'static) -> candle_core::Error {
+    candle_core::Error::Cuda(Box::new(e))
+}
+
+/// Routed experts for a decode batch: like [`Experts`], but the tokens are grouped by expert on
+/// the device first, so every active expert's weights are read once for all of its tokens.
+/// Only the first `experts` of the weight tensors (the routed ones) are used.
+struct GroupedExperts<'a> {
+    route: &'a Tensor,
+    gate_up: &'a Tensor,
+    down: &'a Tensor,
+    residual: &'a Tensor,
+    k: usize,
+    experts: usize,
+}
+
+impl CustomOp1 for GroupedExperts<'_> {
+    fn name(&self) -> &'static str {
+        "deepseek-moe-grouped-experts"
+    }
+    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
+        candle_core::bail!("moe kernels are CUDA-only")
+    }
+    fn cuda_fwd(&self, x: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = x.device().clone();
+        let (t, h) = xl.shape().dims2()?;
+        let (_, two_i, _) = self.gate_up.dims3()?;
+        let inter = two_i / 2;
+        let (s, e_routed) = (self.k, self.experts);
+        let e_all = e_routed;
+        let (rg, rl) = cuda_of(self.route)?;
+        let (gg, gl) = cuda_of(self.gate_up)?;
+        let (dg, dl) = cuda_of(self.down)?;
+        let (resg, resl) = cuda_of(self.residual)?;
+        let x = x.as_cuda_slice::<bf16>()?.slice(xl.start_offset()..);
+        let route = slice_of!(rg, rl, f32);
+        let gate_up = slice_of!(gg, gl, bf16);
+        let down = slice_of!(dg, dl, bf16);
+        let residual = slice_of!(resg, resl, bf16);
+        let slots = t * s;
+        let offsets = unsafe { dev.alloc::<i32>(e_all + 1)? };
+        let slot_token = unsafe { dev.alloc::<i32>(slots)? };
+        let slot_weight = unsafe { dev.alloc::<f32>(slots)? };
+        let pair_slot = unsafe { dev.alloc::<i32>(slots)? };
+        let act = unsafe { dev.alloc::<f32>(slots * inter)? };
+        let y = unsafe { dev.alloc::<f32>(slots * h)? };
+        let out = unsafe { dev.alloc::<bf16>(t * h)? };
+        let (ti, hi, ii, ki, si, ei) = (t as i32, h as i32, inter as i32, self.k as i32, s as i32, e_routed as i32);
+
+        let f = dev.get_or_load_custom_func("moe_group", MODULE, ptx()?)?;
+        let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: ((e_all + t * self.k) * 4) as u32 };
+        let mut b = f.builder();
+        b.arg(&route).arg(&offsets).arg(&slot_token).arg(&slot_weight).arg(&pair_slot).arg(&ti).arg(&ki).arg(&si).arg(&ei);
+        unsafe { b.launch(cfg) }.map_err(launch_err)?;
+
+        let f = dev.get_or_load_custom_func("moe_gate_up_grouped", MODULE, ptx()?)?;
+        let cfg = LaunchConfig {
+            grid_dim: ((inter as u32).div_ceil(2 * ROWS), e_all as u32, 1),
+            block_dim: (32 * ROWS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = f.builder();
+        b.arg(&x).arg(&offsets).arg(&slot_token).arg(&gate_up).arg(&act).arg(&hi).arg(&ii).arg(&ei);
+        unsafe { b.launch(cfg) }.map_err(launch_err)?;
+
+        // As many activation rows per pass as fit the default 48 KiB of shared memory (and the
+        // kernel's TBD = 8 accumulators); 4 output rows per warp.
+        let tb = (48 * 1024 / (inter * 4)).clamp(1, 8);
+        let f = dev.get_or_load_custom_func("moe_down_grouped", MODULE, ptx()?)?;
+        let cfg = LaunchConfig {
+            grid_dim: ((h as u32).div_ceil(ROWS * 4), e_all as u32, 1),
+            block_dim: (32 * ROWS, 1, 1),
+            shared_mem_bytes: (tb * inter * 4) as u32,
+        };
+        let tbi = tb as i32;
+        let mut b = f.builder();
+        b.arg(&act).arg(&offsets).arg(&down).arg(&y).arg(&hi).arg(&ii).arg(&ei).arg(&tbi);
+        unsafe { b.launch(cfg) }.map_err(launch_err)?;
+
+        let f = dev.get_or_load_custom_func("moe_combine", MODULE, ptx()?)?;
+        let cfg = LaunchConfig { grid_dim: ((h as u32).div_ceil(256), t as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let mut b = f.builder();
+        b.arg(&y).arg(&pair_slot).arg(&slot_weight).arg(&residual).arg(&out).arg(&hi).arg(&si);
+        unsafe { b.launch(cfg) }.map_err(launch_err)?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((t, h))))
+    }
+}
+
+/// residual + the routed experts of x for a decode batch, tokens grouped by expert on the
+/// device (`experts`: the routed count; the shared ones are the caller's).
+pub fn experts_grouped(
+    x: &Tensor,
+    route: &Tensor,
+    gate_up: &Tensor,
+    down: &Tensor,
+    residual: &Tensor,
+    k: usize,
+    experts: usize,
+) -> Result<Tensor> {
+    let residual = residual.contiguous()?;
+    x.contiguous()?.apply_op1_no_bwd(&GroupedExperts { route, gate_up, down, residual: &residual, k, experts })
+}
+
+/// Writes each sequence's new latent into the pool at row `base_b + pos_b` (`meta` = positions
+/// then bases, u32): RMSNorm(kv[..512]) * w, then the rotated rope key. `kv` is (n, 576).
+#[allow(clippy::too_many_arguments)]
+pub fn mla_batch_latent_write(
+    kv: &Tensor,
+    norm_w: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    meta: &Tensor,
+    pool: &Tensor,
+    rank: usize,
+    rope: usize,
+    eps: f64,
+) -> Result<()> {
+    let dev = cuda_dev(kv)?;
+    let kv = kv.contiguous()?;
+    let n = kv.dim(0)?;
+    let (kg, kl) = cuda_of(&kv)?;
+    let (wg, wl) = cuda_of(norm_w)?;
+    let (cg, cl) = cuda_of(cos)?;
+    let (sg, sl) = cuda_of(sin)?;
+    let (mg, ml) = cuda_of_u32(meta)?;
+    let (pg, pl) = cuda_of(pool)?;
+    let kv_s = slice_of!(kg, kl, bf16);
+    let w_s = slice_of!(wg, wl, bf16);
+    let c_s = slice_of!(cg, cl, bf16);
+    let s_s = slice_of!(sg, sl, bf16);
+    let m_s = slice_of!(mg, ml, u32);
+    // Written in place: the pool is owned by the scheduler thread, the only one using it.
+    let p_s = slice_of!(pg, pl, bf16);
+    let f = dev.get_or_load_custom_func("mla_batch_latent_write", MODULE, ptx()?)?;
+    let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let (r, p, e, ni) = (rank as i32, rope as i32, eps as f32, n as i32);
+    let mut b = f.builder();
+    b.arg(&kv_s).arg(&w_s).arg(&c_s).arg(&s_s).arg(&m_s).arg(&p_s).arg(&r).arg(&p).arg(&e).arg(&ni);
+    unsafe { b.launch(cfg) }.map_err(launch_err)?;
+    Ok(())
+}
+
+/// Attention of every head of every sequence over its pool rows up to its position: q is the
+/// raw (n, heads * (nope + rope)) projection, q_lat (heads, n, 512). Returns (heads, n, 512).
+#[allow(clippy::too_many_arguments)]
+pub fn mla_batch_decode_attn(
+    q: &Tensor,
+    q_lat: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    meta: &Tensor,
+    pool: &Tensor,
+    heads: usize,
+    nope: usize,
+    scale: f64,
+) -> Result<Tensor> {
+    let q_lat = q_lat.contiguous()?;
+    q.contiguous()?.apply_op1_no_bwd(&BatchAttn { q_lat: &q_lat, cos, sin, meta, pool, heads, nope, scale: scale as f32 })
+}
+
+struct BatchAttn<'a> {
+    q_lat: &'a Tensor,
+    cos: &'a Tensor,
+    sin: &'a Tensor,
+    meta: &'a Tensor,
+    pool: &'a Tensor,
+    heads: usize,
+    nope: usize,
+    scale: f32,
+}
+
+impl CustomOp1 for BatchAttn<'_> {
+    fn name(&self) -> &'static str {
+        "deepseek-mla-batch-decode-attn"
+    }
+    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
+        candle_core::bail!("mla kernels are CUDA-only")
+    }
+    fn cuda_fwd(&self, q: &CudaStorage, ql: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = q.device().clone();
+        let n = ql.shape().dims2()?.0;
+        let q_s = q.as_cuda_slice::<bf16>()?.slice(ql.start_offset()..);
+        let (lg, ll) = cuda_of(self.q_lat)?;
+        let (cg, cl) = cuda_of(self.cos)?;
+        let (sg, sl) = cuda_of(self.sin)?;
+        let (mg, ml) = cuda_of_u32(self.meta)?;
+        let (pg, pl) = cuda_of(self.pool)?;
+        let l_s = slice_of!(lg, ll, bf16);
+        let c_s = slice_of!(cg, cl, bf16);
+        let s_s = slice_of!(sg, sl, bf16);
+        let m_s = slice_of!(mg, ml, u32);
+        let p_s = slice_of!(pg, pl, bf16);
+        let out = unsafe { dev.alloc::<bf16>(self.heads * n * 512)? };
+        let f = dev.get_or_load_custom_func("mla_batch_decode_attn", MODULE, ptx()?)?;
+        let hpb = heads_per_block();
+        if self.heads % hpb != 0 {
+            candle_core::bail!("{} heads do not split into blocks of {hpb}", self.heads)
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (self.heads.div_ceil(hpb) as u32, n as u32, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (h, nn, ni) = (self.heads as i32, self.nope as i32, n as i32);
+        let mut b = f.builder();
+        b.arg(&q_s).arg(&l_s).arg(&c_s).arg(&s_s).arg(&m_s).arg(&p_s).arg(&out).arg(&h).arg(&nn).arg(&self.scale).arg(&ni);
+        unsafe { b.launch(cfg) }.map_err(launch_err)?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((self.heads, n, 512))))
+    }
 }

@@ -205,6 +205,34 @@ impl Mla {
         linear(&o, &self.o)
     }
 
+    /// One decode token for each of n sequences whose caches are row ranges of `pool_buf` (this
+    /// layer's pool buffer), with the fused batch kernels (CUDA, bf16): `meta` holds the n
+    /// positions then the n base rows (u32). Returns (n, hidden).
+    #[cfg(feature = "cuda")]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn forward_decode_batch(
+        &self,
+        x: &Tensor,
+        cos_t: &Tensor,
+        sin_t: &Tensor,
+        meta: &Tensor,
+        pool_buf: &Tensor,
+    ) -> Result<Tensor> {
+        let n = x.dim(0)?;
+        let (h, nope) = (self.heads, self.nope);
+        let q = match &self.q {
+            QProj::Direct(w) => linear(x, w)?,
+            QProj::LowRank { a, norm, b } => linear(&rms_norm(&linear(x, a)?, norm, self.eps)?, b)?,
+        };
+        let kv = linear(x, &self.kv_a)?; // (n, rank + rope)
+        super::kernels::mla_batch_latent_write(&kv, &self.kv_a_norm, cos_t, sin_t, meta, pool_buf, self.rank, self.rope, self.eps)?;
+        // (n, h * nope) -> (h, n, nope) -> absorbed (h, n, rank).
+        let q_lat = q.narrow(1, 0, h * nope)?.reshape((n, h, nope))?.transpose(0, 1)?.contiguous()?.matmul(&self.w_uk)?;
+        let o_lat = super::kernels::mla_batch_decode_attn(&q, &q_lat, cos_t, sin_t, meta, pool_buf, h, nope, self.scale)?;
+        let o = o_lat.matmul(&self.w_uv_t)?.transpose(0, 1)?.reshape((n, h * self.v_head))?; // (n, h * v)
+        linear(&o, &self.o)
+    }
+
     /// One token of one sequence with every address and shape fixed, so the step can be
     /// captured once and replayed as a CUDA graph: the latent is written at the device-held
     /// position (`write_idx`, (1, latent) u32, every entry the position), and attention runs

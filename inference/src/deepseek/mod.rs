@@ -22,14 +22,20 @@ pub mod rope;
 pub mod scheduler;
 pub mod tokenizer;
 
-pub use cache::LatentCache;
+pub use cache::{CachePool, LatentCache};
 pub use decode::FixedDecoder;
 pub use config::{DeepSeekV2Config, TopkMethod, YarnScaling};
 pub use tokenizer::{ChatFormat, DeepSeekTokenizer};
 pub use loader::{RandomSource, SafetensorsSource, WeightSource};
 pub use model::{DeepSeekV2, ForwardOutput, LogitsMode};
 
-use candle_core::{Result, Tensor};
+use candle_core::{Device, Result, Tensor};
+
+/// The device DeepSeek runs on: the first CUDA GPU when kb is built with `cuda` and one is
+/// present, else the CPU (f32, slow: tests and tiny models).
+pub fn best_device() -> Device {
+    Device::cuda_if_available(0).unwrap_or(Device::Cpu)
+}
 
 /// x W^T for a 2-D (or batched 3-D) x and a (out, in) weight.
 pub(crate) fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {

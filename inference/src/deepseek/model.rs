@@ -1,6 +1,6 @@
 //! The DeepSeek-V2 decoder stack and its batched forward pass.
 
-use super::cache::LatentCache;
+use super::cache::{CachePool, LatentCache};
 use super::config::DeepSeekV2Config;
 use super::loader::{SafetensorsSource, WeightSource};
 use super::mla::{causal_mask, MaskCache, Mla, SeqSpan};
@@ -71,6 +71,17 @@ impl DeepSeekV2 {
         Self::from_source(cfg, &src, dtype, device)
     }
 
+    /// Random weights (std 0.02) of the shape `dir/config.json` gives: for measuring speed at
+    /// real size without the checkpoint.
+    pub fn load_random(dir: &Path, device: &Device, seed: u64) -> Result<Self, ModelError> {
+        let cfg = DeepSeekV2Config::from_file(&dir.join("config.json"))?;
+        let dtype = if device.is_cuda() { DType::BF16 } else { DType::F32 };
+        if device.is_cuda() {
+            device.set_seed(seed)?;
+        }
+        Self::from_source(cfg, &super::loader::RandomSource::new(0.02, seed), dtype, device)
+    }
+
     /// [`Self::load`] in a chosen dtype (f32 on CUDA for exact comparisons).
     pub fn load_with_dtype(dir: &Path, device: &Device, dtype: DType) -> Result<Self, ModelError> {
         let cfg = DeepSeekV2Config::from_file(&dir.join("config.json"))?;
@@ -111,6 +122,9 @@ impl DeepSeekV2 {
             src.get("lm_head.weight", &[cfg.vocab_size, hd], dtype, device)?
         };
         let rope = Rope::new(&cfg, DEFAULT_MAX_POSITIONS, dtype, device)?;
+        // Other threads (the scheduler, the embedding head) read these weights: let every
+        // upload or random draw finish before they may.
+        device.synchronize()?;
         tracing::info!(
             layers = cfg.num_hidden_layers,
             experts = cfg.n_routed_experts,
@@ -235,6 +249,74 @@ impl DeepSeekV2 {
             }
         };
         Ok(ForwardOutput { logits, hidden, spans })
+    }
+
+    /// Whether [`Self::forward_decode`] runs a batch of `n` decoding sequences: CUDA, bf16,
+    /// DeepSeek-V2's MLA shape (the fused kernels), at most 64 sequences.
+    pub fn batched_decode_supported(&self, n: usize) -> bool {
+        #[cfg(feature = "cuda")]
+        {
+            (1..=64).contains(&n)
+                && self.layers.first().is_some_and(|l| l.attn.fused_ok(&self.embed))
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = n;
+            false
+        }
+    }
+
+    /// One decode step for sequences whose caches are rows of `pool`: `tokens[s]` goes at
+    /// position `caches[s].len()`. Returns f32 logits (n, vocab) and advances the caches. Only
+    /// where [`Self::batched_decode_supported`]; [`Self::forward`] computes the same.
+    pub fn forward_decode(&self, tokens: &[u32], caches: &mut [&mut LatentCache], pool: &CachePool) -> Result<Tensor, ModelError> {
+        let n = tokens.len();
+        if n != caches.len() || !self.batched_decode_supported(n) {
+            return Err(ModelError::InvalidInput(format!("batched decode of {n} tokens for {} caches is not available here", caches.len())));
+        }
+        let mut meta = Vec::with_capacity(2 * n);
+        let mut bases = Vec::with_capacity(n);
+        for (&t, cache) in tokens.iter().zip(caches.iter_mut()) {
+            if t as usize >= self.cfg.vocab_size {
+                return Err(ModelError::InvalidInput(format!("token id {t} beyond vocabulary {}", self.cfg.vocab_size)));
+            }
+            let base = pool.base_of(cache).ok_or_else(|| ModelError::InvalidInput("a cache outside the pool".into()))?;
+            cache.reserve(1)?;
+            meta.push(cache.len() as u32);
+            bases.push(base as u32);
+        }
+        meta.extend(bases);
+        let meta = Tensor::from_vec(meta, 2 * n, &self.device)?;
+        let ids = Tensor::from_vec(tokens.to_vec(), n, &self.device)?;
+        let logits = self.decode_layers(&ids, &meta, pool)?;
+        for cache in caches.iter_mut() {
+            cache.advance(1);
+        }
+        Ok(logits)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn decode_layers(&self, ids: &Tensor, meta: &Tensor, pool: &CachePool) -> Result<Tensor, ModelError> {
+        let (cos_t, sin_t) = self.rope.tables();
+        let eps = self.cfg.rms_norm_eps;
+        let mut x = self.embed.index_select(ids, 0)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = rms_norm(&x, &layer.input_norm, eps)?;
+            let a = layer.attn.forward_decode_batch(&h, cos_t, sin_t, meta, pool.layer(i))?;
+            x = (x + a)?;
+            let h = rms_norm(&x, &layer.post_norm, eps)?;
+            x = match &layer.ffn {
+                Ffn::Dense(m) => (x + m.forward(&h)?)?,
+                Ffn::Moe(m) => m.forward_residual(&h, &x)?,
+            };
+        }
+        let hidden = rms_norm(&x, &self.norm, eps)?;
+        Ok(linear(&hidden, &self.lm_head)?.to_dtype(DType::F32)?)
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn decode_layers(&self, _: &Tensor, _: &Tensor, _: &CachePool) -> Result<Tensor, ModelError> {
+        Err(ModelError::InvalidInput("batched decode needs the cuda feature".into()))
     }
 
     /// One decode step of one sequence with fixed addresses (see [`super::decode`]): `input`

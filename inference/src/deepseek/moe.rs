@@ -62,6 +62,11 @@ pub struct Routing {
 #[cfg(feature = "cuda")]
 const FUSED_MAX_TOKENS: usize = 8;
 
+/// Largest token count grouped by expert on the device (a decode batch); past it the host
+/// groups the routing (prefill), whose per-expert matmuls are then large enough to pay.
+#[cfg(feature = "cuda")]
+const DEVICE_GROUPED_MAX_TOKENS: usize = 64;
+
 #[derive(Debug, Clone)]
 pub struct Moe {
     /// Router (n_experts, hidden), kept in f32 like the reference (routing is precision-sensitive).
@@ -162,6 +167,23 @@ impl Moe {
         Ok(acc)
     }
 
+    /// The shared experts over every row of `x` as two matmuls: their gate/up chunks are one
+    /// contiguous (S * 2I, H) slab, their down chunks one batched product summed over chunks.
+    #[cfg(feature = "cuda")]
+    fn shared_dense(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        if self.shared == 0 {
+            return Ok(None);
+        }
+        let (n, h) = x.dims2()?;
+        let (s, i) = (self.shared, self.inter);
+        let w = self.gate_up.narrow(0, self.n_experts, s)?.reshape((s * 2 * i, h))?;
+        let gu = linear(x, &w)?.reshape((n, s, 2 * i))?;
+        let act = (candle_nn::ops::silu(&gu.narrow(2, 0, i)?)? * gu.narrow(2, i, i)?)?; // (n, S, I)
+        let down = self.down.narrow(0, self.n_experts, s)?; // (S, H, I)
+        let y = act.transpose(0, 1)?.contiguous()?.matmul(&down.transpose(1, 2)?)?; // (S, n, H)
+        Ok(Some(y.sum(0)?))
+    }
+
     /// Expert `e` (routed, or shared chunk e - E) applied to every row of `x`, unweighted.
     pub fn expert_forward(&self, e: usize, x: &Tensor) -> Result<Tensor> {
         swiglu_down(x, &self.gate_up.get(e)?, &self.down.get(e)?, self.inter)
@@ -208,7 +230,7 @@ impl Moe {
         #[cfg(feature = "cuda")]
         {
             let (n, hd) = x.dims2()?;
-            if n <= FUSED_MAX_TOKENS
+            if n <= DEVICE_GROUPED_MAX_TOKENS
                 && self.top_k + self.shared <= 64
                 && super::kernels::supported(x, hd, self.inter, self.n_experts, self.top_k + self.shared)
             {
@@ -221,7 +243,16 @@ impl Moe {
                         Tensor::cat(&[&r.ids.to_dtype(DType::F32)?, &r.weights], 1)?
                     }
                 };
-                return super::kernels::experts(x, &route, &self.gate_up, &self.down, residual, self.top_k, self.shared);
+                if n <= FUSED_MAX_TOKENS {
+                    return super::kernels::experts(x, &route, &self.gate_up, &self.down, residual, self.top_k, self.shared);
+                }
+                // The shared experts see every token: for a batch that is a dense GEMM, which
+                // cuBLAS does at full bandwidth; the grouped kernels take only the routed experts.
+                let residual = match self.shared_dense(x)? {
+                    Some(shared) => (residual + shared)?,
+                    None => residual.clone(),
+                };
+                return super::kernels::experts_grouped(x, &route, &self.gate_up, &self.down, &residual, self.top_k, self.n_experts);
             }
         }
         residual + self.forward(x)?

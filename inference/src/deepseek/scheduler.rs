@@ -2,15 +2,20 @@
 //! is one forward pass over every active sequence: the next token of each decoding sequence and
 //! a chunk of each prompt still being prefilled (so a long prompt never stalls the others).
 //! New requests join at the next step, finished or abandoned ones leave at once, and every
-//! sequence has its own latent cache, whose memory is reserved up front when it is admitted.
+//! sequence has its own latent cache: a row range of one preallocated pool, reserved for its
+//! prompt and longest answer when it is admitted. When every sequence in a step is decoding,
+//! the step runs the batched decode path (on CUDA: fused kernels over the pool).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use candle_core::{Device, D};
 
 use super::model::{DeepSeekV2, LogitsMode};
-use super::LatentCache;
+use super::{CachePool, LatentCache};
 use crate::generator::sampling::{RepeatPenalty, Sampler};
 use crate::generator::{FinishReason, SamplingParams};
 use crate::ModelError;
@@ -23,13 +28,25 @@ pub struct SchedulerConfig {
     pub max_queued: usize,
     /// Prompt tokens of one sequence fed per step.
     pub prefill_chunk: usize,
-    /// Cache tokens (prompt + max_tokens of every admitted sequence) that fit in memory.
+    /// Cache tokens (prompt + max_tokens of every admitted sequence): the pool's rows.
     pub cache_tokens: usize,
+    /// How long a request may wait for a place before it is turned away as busy.
+    pub queue_wait: Duration,
+    /// Tokens one step feeds at most: every decoding sequence's one, then prompt chunks up to
+    /// this (so prefill never stalls decoding for long).
+    pub max_step_tokens: usize,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        Self { max_sequences: 64, max_queued: 256, prefill_chunk: 512, cache_tokens: 64 * 4096 }
+        Self {
+            max_sequences: 64,
+            max_queued: 256,
+            prefill_chunk: 512,
+            cache_tokens: 64 * 4096,
+            queue_wait: Duration::from_secs(10),
+            max_step_tokens: 4096,
+        }
     }
 }
 
@@ -47,6 +64,8 @@ pub enum Event {
     Token(u32),
     Done(FinishReason),
     Error(String),
+    /// No place freed up within the queue wait: retry later.
+    Busy,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -62,6 +81,7 @@ pub enum SubmitError {
 struct Job {
     request: Request,
     events: mpsc::Sender<Event>,
+    queued_at: Instant,
 }
 
 /// Handle to the scheduling thread; cheap to share.
@@ -74,7 +94,10 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    pub fn start(model: Arc<DeepSeekV2>, config: SchedulerConfig) -> Self {
+    /// Starts the scheduling thread, with the cache pool allocated on the model's device.
+    pub fn start(model: Arc<DeepSeekV2>, config: SchedulerConfig) -> Result<Self, ModelError> {
+        let cfg = model.config();
+        let pool = CachePool::new(cfg.num_hidden_layers, cfg.latent_dim(), config.cache_tokens, model.dtype(), model.device())?;
         let (tx, rx) = mpsc::sync_channel::<Job>(config.max_queued.max(1));
         let queued = Arc::new(AtomicUsize::new(0));
         let handle = Self {
@@ -86,9 +109,9 @@ impl Scheduler {
         };
         std::thread::Builder::new()
             .name("kb-deepseek-scheduler".into())
-            .spawn(move || Worker { model, config, rx, queued, waiting: VecDeque::new(), active: Vec::new() }.run())
-            .expect("spawning the scheduler thread");
-        handle
+            .spawn(move || Worker { model, config, rx, queued, pool, waiting: VecDeque::new(), active: Vec::new() }.run())
+            .map_err(|e| ModelError::InvalidInput(format!("spawning the scheduler thread: {e}")))?;
+        Ok(handle)
     }
 
     /// Queues a request; its events arrive on the returned receiver. Dropping the receiver
@@ -109,7 +132,7 @@ impl Scheduler {
             return Err(SubmitError::QueueFull);
         }
         let (events, rx) = mpsc::channel();
-        self.tx.try_send(Job { request, events }).map_err(|e| {
+        self.tx.try_send(Job { request, events, queued_at: Instant::now() }).map_err(|e| {
             self.queued.fetch_sub(1, Ordering::AcqRel);
             match e {
                 mpsc::TrySendError::Full(_) => SubmitError::QueueFull,
@@ -132,7 +155,12 @@ struct Sequence {
     /// Prompt tokens fed so far.
     fed: usize,
     generated: Vec<u32>,
-    reserved: usize,
+}
+
+impl Sequence {
+    fn decoding(&self) -> bool {
+        self.fed >= self.job.request.prompt.len()
+    }
 }
 
 struct Worker {
@@ -140,6 +168,7 @@ struct Worker {
     config: SchedulerConfig,
     rx: mpsc::Receiver<Job>,
     queued: Arc<AtomicUsize>,
+    pool: CachePool,
     waiting: VecDeque<Job>,
     active: Vec<Sequence>,
 }
@@ -155,8 +184,9 @@ impl Worker {
             }
             if let Err(e) = self.step() {
                 // A failed pass fails every sequence in it; the scheduler carries on.
-                for s in self.active.drain(..) {
+                for s in std::mem::take(&mut self.active) {
                     let _ = s.job.events.send(Event::Error(e.to_string()));
+                    self.pool.release(&s.cache);
                 }
             }
         }
@@ -179,64 +209,102 @@ impl Worker {
                 None => break,
             }
         }
-        let mut reserved: usize = self.active.iter().map(|s| s.reserved).sum();
         while self.active.len() < self.config.max_sequences {
             let Some(job) = self.waiting.front() else { break };
             let need = job.request.prompt.len() + job.request.params.max_tokens;
-            if reserved + need > self.config.cache_tokens {
-                break;
-            }
+            // No repeat penalty: DeepSeek's own generation config uses none.
+            let sampler = match Sampler::new(&job.request.params, RepeatPenalty { penalty: 1.0, last_n: 64 }) {
+                Ok(s) => s,
+                Err(e) => {
+                    let job = self.waiting.pop_front().expect("front exists");
+                    self.queued.fetch_sub(1, Ordering::AcqRel);
+                    let _ = job.events.send(Event::Error(e.to_string()));
+                    continue;
+                }
+            };
+            let cache = match self.pool.alloc(need) {
+                Ok(Some(c)) => c,
+                Ok(None) => break, // wait for a sequence to finish and free its rows
+                Err(e) => {
+                    let job = self.waiting.pop_front().expect("front exists");
+                    self.queued.fetch_sub(1, Ordering::AcqRel);
+                    let _ = job.events.send(Event::Error(e.to_string()));
+                    continue;
+                }
+            };
             let job = self.waiting.pop_front().expect("front exists");
             self.queued.fetch_sub(1, Ordering::AcqRel);
-            // No repeat penalty: DeepSeek's own generation config uses none.
-            let started = Sampler::new(&job.request.params, RepeatPenalty { penalty: 1.0, last_n: 64 })
-                .and_then(|sampler| Ok((sampler, self.model.new_cache(need)?)));
-            match started {
-                Ok((sampler, cache)) => {
-                    reserved += need;
-                    self.active.push(Sequence { job, cache, sampler, fed: 0, generated: Vec::new(), reserved: need });
-                }
-                Err(e) => {
-                    let _ = job.events.send(Event::Error(e.to_string()));
-                }
-            }
+            self.active.push(Sequence { job, cache, sampler, fed: 0, generated: Vec::new() });
+        }
+        // Requests that found no place within the queue wait are turned away (the caller
+        // answers 503 with Retry-After); the oldest are at the front.
+        let wait = self.config.queue_wait;
+        while self.waiting.front().is_some_and(|j| j.queued_at.elapsed() >= wait) {
+            let job = self.waiting.pop_front().expect("front exists");
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            let _ = job.events.send(Event::Busy);
         }
         true
     }
 
-    /// One forward pass over every active sequence, then sampling for those past their prompt.
-    fn step(&mut self) -> Result<(), ModelError> {
+    /// Which sequences this step feeds, and what: every decoding sequence's last token, then
+    /// prompt chunks while the step's token budget lasts (at least one chunk).
+    fn plan(&self) -> Vec<(usize, Vec<u32>)> {
         let chunk = self.config.prefill_chunk.max(1);
-        let inputs: Vec<Vec<u32>> = self
+        let mut plan: Vec<(usize, Vec<u32>)> = self
             .active
             .iter()
-            .map(|s| {
-                let prompt = &s.job.request.prompt;
-                if s.fed < prompt.len() {
-                    prompt[s.fed..(s.fed + chunk).min(prompt.len())].to_vec()
-                } else {
-                    vec![*s.generated.last().expect("a decoding sequence has a token")]
-                }
-            })
+            .enumerate()
+            .filter(|(_, s)| s.decoding())
+            .map(|(i, s)| (i, vec![*s.generated.last().expect("a decoding sequence has a token")]))
             .collect();
-        let tokens: Vec<&[u32]> = inputs.iter().map(Vec::as_slice).collect();
+        let mut budget = self.config.max_step_tokens.saturating_sub(plan.len());
+        for (i, s) in self.active.iter().enumerate().filter(|(_, s)| !s.decoding()) {
+            if budget == 0 && !plan.is_empty() {
+                break;
+            }
+            let prompt = &s.job.request.prompt;
+            let n = chunk.min(prompt.len() - s.fed).min(budget.max(1));
+            plan.push((i, prompt[s.fed..s.fed + n].to_vec()));
+            budget = budget.saturating_sub(n);
+        }
+        plan
+    }
+
+    /// One forward pass over the planned sequences, then sampling for those past their prompt.
+    fn step(&mut self) -> Result<(), ModelError> {
+        let plan = self.plan();
+        let all_decoding = plan.iter().all(|(i, _)| self.active[*i].decoding());
         let logits = {
-            let mut caches: Vec<&mut LatentCache> = self.active.iter_mut().map(|s| &mut s.cache).collect();
-            self.model.forward(&tokens, &mut caches, LogitsMode::Last)?.logits.expect("logits were asked for")
+            let mut picked: Vec<Option<&mut LatentCache>> = self.active.iter_mut().map(|s| Some(&mut s.cache)).collect();
+            let mut caches: Vec<&mut LatentCache> =
+                plan.iter().map(|(i, _)| picked[*i].take().expect("each sequence planned once")).collect();
+            if all_decoding && self.model.batched_decode_supported(plan.len()) {
+                let tokens: Vec<u32> = plan.iter().map(|(_, t)| t[0]).collect();
+                self.model.forward_decode(&tokens, &mut caches, &self.pool)?
+            } else {
+                let tokens: Vec<&[u32]> = plan.iter().map(|(_, t)| t.as_slice()).collect();
+                self.model.forward(&tokens, &mut caches, LogitsMode::Last)?.logits.expect("logits were asked for")
+            }
         };
-        let mut finished = Vec::new();
-        for (i, (s, input)) in self.active.iter_mut().zip(&inputs).enumerate() {
-            let prompt_len = s.job.request.prompt.len();
-            if s.fed < prompt_len {
+        // Rows whose prompt is now complete get a token.
+        let mut rows = Vec::new();
+        for (row, (i, input)) in plan.iter().enumerate() {
+            let s = &mut self.active[*i];
+            if !s.decoding() {
                 s.fed += input.len();
-                if s.fed < prompt_len {
+                if !s.decoding() {
                     continue; // more prompt to feed: these logits are not a prediction yet
                 }
             }
-            let token = s.sampler.sample(&logits.get(i)?, &s.generated)?;
+            rows.push((row, *i));
+        }
+        let tokens = self.sample(&logits, &rows)?;
+        let mut finished = Vec::new();
+        for ((_, i), token) in rows.into_iter().zip(tokens) {
+            let s = &mut self.active[i];
             s.generated.push(token);
-            let end = s.job.request.end_tokens.contains(&token);
-            let outcome = if end {
+            let outcome = if s.job.request.end_tokens.contains(&token) {
                 Some(FinishReason::Stop)
             } else if s.job.events.send(Event::Token(token)).is_err() {
                 Some(FinishReason::Cancelled)
@@ -250,9 +318,31 @@ impl Worker {
                 finished.push(i);
             }
         }
+        finished.sort_unstable();
         for i in finished.into_iter().rev() {
-            self.active.swap_remove(i);
+            let s = self.active.swap_remove(i);
+            self.pool.release(&s.cache);
         }
         Ok(())
+    }
+
+    /// The next token of each `(row, sequence)`: greedy rows on the device in one argmax, the
+    /// rest from one host copy of the logits.
+    fn sample(&mut self, logits: &candle_core::Tensor, rows: &[(usize, usize)]) -> Result<Vec<u32>, ModelError> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let greedy = rows.iter().all(|(_, i)| self.active[*i].job.request.params.temperature == 0.0);
+        if greedy {
+            let best = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+            return Ok(rows.iter().map(|(row, _)| best[*row]).collect());
+        }
+        let host = logits.to_device(&Device::Cpu)?;
+        rows.iter()
+            .map(|(row, i)| {
+                let s = &mut self.active[*i];
+                s.sampler.sample(&host.get(*row)?, &s.generated)
+            })
+            .collect()
     }
 }

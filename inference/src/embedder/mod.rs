@@ -1,4 +1,5 @@
 pub mod bert;
+pub mod deepseek;
 pub mod encoder;
 
 use crate::ModelError;

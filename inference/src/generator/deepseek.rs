@@ -63,11 +63,22 @@ impl DeepSeekGenerator {
         let tokenizer = DeepSeekTokenizer::from_dir(dir)?;
         let model = Arc::new(DeepSeekV2::load(dir, device)?);
         let id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "deepseek-v2".into());
+        Self::batched(id, model, tokenizer, context_tokens, config)
+    }
+
+    /// A batched generator over an already loaded (possibly shared) model.
+    pub fn batched(
+        id: impl Into<String>,
+        model: Arc<DeepSeekV2>,
+        tokenizer: DeepSeekTokenizer,
+        context_tokens: usize,
+        config: SchedulerConfig,
+    ) -> Result<Self, ModelError> {
         let context_tokens = context_tokens.min(model.max_positions()).min(config.cache_tokens);
         Ok(Self {
-            id,
+            id: id.into(),
             tokenizer,
-            backend: Backend::Batched(Scheduler::start(model, config)),
+            backend: Backend::Batched(Scheduler::start(model, config)?),
             context_tokens,
             repeat: RepeatPenalty { penalty: 1.0, last_n: 64 },
         })
@@ -201,6 +212,7 @@ impl DeepSeekGenerator {
                     break reason;
                 }
                 Ok(Event::Error(e)) => return Err(ModelError::InvalidInput(format!("generation failed: {e}"))),
+                Ok(Event::Busy) => return Err(ModelError::Busy("no generation place freed up in time".into())),
                 Err(_) => return Err(ModelError::InvalidInput("the scheduler stopped".into())),
             }
         };

@@ -4,4 +4,5 @@ pub mod collections;
 pub mod eval;
 pub mod ingest;
 pub mod keys;
+pub mod reembed;
 pub mod search;

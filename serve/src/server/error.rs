@@ -26,6 +26,18 @@ pub enum ApiError {
     Internal(String),
 }
 
+impl From<kb_inference::ModelError> for ApiError {
+    fn from(e: kb_inference::ModelError) -> Self {
+        use kb_inference::ModelError as M;
+        match e {
+            // The generator's queue or cache is full: a moment later it may not be.
+            M::Busy(message) => Self::Unavailable { message: format!("the generator is busy: {message}"), retry_after: 2 },
+            e @ (M::ContextOverflow { .. } | M::InvalidInput(_)) => Self::bad_request("invalid_request", e.to_string()),
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}
+
 impl ApiError {
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::BadRequest { code, message: message.into() }

@@ -87,7 +87,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
     let generator = app.load_generator().await?;
-    let answerer = Answerer::new(app.engine.clone(), generator, app.config.answer_max_tokens);
+    let answerer = Answerer::new(app.engine.clone(), generator, app.config.answer_max_tokens, app.config.answer_min_relevance);
     let jobs = JobQueue::new(workers);
     tokio::spawn(jobs.clone().run(app.ingestor.clone()));
     let state = web::Data::new(State {

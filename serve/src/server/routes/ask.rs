@@ -1,15 +1,13 @@
 use actix_web::{post, web, HttpResponse};
 use kb_index::store::Access;
-use kb_inference::Flow;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::mpsc;
 
 use crate::answer::Answer;
 use crate::server::auth::Caller;
 use crate::server::error::ApiError;
 use crate::server::State;
-use super::{admit, answer_whole, event_stream};
+use super::{answer_whole, stream_answer};
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct AskBody {
@@ -52,28 +50,19 @@ pub async fn ask(state: web::Data<State>, caller: Caller, name: web::Path<String
         return Ok(HttpResponse::Ok().json(answer_json(&answer)));
     }
 
-    // Tokens travel through a bounded channel; when the client goes away the receiver is
-    // dropped, the next send fails, and generation stops, freeing the generator.
-    let (tx, rx) = mpsc::channel::<web::Bytes>(64);
-    let permit = admit(&state)?;
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let result = state2.answerer().answer(&question, &passages, &mut |piece| {
-            match tx.blocking_send(sse("token", &json!({"text": piece}))) {
-                Ok(()) => Flow::Continue,
-                Err(_) => Flow::Stop,
+    stream_answer(
+        state2,
+        question,
+        passages,
+        None,
+        |piece| sse("token", &json!({"text": piece})),
+        |result| match result {
+            Ok(a) => vec![sse("citations", &answer_json(&a)), sse("done", &json!({}))],
+            Err(e) => {
+                let e = ApiError::from(e);
+                vec![sse("error", &json!({"error": {"code": "generation_failed", "message": e.to_string()}}))]
             }
-        });
-        let _ = match result {
-            Ok(a) => tx
-                .blocking_send(sse("citations", &answer_json(&a)))
-                .and_then(|_| tx.blocking_send(sse("done", &json!({})))),
-            Err(e) => tx.blocking_send(sse("error", &json!({"error": {"code": "generation_failed", "message": e.to_string()}}))),
-        };
-    });
-    let body = event_stream(rx);
-    Ok(HttpResponse::Ok()
-        .content_type("text/event-stream")
-        .insert_header(("Cache-Control", "no-cache"))
-        .streaming(body))
+        },
+    )
+    .await
 }

@@ -3,15 +3,13 @@
 
 use actix_web::{post, web, HttpResponse};
 use kb_index::store::Access;
-use kb_inference::Flow;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::mpsc;
 
 use crate::server::auth::Caller;
 use crate::server::error::ApiError;
 use crate::server::State;
-use super::{admit, answer_whole, event_stream};
+use super::{answer_whole, stream_answer};
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct ChatRequest {
@@ -79,23 +77,19 @@ pub async fn completions(state: web::Data<State>, caller: Caller, body: web::Jso
         })));
     }
 
-    let (tx, rx) = mpsc::channel::<web::Bytes>(64);
-    let permit = admit(&state)?;
-    tokio::task::spawn_blocking(move || {
-        let _permit = permit;
-        let _ = tx.blocking_send(chunk(&id, &model, json!({"role": "assistant", "content": ""}), None));
-        let result = state2.answerer().answer(&question, &passages, &mut |piece| {
-            match tx.blocking_send(chunk(&id, &model, json!({"content": piece}), None)) {
-                Ok(()) => Flow::Continue,
-                Err(_) => Flow::Stop,
+    let (id2, model2) = (id.clone(), model.clone());
+    stream_answer(
+        state2,
+        question,
+        passages,
+        Some(chunk(&id, &model, json!({"role": "assistant", "content": ""}), None)),
+        move |piece| chunk(&id2, &model2, json!({"content": piece}), None),
+        move |result| {
+            if let Err(e) = result {
+                tracing::error!(error = %e, "generation failed");
             }
-        });
-        if let Err(e) = result {
-            tracing::error!(error = %e, "generation failed");
-        }
-        let _ = tx.blocking_send(chunk(&id, &model, json!({}), Some("stop")));
-        let _ = tx.blocking_send(web::Bytes::from_static(b"data: [DONE]\n\n"));
-    });
-    let body = event_stream(rx);
-    Ok(HttpResponse::Ok().content_type("text/event-stream").insert_header(("Cache-Control", "no-cache")).streaming(body))
+            vec![chunk(&id, &model, json!({}), Some("stop")), web::Bytes::from_static(b"data: [DONE]\n\n")]
+        },
+    )
+    .await
 }

@@ -12,8 +12,8 @@ pub mod ui;
 use actix_web::web;
 use futures_util::Stream;
 use kb_index::Hit;
-use kb_inference::Flow;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use kb_inference::{Flow, ModelError};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
 use crate::answer::Answer;
 use crate::server::error::ApiError;
@@ -38,7 +38,58 @@ async fn answer_whole(state: web::Data<State>, question: String, passages: Vec<H
     })
     .await
     .map_err(|e| ApiError::Internal(e.to_string()))?
-    .map_err(|e| ApiError::Internal(e.to_string()))
+    .map_err(ApiError::from)
+}
+
+/// Streams an answer as server-sent events: `preamble`, then `piece(text)` per generated
+/// piece, then `end(result)`. The response starts only once the generator has produced
+/// something or finished, so a generator that turns the request away (busy) yields a 503
+/// with Retry-After instead of a stream that opens and fails. When the client goes away the
+/// receiver is dropped, the next send fails, and generation stops, freeing its place.
+async fn stream_answer(
+    state: web::Data<State>,
+    question: String,
+    passages: Vec<Hit>,
+    preamble: Option<web::Bytes>,
+    piece: impl Fn(&str) -> web::Bytes + Send + 'static,
+    end: impl FnOnce(Result<Answer, ModelError>) -> Vec<web::Bytes> + Send + 'static,
+) -> Result<actix_web::HttpResponse, ApiError> {
+    let permit = admit(&state)?;
+    let (tx, rx) = mpsc::channel::<web::Bytes>(64);
+    let (started_tx, started) = oneshot::channel::<Result<(), ApiError>>();
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        let mut started_tx = Some(started_tx);
+        if let Some(p) = preamble {
+            let _ = tx.blocking_send(p);
+        }
+        let result = state.answerer().answer(&question, &passages, &mut |text| {
+            if let Some(s) = started_tx.take() {
+                let _ = s.send(Ok(()));
+            }
+            match tx.blocking_send(piece(text)) {
+                Ok(()) => Flow::Continue,
+                Err(_) => Flow::Stop,
+            }
+        });
+        if let Some(s) = started_tx.take() {
+            if let Err(ModelError::Busy(m)) = result {
+                let _ = s.send(Err(ModelError::Busy(m).into()));
+                return;
+            }
+            let _ = s.send(Ok(()));
+        }
+        for bytes in end(result) {
+            if tx.blocking_send(bytes).is_err() {
+                break;
+            }
+        }
+    });
+    started.await.map_err(|_| ApiError::Internal("the answer task ended early".into()))??;
+    Ok(actix_web::HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .streaming(event_stream(rx)))
 }
 
 /// A streaming response body fed by a generation thread through `rx`.
