@@ -389,6 +389,16 @@ fn check_batched(model: &DeepSeekV2, dev_name: &str) -> Res<()> {
     let mut refs: Vec<&mut LatentCache> = caches.iter_mut().collect();
     let generic = model.forward(&toks, &mut refs, LogitsMode::Last)?.logits.expect("logits");
     result("batched_decode_vs_generic", metrics(&batched, &generic)?, dev_name);
+    // The single-sequence fused path (FixedDecoder, CUDA graphs) against the same.
+    let p = tokens(lens[2], 2, vocab);
+    let mut dec = FixedDecoder::new(model, 1024)?;
+    dec.prefill(&p)?;
+    let fixed = dec.step(next[2])?;
+    let mut cache = model.new_cache(lens[2] + 1)?;
+    model.forward(&[p.as_slice()], &mut [&mut cache], LogitsMode::None)?;
+    let one = [next[2]];
+    let generic = model.forward(&[one.as_slice()], &mut [&mut cache], LogitsMode::Last)?.logits.expect("logits");
+    result("fixed_decoder_vs_generic", metrics(&fixed.reshape(generic.shape())?, &generic)?, dev_name);
     Ok(())
 }
 

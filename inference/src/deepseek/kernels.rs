@@ -155,7 +155,9 @@ extern "C" __global__ void moe_down(const float* act, const float* route, const 
         out[(size_t)t * H + r] = f2bf(part[warp] + part[warp + 1] + bf2f(residual[(size_t)t * H + r]));
 }
 
-// ---- MLA decode (one token, fixed addresses; the position is read from the device) ----
+// ---- MLA decode: one token per sequence. The single-sequence kernels (fixed addresses, the
+// position read from the device, for CUDA graphs) and the batch kernels (sequences as row
+// ranges of one pool) share the device functions below. ----
 
 __device__ __forceinline__ float block_sum(float v, float* red) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
@@ -168,16 +170,14 @@ __device__ __forceinline__ float block_sum(float v, float* red) {
     return t;
 }
 
-// One block: cache[pos] = [rmsnorm(kv[:R]) * w, rope(kv[R:R+P])], pos = input[1].
-extern "C" __global__ void mla_latent_write(const bf16_t* kv, const bf16_t* w, const bf16_t* cos_t,
-                                            const bf16_t* sin_t, const unsigned int* input,
-                                            bf16_t* cache, int R, int P, float eps) {
+// One block: row = [rmsnorm(kv[:R]) * w, rope(kv[R:R+P]) at pos].
+__device__ void latent_write(const bf16_t* kv, const bf16_t* w, const bf16_t* cos_t, const bf16_t* sin_t,
+                             int pos, bf16_t* row, int R, int P, float eps) {
     __shared__ float red[32];
-    const int pos = (int)input[1], half = P / 2;
+    const int half = P / 2;
     float ss = 0.f;
     for (int i = threadIdx.x; i < R; i += blockDim.x) { float v = bf2f(kv[i]); ss += v * v; }
     const float r = rsqrtf(block_sum(ss, red) / (float)R + eps);
-    bf16_t* row = cache + (size_t)pos * (R + P);
     for (int i = threadIdx.x; i < R; i += blockDim.x) row[i] = f2bf(bf2f(kv[i]) * r * bf2f(w[i]));
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
         const float c = bf2f(cos_t[(size_t)pos * half + i]), s = bf2f(sin_t[(size_t)pos * half + i]);
@@ -187,23 +187,28 @@ extern "C" __global__ void mla_latent_write(const bf16_t* kv, const bf16_t* w, c
     }
 }
 
-// grid (heads), 8 warps: attention of one head's absorbed query over cache rows 0..=pos.
-// query = [q_lat[h] (R), rope(q[H*N + h*P ...]) (P)]; out[h] = softmax(scale * query . rows) . rows[:, :R].
-// Online softmax per warp (rows strided by warp), then the warps are merged. Needs R == 512, P == 64.
+extern "C" __global__ void mla_latent_write(const bf16_t* kv, const bf16_t* w, const bf16_t* cos_t,
+                                            const bf16_t* sin_t, const unsigned int* input,
+                                            bf16_t* cache, int R, int P, float eps) {
+    const int pos = (int)input[1];
+    latent_write(kv, w, cos_t, sin_t, pos, cache + (size_t)pos * (R + P), R, P, eps);
+}
+
 #define ATT_WARPS 8
-extern "C" __global__ void mla_decode_attn(const bf16_t* q, const bf16_t* q_lat, const bf16_t* cos_t,
-                                           const bf16_t* sin_t, const unsigned int* input,
-                                           const bf16_t* cache, bf16_t* out, int H, int N, float scale) {
+// One block (ATT_WARPS warps), one head: out = softmax(scale * query . rows) . rows[:, :512] over
+// cache rows 0..=pos, the query = [q_lat (512), rope(q_pe) (64)] built from `ql` and `qpe` (raw,
+// rotated here). Online softmax per warp (rows strided by warp), then the warps are merged.
+__device__ void attend_rows(const bf16_t* ql, const bf16_t* qpe, const bf16_t* cos_t, const bf16_t* sin_t,
+                            int pos, const bf16_t* cache, bf16_t* out, float scale) {
     const int R = 512, P = 64, D = 576;
     __shared__ float qf[576];
     __shared__ float wm[ATT_WARPS], wl[ATT_WARPS];
     __shared__ float wacc[ATT_WARPS][512];
-    const int h = blockIdx.x, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int pos = (int)input[1];
-    for (int i = threadIdx.x; i < R; i += blockDim.x) qf[i] = bf2f(q_lat[(size_t)h * R + i]);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    for (int i = threadIdx.x; i < R; i += blockDim.x) qf[i] = bf2f(ql[i]);
     for (int i = threadIdx.x; i < P / 2; i += blockDim.x) {
         const float c = bf2f(cos_t[(size_t)pos * (P / 2) + i]), s = bf2f(sin_t[(size_t)pos * (P / 2) + i]);
-        const float x0 = bf2f(q[(size_t)H * N + h * P + 2 * i]), x1 = bf2f(q[(size_t)H * N + h * P + 2 * i + 1]);
+        const float x0 = bf2f(qpe[2 * i]), x1 = bf2f(qpe[2 * i + 1]);
         qf[R + 2 * i] = x0 * c - x1 * s;
         qf[R + 2 * i + 1] = x0 * s + x1 * c;
     }
@@ -239,8 +244,18 @@ extern "C" __global__ void mla_decode_attn(const bf16_t* q, const bf16_t* q_lat,
     for (int i = threadIdx.x; i < R; i += blockDim.x) {
         float o = 0.f;
         for (int w = 0; w < ATT_WARPS; w++) o += wacc[w][i] * __expf(wm[w] - M);
-        out[(size_t)h * R + i] = f2bf(o / L);
+        out[i] = f2bf(o / L);
     }
+}
+
+// grid (heads): head h of the one sequence over cache rows 0..=input[1]. q (1, H * (N + P)) raw,
+// q_lat (H, 1, 512), out (H, 512). Needs R == 512, P == 64.
+extern "C" __global__ void mla_decode_attn(const bf16_t* q, const bf16_t* q_lat, const bf16_t* cos_t,
+                                           const bf16_t* sin_t, const unsigned int* input,
+                                           const bf16_t* cache, bf16_t* out, int H, int N, float scale) {
+    const int h = blockIdx.x;
+    attend_rows(q_lat + (size_t)h * 512, q + (size_t)H * N + h * 64, cos_t, sin_t, (int)input[1], cache,
+                out + (size_t)h * 512, scale);
 }
 
 // ---- MoE for a decode batch (9..64 tokens): tokens grouped by expert on the device, so each
@@ -421,126 +436,34 @@ extern "C" __global__ void moe_combine(const float* y, const int* pair_slot, con
     out[(size_t)t * H + r] = f2bf(acc + bf2f(residual[(size_t)t * H + r]));
 }
 
-// ---- MLA decode for a batch of sequences whose caches are row ranges of one pool ----
-// meta = [pos_0 .. pos_{n-1}, base_0 .. base_{n-1}]: sequence b's token goes to pool row base_b + pos_b.
+// ---- MLA decode for a batch: meta = [pos_0 .. pos_{n-1}, base_0 .. base_{n-1}], sequence b's rows
+// are pool rows base_b .. base_b + pos_b. ----
 
-// grid (n): pool[base + pos] = [rmsnorm(kv_b[:R]) * w, rope(kv_b[R:R+P])].
+// grid (n): sequence b's new latent (kv row b) goes to pool row base_b + pos_b.
 extern "C" __global__ void mla_batch_latent_write(const bf16_t* kv, const bf16_t* w, const bf16_t* cos_t,
                                                   const bf16_t* sin_t, const unsigned int* meta,
                                                   bf16_t* pool, int R, int P, float eps, int n) {
-    __shared__ float red[32];
-    const int b = blockIdx.x;
-    const int pos = (int)meta[b], base = (int)meta[n + b], half = P / 2;
-    const bf16_t* k = kv + (size_t)b * (R + P);
-    float ss = 0.f;
-    for (int i = threadIdx.x; i < R; i += blockDim.x) { float v = bf2f(k[i]); ss += v * v; }
-    const float r = rsqrtf(block_sum(ss, red) / (float)R + eps);
-    bf16_t* row = pool + ((size_t)base + pos) * (R + P);
-    for (int i = threadIdx.x; i < R; i += blockDim.x) row[i] = f2bf(bf2f(k[i]) * r * bf2f(w[i]));
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
-        const float c = bf2f(cos_t[(size_t)pos * half + i]), s = bf2f(sin_t[(size_t)pos * half + i]);
-        const float x0 = bf2f(k[R + 2 * i]), x1 = bf2f(k[R + 2 * i + 1]);
-        row[R + 2 * i] = f2bf(x0 * c - x1 * s);
-        row[R + 2 * i + 1] = f2bf(x0 * s + x1 * c);
-    }
+    const int b = blockIdx.x, pos = (int)meta[b], base = (int)meta[n + b];
+    latent_write(kv + (size_t)b * (R + P), w, cos_t, sin_t, pos, pool + ((size_t)base + pos) * (R + P), R, P, eps);
 }
 
-// grid (heads / HPB, n), 8 warps: HPB heads of sequence b attend over its rows base_b .. base_b + pos_b.
-// All heads share the latent rows (MQA-like), so a block may load each row once for HPB heads
-// (less L2 traffic, but fewer blocks: at batch 32 on an H100, 1 measured best).
-// q (n, H * (N + P)) raw projection rows; q_lat (H, n, R); out (H, n, R). Needs H % HPB == 0.
-#ifndef HPB
-#define HPB 1
-#endif
+// grid (heads, n): head h of sequence b. q (n, H * (N + P)) raw, q_lat (H, n, 512), out (H, n, 512).
 extern "C" __global__ void mla_batch_decode_attn(const bf16_t* q, const bf16_t* q_lat, const bf16_t* cos_t,
                                                  const bf16_t* sin_t, const unsigned int* meta,
                                                  const bf16_t* pool, bf16_t* out, int H, int N, float scale, int n) {
-    const int R = 512, P = 64, D = 576;
-    __shared__ float qf[HPB][576];
-    __shared__ float wm[ATT_WARPS][HPB], wl[ATT_WARPS][HPB];
-    __shared__ float wacc[ATT_WARPS][512];
-    const int h0 = blockIdx.x * HPB, b = blockIdx.y, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int pos = (int)meta[b], base = (int)meta[n + b];
-    const bf16_t* qb = q + (size_t)b * H * (N + P);
-    for (int hh = 0; hh < HPB; hh++) {
-        const int h = h0 + hh;
-        const bf16_t* ql = q_lat + ((size_t)h * n + b) * R;
-        for (int i = threadIdx.x; i < R; i += blockDim.x) qf[hh][i] = bf2f(ql[i]);
-        for (int i = threadIdx.x; i < P / 2; i += blockDim.x) {
-            const float c = bf2f(cos_t[(size_t)pos * (P / 2) + i]), s = bf2f(sin_t[(size_t)pos * (P / 2) + i]);
-            const float x0 = bf2f(qb[(size_t)H * N + h * P + 2 * i]), x1 = bf2f(qb[(size_t)H * N + h * P + 2 * i + 1]);
-            qf[hh][R + 2 * i] = x0 * c - x1 * s;
-            qf[hh][R + 2 * i + 1] = x0 * s + x1 * c;
-        }
-    }
-    __syncthreads();
-    const bf16_t* cache = pool + (size_t)base * D;
-    float m[HPB], l[HPB], acc[HPB][16];
-#pragma unroll
-    for (int hh = 0; hh < HPB; hh++) {
-        m[hh] = -1e30f; l[hh] = 0.f;
-#pragma unroll
-        for (int k = 0; k < 16; k++) acc[hh][k] = 0.f;
-    }
-    for (int j = warp; j <= pos; j += ATT_WARPS) {
-        const uint4* kr = (const uint4*)(cache + (size_t)j * D);
-        const uint4 a = kr[lane], c2 = kr[lane + 32];
-        const uint4 k3 = lane < 8 ? kr[lane + 64] : make_uint4(0, 0, 0, 0);
-#pragma unroll
-        for (int hh = 0; hh < HPB; hh++) {
-            const float4* q4 = (const float4*)qf[hh];
-            float s = dot8f(a, q4[2 * lane], q4[2 * lane + 1]) + dot8f(c2, q4[2 * (lane + 32)], q4[2 * (lane + 32) + 1]);
-            if (lane < 8) s += dot8f(k3, q4[2 * (lane + 64)], q4[2 * (lane + 64) + 1]);
-            s = warp_sum(s) * scale;
-            const float mn = fmaxf(m[hh], s), corr = __expf(m[hh] - mn), p = __expf(s - mn);
-            l[hh] = l[hh] * corr + p;
-            float* ac = acc[hh];
-            ac[0] = ac[0] * corr + p * lo(a.x); ac[1] = ac[1] * corr + p * hi(a.x);
-            ac[2] = ac[2] * corr + p * lo(a.y); ac[3] = ac[3] * corr + p * hi(a.y);
-            ac[4] = ac[4] * corr + p * lo(a.z); ac[5] = ac[5] * corr + p * hi(a.z);
-            ac[6] = ac[6] * corr + p * lo(a.w); ac[7] = ac[7] * corr + p * hi(a.w);
-            ac[8] = ac[8] * corr + p * lo(c2.x); ac[9] = ac[9] * corr + p * hi(c2.x);
-            ac[10] = ac[10] * corr + p * lo(c2.y); ac[11] = ac[11] * corr + p * hi(c2.y);
-            ac[12] = ac[12] * corr + p * lo(c2.z); ac[13] = ac[13] * corr + p * hi(c2.z);
-            ac[14] = ac[14] * corr + p * lo(c2.w); ac[15] = ac[15] * corr + p * hi(c2.w);
-            m[hh] = mn;
-        }
-    }
-    if (lane == 0)
-        for (int hh = 0; hh < HPB; hh++) { wm[warp][hh] = m[hh]; wl[warp][hh] = l[hh]; }
-    // Merge the warps' partial softmaxes one head at a time (one 16 KiB staging buffer).
-    for (int hh = 0; hh < HPB; hh++) {
-        __syncthreads();
-        for (int k = 0; k < 8; k++) { wacc[warp][lane * 8 + k] = acc[hh][k]; wacc[warp][(lane + 32) * 8 + k] = acc[hh][8 + k]; }
-        __syncthreads();
-        float M = -1e30f;
-        for (int w = 0; w < ATT_WARPS; w++) M = fmaxf(M, wm[w][hh]);
-        float L = 0.f;
-        for (int w = 0; w < ATT_WARPS; w++) L += wl[w][hh] * __expf(wm[w][hh] - M);
-        bf16_t* o = out + ((size_t)(h0 + hh) * n + b) * R;
-        for (int i = threadIdx.x; i < R; i += blockDim.x) {
-            float v = 0.f;
-            for (int w = 0; w < ATT_WARPS; w++) v += wacc[w][i] * __expf(wm[w][hh] - M);
-            o[i] = f2bf(v / L);
-        }
-    }
+    const int h = blockIdx.x, b = blockIdx.y, pos = (int)meta[b], base = (int)meta[n + b];
+    const bf16_t* qb = q + (size_t)b * H * (N + 64);
+    attend_rows(q_lat + ((size_t)h * n + b) * 512, qb + (size_t)H * N + h * 64, cos_t, sin_t, pos,
+                pool + (size_t)base * 576, out + ((size_t)h * n + b) * 512, scale);
 }
 "#;
 
-/// KB_DEEPSEEK_NVRTC_OPTIONS (e.g. "-DTBG=4 -DUNR=2 -DHPB=2") overrides the kernels' tile
+/// KB_DEEPSEEK_NVRTC_OPTIONS (e.g. "-DTBG=4 -DUNR=2") overrides the kernels' tile
 /// constants, for tuning on a new GPU without a rebuild.
 fn nvrtc_options() -> Vec<String> {
     std::env::var("KB_DEEPSEEK_NVRTC_OPTIONS")
         .map(|o| o.split_whitespace().map(str::to_owned).collect())
         .unwrap_or_default()
-}
-
-/// Heads per block of the batched decode attention (the kernel's HPB).
-fn heads_per_block() -> usize {
-    static HPB: OnceLock<usize> = OnceLock::new();
-    *HPB.get_or_init(|| {
-        nvrtc_options().iter().find_map(|o| o.strip_prefix("-DHPB=")?.parse().ok()).unwrap_or(1).max(1)
-    })
 }
 
 fn ptx() -> Result<&'static str> {
@@ -1018,15 +941,7 @@ impl CustomOp1 for BatchAttn<'_> {
         let p_s = slice_of!(pg, pl, bf16);
         let out = unsafe { dev.alloc::<bf16>(self.heads * n * 512)? };
         let f = dev.get_or_load_custom_func("mla_batch_decode_attn", MODULE, ptx()?)?;
-        let hpb = heads_per_block();
-        if self.heads % hpb != 0 {
-            candle_core::bail!("{} heads do not split into blocks of {hpb}", self.heads)
-        }
-        let cfg = LaunchConfig {
-            grid_dim: (self.heads.div_ceil(hpb) as u32, n as u32, 1),
-            block_dim: (256, 1, 1),
-            shared_mem_bytes: 0,
-        };
+        let cfg = LaunchConfig { grid_dim: (self.heads as u32, n as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         let (h, nn, ni) = (self.heads as i32, self.nope as i32, n as i32);
         let mut b = f.builder();
         b.arg(&q_s).arg(&l_s).arg(&c_s).arg(&s_s).arg(&m_s).arg(&p_s).arg(&out).arg(&h).arg(&nn).arg(&self.scale).arg(&ni);

@@ -214,7 +214,6 @@ impl DeepSeekV2 {
         let ids = Tensor::from_vec(ids, n, &self.device)?;
         let positions = Tensor::from_vec(positions, n, &self.device)?;
         let (cos, sin) = self.rope.gather(&positions)?;
-        let eps = self.cfg.rms_norm_eps;
 
         let mut masks = MaskCache::new();
         for (span, cache) in spans.iter().zip(caches.iter()) {
@@ -224,21 +223,10 @@ impl DeepSeekV2 {
                 masks.insert((span.len, prefix), m);
             }
         }
-        let mut x = self.embed.index_select(&ids, 0)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &layer.input_norm, eps)?;
-            let a = layer.attn.forward(&h, &cos, &sin, &spans, caches, i, &masks)?;
-            x = (x + a)?;
-            let h = rms_norm(&x, &layer.post_norm, eps)?;
-            x = match &layer.ffn {
-                Ffn::Dense(m) => (x + m.forward(&h)?)?,
-                Ffn::Moe(m) => m.forward_residual(&h, &x)?,
-            };
-        }
+        let hidden = self.stack(&ids, |i, attn, h| attn.forward(h, &cos, &sin, &spans, caches, i, &masks))?;
         for (span, cache) in spans.iter().zip(caches.iter_mut()) {
             cache.advance(span.len);
         }
-        let hidden = rms_norm(&x, &self.norm, eps)?;
         let logits = match mode {
             LogitsMode::None => None,
             LogitsMode::All => Some(linear(&hidden, &self.lm_head)?.to_dtype(DType::F32)?),
@@ -249,6 +237,28 @@ impl DeepSeekV2 {
             }
         };
         Ok(ForwardOutput { logits, hidden, spans })
+    }
+
+    /// The decoder stack over the tokens `ids`, returning the final-normed hidden states. Only
+    /// attention differs between the prefill/batch, batched-decode and fixed-address paths:
+    /// `attend(layer, attention, normed input)` supplies it.
+    fn stack(
+        &self,
+        ids: &Tensor,
+        mut attend: impl FnMut(usize, &Mla, &Tensor) -> candle_core::Result<Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let eps = self.cfg.rms_norm_eps;
+        let mut x = self.embed.index_select(ids, 0)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = rms_norm(&x, &layer.input_norm, eps)?;
+            x = (x + attend(i, &layer.attn, &h)?)?;
+            let h = rms_norm(&x, &layer.post_norm, eps)?;
+            x = match &layer.ffn {
+                Ffn::Dense(m) => (x + m.forward(&h)?)?,
+                Ffn::Moe(m) => m.forward_residual(&h, &x)?,
+            };
+        }
+        rms_norm(&x, &self.norm, eps)
     }
 
     /// Whether [`Self::forward_decode`] runs a batch of `n` decoding sequences: CUDA, bf16,
@@ -298,19 +308,7 @@ impl DeepSeekV2 {
     #[cfg(feature = "cuda")]
     fn decode_layers(&self, ids: &Tensor, meta: &Tensor, pool: &CachePool) -> Result<Tensor, ModelError> {
         let (cos_t, sin_t) = self.rope.tables();
-        let eps = self.cfg.rms_norm_eps;
-        let mut x = self.embed.index_select(ids, 0)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &layer.input_norm, eps)?;
-            let a = layer.attn.forward_decode_batch(&h, cos_t, sin_t, meta, pool.layer(i))?;
-            x = (x + a)?;
-            let h = rms_norm(&x, &layer.post_norm, eps)?;
-            x = match &layer.ffn {
-                Ffn::Dense(m) => (x + m.forward(&h)?)?,
-                Ffn::Moe(m) => m.forward_residual(&h, &x)?,
-            };
-        }
-        let hidden = rms_norm(&x, &self.norm, eps)?;
+        let hidden = self.stack(ids, |i, attn, h| attn.forward_decode_batch(h, cos_t, sin_t, meta, pool.layer(i)))?;
         Ok(linear(&hidden, &self.lm_head)?.to_dtype(DType::F32)?)
     }
 
@@ -343,19 +341,7 @@ impl DeepSeekV2 {
         let pos2 = pos.reshape((1, 1))?;
         let write_idx = pos2.broadcast_as((1, self.cfg.latent_dim()))?.contiguous()?;
         let mask = arange.broadcast_le(&pos2)?.where_cond(zero, neg_inf)?;
-        let eps = self.cfg.rms_norm_eps;
-        let mut x = self.embed.index_select(&ids, 0)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &layer.input_norm, eps)?;
-            let a = layer.attn.forward_fixed(&h, &cos, &sin, cache.buffer(i), &write_idx, &mask, window)?;
-            x = (x + a)?;
-            let h = rms_norm(&x, &layer.post_norm, eps)?;
-            x = match &layer.ffn {
-                Ffn::Dense(m) => (x + m.forward(&h)?)?,
-                Ffn::Moe(m) => m.forward_residual(&h, &x)?,
-            };
-        }
-        let hidden = rms_norm(&x, &self.norm, eps)?;
+        let hidden = self.stack(&ids, |i, attn, h| attn.forward_fixed(h, &cos, &sin, cache.buffer(i), &write_idx, &mask, window))?;
         linear(&hidden, &self.lm_head)?.to_dtype(DType::F32)
     }
 
@@ -363,19 +349,7 @@ impl DeepSeekV2 {
     #[cfg(feature = "cuda")]
     fn forward_fused(&self, input: &Tensor, ids: &Tensor, cache: &LatentCache) -> candle_core::Result<Tensor> {
         let (cos_t, sin_t) = self.rope.tables();
-        let eps = self.cfg.rms_norm_eps;
-        let mut x = self.embed.index_select(ids, 0)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            let h = rms_norm(&x, &layer.input_norm, eps)?;
-            let a = layer.attn.forward_fused(&h, cos_t, sin_t, input, cache.buffer(i))?;
-            x = (x + a)?;
-            let h = rms_norm(&x, &layer.post_norm, eps)?;
-            x = match &layer.ffn {
-                Ffn::Dense(m) => (x + m.forward(&h)?)?,
-                Ffn::Moe(m) => m.forward_residual(&h, &x)?,
-            };
-        }
-        let hidden = rms_norm(&x, &self.norm, eps)?;
+        let hidden = self.stack(ids, |i, attn, h| attn.forward_fused(h, cos_t, sin_t, input, cache.buffer(i)))?;
         linear(&hidden, &self.lm_head)?.to_dtype(DType::F32)
     }
 }
