@@ -24,6 +24,16 @@ fn main() {
     }
     times.sort_by(f64::total_cmp);
     println!("query: p50 {:.2} ms, p95 {:.2} ms", times[100], times[190]);
+    // The same on one thread (a one-thread rayon pool): small matrices may not pay for fork/join.
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
+    let mut times = Vec::new();
+    for i in 0..200 {
+        let t = Instant::now();
+        one.install(|| e.embed_query(queries[i % queries.len()]).unwrap());
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    println!("query, one thread: p50 {:.2} ms, p95 {:.2} ms", times[100], times[190]);
     let passage = "The title of the study\n".to_owned() + &"Patients with elevated markers showed a significantly reduced response to the standard treatment regimen. ".repeat(12);
     let batch: Vec<&str> = (0..256).map(|_| passage.as_str()).collect();
     let tokens = e.tokenizer().encode(passage.as_str(), true).unwrap().len().min(e.max_tokens());

@@ -500,3 +500,45 @@ fn batched_generator_answers_concurrent_requests_as_the_single_one_does() {
         assert_eq!(stats, want_stats);
     }
 }
+
+#[test]
+fn the_embedding_head_pools_projects_and_normalises() {
+    use kb_inference::{DeepSeekEmbedder, Embedder, Pooling};
+    use kb_inference::deepseek::DeepSeekTokenizer;
+    use std::sync::Arc;
+    let dir = tempfile::tempdir().unwrap();
+    write_checkpoint(dir.path(), &tiny_config(&[]), 5);
+    write_word_tokenizer(dir.path());
+    let model = Arc::new(DeepSeekV2::load(dir.path(), &Device::Cpu).unwrap());
+    let tok = DeepSeekTokenizer::from_dir(dir.path()).unwrap();
+    let texts = ["w10 w11 w12", "w40 w41", "w10 w11 w12"];
+
+    let mean = DeepSeekEmbedder::new("tiny", model.clone(), &tok, Pooling::Mean, None, 64).unwrap();
+    assert_eq!((mean.dim(), mean.id()), (64, "deepseek:tiny:mean:64"));
+    let v = mean.embed_passages(&texts).unwrap();
+    let norm = |x: &[f32]| x.iter().map(|a| a * a).sum::<f32>().sqrt();
+    assert!(v.iter().all(|x| x.len() == 64 && (norm(x) - 1.0).abs() < 1e-4));
+    let close = |a: &[f32], b: &[f32]| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5);
+    assert!(close(&v[0], &v[2]), "the same text embeds the same, whatever it is batched with");
+    assert!(!close(&v[0], &v[1]));
+    assert!(close(&mean.embed_query("w10 w11 w12").unwrap(), &v[0]));
+
+    let last = DeepSeekEmbedder::new("tiny", model.clone(), &tok, Pooling::Last, None, 64).unwrap();
+    assert!(!close(&last.embed_passages(&texts[..1]).unwrap()[0], &v[0]), "last-token pooling differs from the mean");
+
+    // A (16, hidden) projection head from a safetensors file.
+    let head = Tensor::randn(0f32, 1.0, (16, 64), &Device::Cpu).unwrap();
+    let path = dir.path().join("head-16.safetensors");
+    candle_core::safetensors::save(&HashMap::from([("proj.weight".to_string(), head)]), &path).unwrap();
+    let projected = DeepSeekEmbedder::new("tiny", model.clone(), &tok, Pooling::Mean, Some(&path), 64).unwrap();
+    assert_eq!((projected.dim(), projected.id()), (16, "deepseek:tiny:mean:head-16:16"));
+    let p = projected.embed_passages(&texts[..2]).unwrap();
+    assert!(p.iter().all(|x| x.len() == 16 && (norm(x) - 1.0).abs() < 1e-4));
+
+    // A head of the wrong width is a clear error.
+    let bad = dir.path().join("bad.safetensors");
+    let wrong = Tensor::zeros((16, 32), DType::F32, &Device::Cpu).unwrap();
+    candle_core::safetensors::save(&HashMap::from([("w".to_string(), wrong)]), &bad).unwrap();
+    let err = DeepSeekEmbedder::new("tiny", model, &tok, Pooling::Mean, Some(&bad), 64).err().expect("refused");
+    assert!(err.to_string().contains("hidden size 64"), "{err}");
+}
