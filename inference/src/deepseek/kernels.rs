@@ -155,9 +155,8 @@ extern "C" __global__ void moe_down(const float* act, const float* route, const 
         out[(size_t)t * H + r] = f2bf(part[warp] + part[warp + 1] + bf2f(residual[(size_t)t * H + r]));
 }
 
-// ---- MLA decode: one token per sequence. The single-sequence kernels (fixed addresses, the
-// position read from the device, for CUDA graphs) and the batch kernels (sequences as row
-// ranges of one pool) share the device functions below. ----
+// ---- MLA decode: one token per sequence, each sequence's rows at a base row of a buffer (a
+// pool of many sequences, or one sequence's own cache with base 0 under CUDA graphs). ----
 
 __device__ __forceinline__ float block_sum(float v, float* red) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
@@ -185,13 +184,6 @@ __device__ void latent_write(const bf16_t* kv, const bf16_t* w, const bf16_t* co
         row[R + 2 * i] = f2bf(x0 * c - x1 * s);
         row[R + 2 * i + 1] = f2bf(x0 * s + x1 * c);
     }
-}
-
-extern "C" __global__ void mla_latent_write(const bf16_t* kv, const bf16_t* w, const bf16_t* cos_t,
-                                            const bf16_t* sin_t, const unsigned int* input,
-                                            bf16_t* cache, int R, int P, float eps) {
-    const int pos = (int)input[1];
-    latent_write(kv, w, cos_t, sin_t, pos, cache + (size_t)pos * (R + P), R, P, eps);
 }
 
 #define ATT_WARPS 8
@@ -248,63 +240,45 @@ __device__ void attend_rows(const bf16_t* ql, const bf16_t* qpe, const bf16_t* c
     }
 }
 
-// grid (heads): head h of the one sequence over cache rows 0..=input[1]. q (1, H * (N + P)) raw,
-// q_lat (H, 1, 512), out (H, 512). Needs R == 512, P == 64.
-extern "C" __global__ void mla_decode_attn(const bf16_t* q, const bf16_t* q_lat, const bf16_t* cos_t,
-                                           const bf16_t* sin_t, const unsigned int* input,
-                                           const bf16_t* cache, bf16_t* out, int H, int N, float scale) {
-    const int h = blockIdx.x;
-    attend_rows(q_lat + (size_t)h * 512, q + (size_t)H * N + h * 64, cos_t, sin_t, (int)input[1], cache,
-                out + (size_t)h * 512, scale);
-}
-
 // ---- MoE for a decode batch (9..64 tokens): tokens grouped by expert on the device, so each
 // expert's weights are read once for all of its tokens. ----
 
 // One block: per expert (routed e < E, shared chunk E + j), its slots in token order:
 // offsets[EA + 1], slot_token / slot_weight per slot, and pair_slot[t * S + k] = slot of (t, k).
+// One block: per routed expert, its (token, k) slots in token order: offsets[E + 1], slot_token /
+// slot_weight per slot, and pair_slot[t * K + k] = slot of (t, k). (Shared experts see every
+// token: the caller runs them as dense GEMMs.)
 extern "C" __global__ void moe_group(const float* route, int* offsets, int* slot_token, float* slot_weight,
-                                     int* pair_slot, int T, int K, int S, int E) {
+                                     int* pair_slot, int T, int K, int E) {
     extern __shared__ int sm[];
-    const int EA = E + (S - K);
-    int* start = sm;            // EA
-    int* ids = sm + EA;         // T * K routed expert ids
+    int* start = sm;            // E
+    int* ids = sm + E;          // T * K expert ids
     for (int i = threadIdx.x; i < T * K; i += blockDim.x) ids[i] = (int)route[(size_t)(i / K) * 2 * K + (i % K)];
     __syncthreads();
-    for (int e = threadIdx.x; e < EA; e += blockDim.x) {
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
         int c = 0;
-        if (e >= E) c = T;
-        else for (int i = 0; i < T * K; i++) c += (ids[i] == e);
+        for (int i = 0; i < T * K; i++) c += (ids[i] == e);
         start[e] = c;
     }
     __syncthreads();
     if (threadIdx.x == 0) {
         int acc = 0;
-        for (int e = 0; e < EA; e++) { const int c = start[e]; start[e] = acc; offsets[e] = acc; acc += c; }
-        offsets[EA] = acc;
+        for (int e = 0; e < E; e++) { const int c = start[e]; start[e] = acc; offsets[e] = acc; acc += c; }
+        offsets[E] = acc;
     }
     __syncthreads();
-    for (int e = threadIdx.x; e < EA; e += blockDim.x) {
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
         int o = start[e];
-        for (int t = 0; t < T; t++) {
-            if (e >= E) {
-                slot_token[o] = t; slot_weight[o] = 1.f; pair_slot[t * S + K + (e - E)] = o; o++;
-            } else {
-                for (int k = 0; k < K; k++) {
-                    if (ids[t * K + k] == e) {
-                        slot_token[o] = t; slot_weight[o] = route[(size_t)t * 2 * K + K + k]; pair_slot[t * S + k] = o; o++;
-                    }
-                }
+        for (int i = 0; i < T * K; i++) {
+            if (ids[i] == e) {
+                slot_token[o] = i / K; slot_weight[o] = route[(size_t)(i / K) * 2 * K + K + (i % K)]; pair_slot[i] = o; o++;
             }
         }
     }
 }
 
-// Tokens per pass: each warp keeps TB (TBG for gate/up, four sums each) accumulators in
-// registers; fewer for gate/up keeps two blocks resident per SM.
-#ifndef TB
-#define TB 16
-#endif
+// Tokens per pass of the gate/up kernel: each warp keeps TBG x 4 sums in registers (8 keeps
+// two blocks resident per SM).
 #ifndef TBG
 #define TBG 8
 #endif
@@ -313,16 +287,11 @@ extern "C" __global__ void moe_group(const float* route, int* offsets, int* slot
 #define UNR 1
 #endif
 constexpr int kUnroll = UNR;
-// Shared experts see every token, so their blocks run longest: schedule them first.
-__device__ __forceinline__ int expert_of_block(int E) {
-    const int shared = gridDim.y - E;
-    return blockIdx.y < shared ? E + blockIdx.y : blockIdx.y - shared;
-}
-// grid (ceil(I / (2 * warps)), EA): for every slot of expert e, act[slot][j] = silu(gate_e[j] . x_t) * (up_e[j] . x_t).
+// grid (ceil(I / (2 * warps)), E): for every slot of expert e, act[slot][j] = silu(gate_e[j] . x_t) * (up_e[j] . x_t).
 // Each warp holds two rows' weight chunks while it walks up to TB of the expert's tokens.
 extern "C" __global__ void __launch_bounds__(256, 2) moe_gate_up_grouped(const bf16_t* x, const int* offsets, const int* slot_token,
-                                               const bf16_t* w, float* act, int H, int I, int E) {
-    const int e = expert_of_block(E), beg = offsets[e], end = offsets[e + 1];
+                                               const bf16_t* w, float* act, int H, int I) {
+    const int e = blockIdx.y, beg = offsets[e], end = offsets[e + 1];
     if (beg == end) return;
     const int lane = threadIdx.x & 31;
     const int j0 = 2 * (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5));
@@ -373,13 +342,13 @@ extern "C" __global__ void __launch_bounds__(256, 2) moe_gate_up_grouped(const b
 #ifndef TBD
 #define TBD 8
 #endif
-// grid (ceil(H / (warps * DR)), EA), dynamic shared memory tb * I floats: y[slot][r] =
+// grid (ceil(H / (warps * DR)), E), dynamic shared memory tb * I floats: y[slot][r] =
 // down_e[r] . act[slot]. Each pass stages up to tb (<= TBD) of the expert's activation rows in
 // shared memory, read once per block (re-reading them per row from L2 was the bottleneck).
 extern "C" __global__ void __launch_bounds__(256, 2) moe_down_grouped(const float* act, const int* offsets, const bf16_t* w,
-                                                                       float* y, int H, int I, int E, int tb) {
+                                                                       float* y, int H, int I, int tb) {
     extern __shared__ float sa[];
-    const int e = expert_of_block(E), beg = offsets[e], end = offsets[e + 1];
+    const int e = blockIdx.y, beg = offsets[e], end = offsets[e + 1];
     if (beg == end) return;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int r0 = (blockIdx.x * (blockDim.x >> 5) + warp) * DR;
@@ -425,12 +394,12 @@ extern "C" __global__ void __launch_bounds__(256, 2) moe_down_grouped(const floa
 
 // grid (ceil(H / 256), T): out[t][r] = residual[t][r] + sum_k weight(slot) * y[slot][r], k in order.
 extern "C" __global__ void moe_combine(const float* y, const int* pair_slot, const float* slot_weight,
-                                       const bf16_t* residual, bf16_t* out, int H, int S) {
+                                       const bf16_t* residual, bf16_t* out, int H, int K) {
     const int t = blockIdx.y, r = blockIdx.x * blockDim.x + threadIdx.x;
     if (r >= H) return;
     float acc = 0.f;
-    for (int k = 0; k < S; k++) {
-        const int slot = pair_slot[t * S + k];
+    for (int k = 0; k < K; k++) {
+        const int slot = pair_slot[t * K + k];
         acc += slot_weight[slot] * y[(size_t)slot * H + r];
     }
     out[(size_t)t * H + r] = f2bf(acc + bf2f(residual[(size_t)t * H + r]));
@@ -440,7 +409,7 @@ extern "C" __global__ void moe_combine(const float* y, const int* pair_slot, con
 // are pool rows base_b .. base_b + pos_b. ----
 
 // grid (n): sequence b's new latent (kv row b) goes to pool row base_b + pos_b.
-extern "C" __global__ void mla_batch_latent_write(const bf16_t* kv, const bf16_t* w, const bf16_t* cos_t,
+extern "C" __global__ void mla_latent_write(const bf16_t* kv, const bf16_t* w, const bf16_t* cos_t,
                                                   const bf16_t* sin_t, const unsigned int* meta,
                                                   bf16_t* pool, int R, int P, float eps, int n) {
     const int b = blockIdx.x, pos = (int)meta[b], base = (int)meta[n + b];
@@ -448,7 +417,7 @@ extern "C" __global__ void mla_batch_latent_write(const bf16_t* kv, const bf16_t
 }
 
 // grid (heads, n): head h of sequence b. q (n, H * (N + P)) raw, q_lat (H, n, 512), out (H, n, 512).
-extern "C" __global__ void mla_batch_decode_attn(const bf16_t* q, const bf16_t* q_lat, const bf16_t* cos_t,
+extern "C" __global__ void mla_decode_attn(const bf16_t* q, const bf16_t* q_lat, const bf16_t* cos_t,
                                                  const bf16_t* sin_t, const unsigned int* meta,
                                                  const bf16_t* pool, bf16_t* out, int H, int N, float scale, int n) {
     const int h = blockIdx.x, b = blockIdx.y, pos = (int)meta[b], base = (int)meta[n + b];
@@ -530,25 +499,35 @@ impl CustomOp1 for Route<'_> {
         let (ei, hi) = (e as i32, h as i32);
         let mut b = f.builder();
         b.arg(&x).arg(&gate).arg(&logits).arg(&ei).arg(&hi);
-        unsafe { b.launch(cfg) }.map_err(|e| candle_core::Error::Cuda(Box::new(e)))?;
+        unsafe { b.launch(cfg) }.map_err(launch_err)?;
         let f = dev.get_or_load_custom_func("moe_topk", MODULE, ptx()?)?;
         let cfg = LaunchConfig { grid_dim: (t as u32, 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: (e * 4) as u32 };
         let (k, norm) = (self.k as i32, self.norm as i32);
         let mut b = f.builder();
         b.arg(&logits).arg(&out).arg(&ei).arg(&k).arg(&norm).arg(&self.scaling);
-        unsafe { b.launch(cfg) }.map_err(|e| candle_core::Error::Cuda(Box::new(e)))?;
+        unsafe { b.launch(cfg) }.map_err(launch_err)?;
         Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((t, 2 * self.k))))
     }
 }
 
-/// Experts: residual + sum over the routed and shared experts, from x (T, H) bf16.
+/// How [`Experts`] reads the expert weights.
+enum Pass {
+    /// Every (token, expert) pair reads its expert (a few tokens, decode); `shared` chunks
+    /// follow the routed experts in the weights and count as extra experts of weight 1.
+    PerPair { shared: usize },
+    /// Tokens grouped by expert on the device, each routed expert's weights read once for all
+    /// its tokens (a decode batch); the first `routed` experts only, shared ones are the caller's.
+    Grouped { routed: usize },
+}
+
+/// residual + the experts' weighted outputs, from x (T, H) bf16 and the routing (T, 2K).
 struct Experts<'a> {
     route: &'a Tensor,
     gate_up: &'a Tensor,
     down: &'a Tensor,
     residual: &'a Tensor,
     k: usize,
-    shared: usize,
+    pass: Pass,
 }
 
 impl CustomOp1 for Experts<'_> {
@@ -563,8 +542,6 @@ impl CustomOp1 for Experts<'_> {
         let (t, h) = xl.shape().dims2()?;
         let (e_all, two_i, _) = self.gate_up.dims3()?;
         let inter = two_i / 2;
-        let s = self.k + self.shared;
-        let e_routed = e_all - self.shared;
         let (rg, rl) = cuda_of(self.route)?;
         let (gg, gl) = cuda_of(self.gate_up)?;
         let (dg, dl) = cuda_of(self.down)?;
@@ -574,30 +551,66 @@ impl CustomOp1 for Experts<'_> {
         let gate_up = slice_of!(gg, gl, bf16);
         let down = slice_of!(dg, dl, bf16);
         let residual = slice_of!(resg, resl, bf16);
-        let act = unsafe { dev.alloc::<f32>(t * s * inter)? };
         let out = unsafe { dev.alloc::<bf16>(t * h)? };
-        let (hi, ii, ki, si, ei) = (h as i32, inter as i32, self.k as i32, s as i32, e_routed as i32);
+        let (ti, hi, ii, ki) = (t as i32, h as i32, inter as i32, self.k as i32);
         let block = (32 * ROWS, 1, 1);
-        let f = dev.get_or_load_custom_func("moe_gate_up", MODULE, ptx()?)?;
-        let cfg = LaunchConfig {
-            grid_dim: ((inter as u32).div_ceil(2 * ROWS), (t * s) as u32, 1),
-            block_dim: block,
-            shared_mem_bytes: 0,
-        };
-        let mut b = f.builder();
-        b.arg(&x).arg(&route).arg(&gate_up).arg(&act).arg(&hi).arg(&ii).arg(&ki).arg(&si).arg(&ei);
-        unsafe { b.launch(cfg) }.map_err(|e| candle_core::Error::Cuda(Box::new(e)))?;
-        let f = dev.get_or_load_custom_func("moe_down", MODULE, ptx()?)?;
-        let cfg = LaunchConfig {
-            grid_dim: ((h as u32).div_ceil(ROWS / 2), t as u32, 1),
-            block_dim: block,
-            shared_mem_bytes: 0,
-        };
-        let mut b = f.builder();
-        b.arg(&act).arg(&route).arg(&down).arg(&residual).arg(&out).arg(&hi).arg(&ii).arg(&ki).arg(&si).arg(&ei);
-        unsafe { b.launch(cfg) }.map_err(|e| candle_core::Error::Cuda(Box::new(e)))?;
+        match self.pass {
+            Pass::PerPair { shared } => {
+                let s = self.k + shared;
+                let (si, ei) = (s as i32, (e_all - shared) as i32);
+                let act = unsafe { dev.alloc::<f32>(t * s * inter)? };
+                let f = dev.get_or_load_custom_func("moe_gate_up", MODULE, ptx()?)?;
+                let cfg = LaunchConfig { grid_dim: ((inter as u32).div_ceil(2 * ROWS), (t * s) as u32, 1), block_dim: block, shared_mem_bytes: 0 };
+                let mut b = f.builder();
+                b.arg(&x).arg(&route).arg(&gate_up).arg(&act).arg(&hi).arg(&ii).arg(&ki).arg(&si).arg(&ei);
+                unsafe { b.launch(cfg) }.map_err(launch_err)?;
+                let f = dev.get_or_load_custom_func("moe_down", MODULE, ptx()?)?;
+                let cfg = LaunchConfig { grid_dim: ((h as u32).div_ceil(ROWS / 2), t as u32, 1), block_dim: block, shared_mem_bytes: 0 };
+                let mut b = f.builder();
+                b.arg(&act).arg(&route).arg(&down).arg(&residual).arg(&out).arg(&hi).arg(&ii).arg(&ki).arg(&si).arg(&ei);
+                unsafe { b.launch(cfg) }.map_err(launch_err)?;
+            }
+            Pass::Grouped { routed } => {
+                let slots = t * self.k;
+                let ei = routed as i32;
+                let offsets = unsafe { dev.alloc::<i32>(routed + 1)? };
+                let slot_token = unsafe { dev.alloc::<i32>(slots)? };
+                let slot_weight = unsafe { dev.alloc::<f32>(slots)? };
+                let pair_slot = unsafe { dev.alloc::<i32>(slots)? };
+                let act = unsafe { dev.alloc::<f32>(slots * inter)? };
+                let y = unsafe { dev.alloc::<f32>(slots * h)? };
+                let f = dev.get_or_load_custom_func("moe_group", MODULE, ptx()?)?;
+                let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: ((routed + slots) * 4) as u32 };
+                let mut b = f.builder();
+                b.arg(&route).arg(&offsets).arg(&slot_token).arg(&slot_weight).arg(&pair_slot).arg(&ti).arg(&ki).arg(&ei);
+                unsafe { b.launch(cfg) }.map_err(launch_err)?;
+                let f = dev.get_or_load_custom_func("moe_gate_up_grouped", MODULE, ptx()?)?;
+                let cfg = LaunchConfig { grid_dim: ((inter as u32).div_ceil(2 * ROWS), routed as u32, 1), block_dim: block, shared_mem_bytes: 0 };
+                let mut b = f.builder();
+                b.arg(&x).arg(&offsets).arg(&slot_token).arg(&gate_up).arg(&act).arg(&hi).arg(&ii);
+                unsafe { b.launch(cfg) }.map_err(launch_err)?;
+                // As many activation rows per pass as fit the default 48 KiB of shared memory
+                // (and the kernel's TBD = 8 accumulators); DR = 4 output rows per warp.
+                let tb = (48 * 1024 / (inter * 4)).clamp(1, 8);
+                let tbi = tb as i32;
+                let f = dev.get_or_load_custom_func("moe_down_grouped", MODULE, ptx()?)?;
+                let cfg = LaunchConfig { grid_dim: ((h as u32).div_ceil(ROWS * 4), routed as u32, 1), block_dim: block, shared_mem_bytes: (tb * inter * 4) as u32 };
+                let mut b = f.builder();
+                b.arg(&act).arg(&offsets).arg(&down).arg(&y).arg(&hi).arg(&ii).arg(&tbi);
+                unsafe { b.launch(cfg) }.map_err(launch_err)?;
+                let f = dev.get_or_load_custom_func("moe_combine", MODULE, ptx()?)?;
+                let cfg = LaunchConfig { grid_dim: ((h as u32).div_ceil(256), t as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+                let mut b = f.builder();
+                b.arg(&y).arg(&pair_slot).arg(&slot_weight).arg(&residual).arg(&out).arg(&hi).arg(&ki);
+                unsafe { b.launch(cfg) }.map_err(launch_err)?;
+            }
+        }
         Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((t, h))))
     }
+}
+
+fn launch_err(e: impl std::error::Error + Send + Sync + 'static) -> candle_core::Error {
+    candle_core::Error::Cuda(Box::new(e))
 }
 
 /// Whether the fused path can take this block: CUDA, bf16, 16-byte rows.
@@ -623,7 +636,7 @@ pub fn experts(
     shared: usize,
 ) -> Result<Tensor> {
     let residual = residual.contiguous()?;
-    x.contiguous()?.apply_op1_no_bwd(&Experts { route, gate_up, down, residual: &residual, k, shared })
+    x.contiguous()?.apply_op1_no_bwd(&Experts { route, gate_up, down, residual: &residual, k, pass: Pass::PerPair { shared } })
 }
 
 
@@ -640,199 +653,12 @@ pub fn mla_supported(x: &Tensor, rank: usize, rope: usize) -> bool {
     x.device().is_cuda() && x.dtype() == DType::BF16 && rank == 512 && rope == 64
 }
 
-/// Writes one token's latent into `cache` (capacity, 576) at the position `input[1]`:
-/// RMSNorm(kv[..512]) * w, then the rotated rope key. `kv` is the raw (1, 576) projection.
-pub fn mla_latent_write(
-    kv: &Tensor,
-    norm_w: &Tensor,
-    cos: &Tensor,
-    sin: &Tensor,
-    input: &Tensor,
-    cache: &Tensor,
-    rank: usize,
-    rope: usize,
-    eps: f64,
-) -> Result<()> {
-    let dev = cuda_dev(kv)?;
-    let kv = kv.contiguous()?;
-    let (kg, kl) = cuda_of(&kv)?;
-    let (wg, wl) = cuda_of(norm_w)?;
-    let (cg, cl) = cuda_of(cos)?;
-    let (sg, sl) = cuda_of(sin)?;
-    let (ig, il) = cuda_of_u32(input)?;
-    let (cache_g, cache_l) = cuda_of(cache)?;
-    let kv_s = slice_of!(kg, kl, bf16);
-    let w_s = slice_of!(wg, wl, bf16);
-    let c_s = slice_of!(cg, cl, bf16);
-    let s_s = slice_of!(sg, sl, bf16);
-    let i_s = slice_of!(ig, il, u32);
-    // The cache is written in place through its (shared) view: the buffer is preallocated and
-    // owned by the decoder, and nothing else reads it concurrently (one stream).
-    let cache_s = slice_of!(cache_g, cache_l, bf16);
-    let f = dev.get_or_load_custom_func("mla_latent_write", MODULE, ptx()?)?;
-    let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-    let (r, p, e) = (rank as i32, rope as i32, eps as f32);
-    let mut b = f.builder();
-    b.arg(&kv_s).arg(&w_s).arg(&c_s).arg(&s_s).arg(&i_s).arg(&cache_s).arg(&r).arg(&p).arg(&e);
-    unsafe { b.launch(cfg) }.map_err(|e| candle_core::Error::Cuda(Box::new(e)))?;
-    Ok(())
-}
-
-/// Attention of every head's absorbed query over cache rows 0..=input[1]: q is the raw
-/// (1, heads * (nope + rope)) projection (rope part rotated here), q_lat (heads, 1, 512).
-/// Returns (heads, 512) bf16.
-#[allow(clippy::too_many_arguments)]
-pub fn mla_decode_attn(
-    q: &Tensor,
-    q_lat: &Tensor,
-    cos: &Tensor,
-    sin: &Tensor,
-    input: &Tensor,
-    cache: &Tensor,
-    heads: usize,
-    nope: usize,
-    scale: f64,
-) -> Result<Tensor> {
-    let q_lat = q_lat.contiguous()?;
-    q.contiguous()?.apply_op1_no_bwd(&Attn { q_lat: &q_lat, cos, sin, input, cache, heads, nope, scale: scale as f32 })
-}
-
-struct Attn<'a> {
-    q_lat: &'a Tensor,
-    cos: &'a Tensor,
-    sin: &'a Tensor,
-    input: &'a Tensor,
-    cache: &'a Tensor,
-    heads: usize,
-    nope: usize,
-    scale: f32,
-}
-
-impl CustomOp1 for Attn<'_> {
-    fn name(&self) -> &'static str {
-        "deepseek-mla-decode-attn"
-    }
-    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("mla kernels are CUDA-only")
-    }
-    fn cuda_fwd(&self, q: &CudaStorage, ql: &Layout) -> Result<(CudaStorage, Shape)> {
-        let dev = q.device().clone();
-        let q_s = q.as_cuda_slice::<bf16>()?.slice(ql.start_offset()..);
-        let (lg, ll) = cuda_of(self.q_lat)?;
-        let (cg, cl) = cuda_of(self.cos)?;
-        let (sg, sl) = cuda_of(self.sin)?;
-        let (ig, il) = cuda_of_u32(self.input)?;
-        let (kg, kl) = cuda_of(self.cache)?;
-        let l_s = slice_of!(lg, ll, bf16);
-        let c_s = slice_of!(cg, cl, bf16);
-        let s_s = slice_of!(sg, sl, bf16);
-        let i_s = slice_of!(ig, il, u32);
-        let k_s = slice_of!(kg, kl, bf16);
-        let out = unsafe { dev.alloc::<bf16>(self.heads * 512)? };
-        let f = dev.get_or_load_custom_func("mla_decode_attn", MODULE, ptx()?)?;
-        let cfg = LaunchConfig { grid_dim: (self.heads as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        let (h, n) = (self.heads as i32, self.nope as i32);
-        let mut b = f.builder();
-        b.arg(&q_s).arg(&l_s).arg(&c_s).arg(&s_s).arg(&i_s).arg(&k_s).arg(&out).arg(&h).arg(&n).arg(&self.scale);
-        unsafe { b.launch(cfg) }.map_err(|e| candle_core::Error::Cuda(Box::new(e)))?;
-        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((self.heads, 512))))
-    }
-}
-
 fn cuda_of_u32(t: &Tensor) -> Result<(candle_core::StorageRef<'_>, Layout)> {
     let (s, l) = t.storage_and_layout();
     if !matches!(&*s, Storage::Cuda(_)) || !l.is_contiguous() {
         candle_core::bail!("mla kernel: input must be a contiguous CUDA tensor")
     }
     Ok((s, l.clone()))
-}
-
-fn launch_err(e: impl std::error::Error + Send + Sync + 'static) -> candle_core::Error {
-    candle_core::Error::Cuda(Box::new(e))
-}
-
-/// Routed experts for a decode batch: like [`Experts`], but the tokens are grouped by expert on
-/// the device first, so every active expert's weights are read once for all of its tokens.
-/// Only the first `experts` of the weight tensors (the routed ones) are used.
-struct GroupedExperts<'a> {
-    route: &'a Tensor,
-    gate_up: &'a Tensor,
-    down: &'a Tensor,
-    residual: &'a Tensor,
-    k: usize,
-    experts: usize,
-}
-
-impl CustomOp1 for GroupedExperts<'_> {
-    fn name(&self) -> &'static str {
-        "deepseek-moe-grouped-experts"
-    }
-    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
-        candle_core::bail!("moe kernels are CUDA-only")
-    }
-    fn cuda_fwd(&self, x: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
-        let dev = x.device().clone();
-        let (t, h) = xl.shape().dims2()?;
-        let (_, two_i, _) = self.gate_up.dims3()?;
-        let inter = two_i / 2;
-        let (s, e_routed) = (self.k, self.experts);
-        let e_all = e_routed;
-        let (rg, rl) = cuda_of(self.route)?;
-        let (gg, gl) = cuda_of(self.gate_up)?;
-        let (dg, dl) = cuda_of(self.down)?;
-        let (resg, resl) = cuda_of(self.residual)?;
-        let x = x.as_cuda_slice::<bf16>()?.slice(xl.start_offset()..);
-        let route = slice_of!(rg, rl, f32);
-        let gate_up = slice_of!(gg, gl, bf16);
-        let down = slice_of!(dg, dl, bf16);
-        let residual = slice_of!(resg, resl, bf16);
-        let slots = t * s;
-        let offsets = unsafe { dev.alloc::<i32>(e_all + 1)? };
-        let slot_token = unsafe { dev.alloc::<i32>(slots)? };
-        let slot_weight = unsafe { dev.alloc::<f32>(slots)? };
-        let pair_slot = unsafe { dev.alloc::<i32>(slots)? };
-        let act = unsafe { dev.alloc::<f32>(slots * inter)? };
-        let y = unsafe { dev.alloc::<f32>(slots * h)? };
-        let out = unsafe { dev.alloc::<bf16>(t * h)? };
-        let (ti, hi, ii, ki, si, ei) = (t as i32, h as i32, inter as i32, self.k as i32, s as i32, e_routed as i32);
-
-        let f = dev.get_or_load_custom_func("moe_group", MODULE, ptx()?)?;
-        let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: ((e_all + t * self.k) * 4) as u32 };
-        let mut b = f.builder();
-        b.arg(&route).arg(&offsets).arg(&slot_token).arg(&slot_weight).arg(&pair_slot).arg(&ti).arg(&ki).arg(&si).arg(&ei);
-        unsafe { b.launch(cfg) }.map_err(launch_err)?;
-
-        let f = dev.get_or_load_custom_func("moe_gate_up_grouped", MODULE, ptx()?)?;
-        let cfg = LaunchConfig {
-            grid_dim: ((inter as u32).div_ceil(2 * ROWS), e_all as u32, 1),
-            block_dim: (32 * ROWS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let mut b = f.builder();
-        b.arg(&x).arg(&offsets).arg(&slot_token).arg(&gate_up).arg(&act).arg(&hi).arg(&ii).arg(&ei);
-        unsafe { b.launch(cfg) }.map_err(launch_err)?;
-
-        // As many activation rows per pass as fit the default 48 KiB of shared memory (and the
-        // kernel's TBD = 8 accumulators); 4 output rows per warp.
-        let tb = (48 * 1024 / (inter * 4)).clamp(1, 8);
-        let f = dev.get_or_load_custom_func("moe_down_grouped", MODULE, ptx()?)?;
-        let cfg = LaunchConfig {
-            grid_dim: ((h as u32).div_ceil(ROWS * 4), e_all as u32, 1),
-            block_dim: (32 * ROWS, 1, 1),
-            shared_mem_bytes: (tb * inter * 4) as u32,
-        };
-        let tbi = tb as i32;
-        let mut b = f.builder();
-        b.arg(&act).arg(&offsets).arg(&down).arg(&y).arg(&hi).arg(&ii).arg(&ei).arg(&tbi);
-        unsafe { b.launch(cfg) }.map_err(launch_err)?;
-
-        let f = dev.get_or_load_custom_func("moe_combine", MODULE, ptx()?)?;
-        let cfg = LaunchConfig { grid_dim: ((h as u32).div_ceil(256), t as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        let mut b = f.builder();
-        b.arg(&y).arg(&pair_slot).arg(&slot_weight).arg(&residual).arg(&out).arg(&hi).arg(&si);
-        unsafe { b.launch(cfg) }.map_err(launch_err)?;
-        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((t, h))))
-    }
 }
 
 /// residual + the routed experts of x for a decode batch, tokens grouped by expert on the
@@ -847,13 +673,13 @@ pub fn experts_grouped(
     experts: usize,
 ) -> Result<Tensor> {
     let residual = residual.contiguous()?;
-    x.contiguous()?.apply_op1_no_bwd(&GroupedExperts { route, gate_up, down, residual: &residual, k, experts })
+    x.contiguous()?.apply_op1_no_bwd(&Experts { route, gate_up, down, residual: &residual, k, pass: Pass::Grouped { routed: experts } })
 }
 
 /// Writes each sequence's new latent into the pool at row `base_b + pos_b` (`meta` = positions
 /// then bases, u32): RMSNorm(kv[..512]) * w, then the rotated rope key. `kv` is (n, 576).
 #[allow(clippy::too_many_arguments)]
-pub fn mla_batch_latent_write(
+pub fn mla_latent_write(
     kv: &Tensor,
     norm_w: &Tensor,
     cos: &Tensor,
@@ -880,7 +706,7 @@ pub fn mla_batch_latent_write(
     let m_s = slice_of!(mg, ml, u32);
     // Written in place: the pool is owned by the scheduler thread, the only one using it.
     let p_s = slice_of!(pg, pl, bf16);
-    let f = dev.get_or_load_custom_func("mla_batch_latent_write", MODULE, ptx()?)?;
+    let f = dev.get_or_load_custom_func("mla_latent_write", MODULE, ptx()?)?;
     let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
     let (r, p, e, ni) = (rank as i32, rope as i32, eps as f32, n as i32);
     let mut b = f.builder();
@@ -892,7 +718,7 @@ pub fn mla_batch_latent_write(
 /// Attention of every head of every sequence over its pool rows up to its position: q is the
 /// raw (n, heads * (nope + rope)) projection, q_lat (heads, n, 512). Returns (heads, n, 512).
 #[allow(clippy::too_many_arguments)]
-pub fn mla_batch_decode_attn(
+pub fn mla_decode_attn(
     q: &Tensor,
     q_lat: &Tensor,
     cos: &Tensor,
@@ -904,10 +730,10 @@ pub fn mla_batch_decode_attn(
     scale: f64,
 ) -> Result<Tensor> {
     let q_lat = q_lat.contiguous()?;
-    q.contiguous()?.apply_op1_no_bwd(&BatchAttn { q_lat: &q_lat, cos, sin, meta, pool, heads, nope, scale: scale as f32 })
+    q.contiguous()?.apply_op1_no_bwd(&Attn { q_lat: &q_lat, cos, sin, meta, pool, heads, nope, scale: scale as f32 })
 }
 
-struct BatchAttn<'a> {
+struct Attn<'a> {
     q_lat: &'a Tensor,
     cos: &'a Tensor,
     sin: &'a Tensor,
@@ -918,7 +744,7 @@ struct BatchAttn<'a> {
     scale: f32,
 }
 
-impl CustomOp1 for BatchAttn<'_> {
+impl CustomOp1 for Attn<'_> {
     fn name(&self) -> &'static str {
         "deepseek-mla-batch-decode-attn"
     }
@@ -940,7 +766,7 @@ impl CustomOp1 for BatchAttn<'_> {
         let m_s = slice_of!(mg, ml, u32);
         let p_s = slice_of!(pg, pl, bf16);
         let out = unsafe { dev.alloc::<bf16>(self.heads * n * 512)? };
-        let f = dev.get_or_load_custom_func("mla_batch_decode_attn", MODULE, ptx()?)?;
+        let f = dev.get_or_load_custom_func("mla_decode_attn", MODULE, ptx()?)?;
         let cfg = LaunchConfig { grid_dim: (self.heads as u32, n as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         let (h, nn, ni) = (self.heads as i32, self.nope as i32, n as i32);
         let mut b = f.builder();

@@ -171,43 +171,17 @@ impl Mla {
         Ok((q_full, latent))
     }
 
-    /// Whether [`Self::forward_fused`] takes this input (CUDA, bf16, V2's 512 + 64 latent).
+    /// Whether [`Self::forward_decode_batch`] takes this input (CUDA, bf16, V2's 512 + 64 latent).
     #[cfg(feature = "cuda")]
     pub(crate) fn fused_ok(&self, x: &Tensor) -> bool {
         super::kernels::mla_supported(x, self.rank, self.rope)
     }
 
-    /// [`Self::forward_fixed`] with two fused kernels (CUDA, bf16): one writes the latent
-    /// (norm + rope) at the device-held position `input[1]`, one attends over the cache rows
-    /// up to it with an online softmax (no window, no mask). `cos_t`/`sin_t` are the whole
-    /// rope tables.
-    #[cfg(feature = "cuda")]
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn forward_fused(
-        &self,
-        x: &Tensor,
-        cos_t: &Tensor,
-        sin_t: &Tensor,
-        input: &Tensor,
-        cache_buf: &Tensor,
-    ) -> Result<Tensor> {
-        let (h, nope) = (self.heads, self.nope);
-        let q = match &self.q {
-            QProj::Direct(w) => linear(x, w)?,
-            QProj::LowRank { a, norm, b } => linear(&rms_norm(&linear(x, a)?, norm, self.eps)?, b)?,
-        };
-        let kv = linear(x, &self.kv_a)?; // (1, rank + rope)
-        super::kernels::mla_latent_write(&kv, &self.kv_a_norm, cos_t, sin_t, input, cache_buf, self.rank, self.rope, self.eps)?;
-        // (1, h * nope) is (h, 1, nope) in memory: one row.
-        let q_lat = q.narrow(1, 0, h * nope)?.reshape((h, 1, nope))?.matmul(&self.w_uk)?; // (h, 1, rank)
-        let o_lat = super::kernels::mla_decode_attn(&q, &q_lat, cos_t, sin_t, input, cache_buf, h, nope, self.scale)?;
-        let o = o_lat.reshape((h, 1, self.rank))?.matmul(&self.w_uv_t)?.reshape((1, h * self.v_head))?;
-        linear(&o, &self.o)
-    }
-
-    /// One decode token for each of n sequences whose caches are row ranges of `pool_buf` (this
-    /// layer's pool buffer), with the fused batch kernels (CUDA, bf16): `meta` holds the n
-    /// positions then the n base rows (u32). Returns (n, hidden).
+    /// One decode token for each of n sequences whose caches are row ranges of `buf` (this
+    /// layer's pool buffer, or one sequence's own cache buffer with base 0), with two fused
+    /// kernels (CUDA, bf16): one writes each latent (norm + rope) at its row, one attends each
+    /// (head, sequence) over its rows with an online softmax. `meta` holds the n positions then
+    /// the n base rows (u32, on the device, so a CUDA graph can replay the step). Returns (n, hidden).
     #[cfg(feature = "cuda")]
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward_decode_batch(
@@ -216,7 +190,7 @@ impl Mla {
         cos_t: &Tensor,
         sin_t: &Tensor,
         meta: &Tensor,
-        pool_buf: &Tensor,
+        buf: &Tensor,
     ) -> Result<Tensor> {
         let n = x.dim(0)?;
         let (h, nope) = (self.heads, self.nope);
@@ -225,10 +199,10 @@ impl Mla {
             QProj::LowRank { a, norm, b } => linear(&rms_norm(&linear(x, a)?, norm, self.eps)?, b)?,
         };
         let kv = linear(x, &self.kv_a)?; // (n, rank + rope)
-        super::kernels::mla_batch_latent_write(&kv, &self.kv_a_norm, cos_t, sin_t, meta, pool_buf, self.rank, self.rope, self.eps)?;
+        super::kernels::mla_latent_write(&kv, &self.kv_a_norm, cos_t, sin_t, meta, buf, self.rank, self.rope, self.eps)?;
         // (n, h * nope) -> (h, n, nope) -> absorbed (h, n, rank).
         let q_lat = q.narrow(1, 0, h * nope)?.reshape((n, h, nope))?.transpose(0, 1)?.contiguous()?.matmul(&self.w_uk)?;
-        let o_lat = super::kernels::mla_batch_decode_attn(&q, &q_lat, cos_t, sin_t, meta, pool_buf, h, nope, self.scale)?;
+        let o_lat = super::kernels::mla_decode_attn(&q, &q_lat, cos_t, sin_t, meta, buf, h, nope, self.scale)?;
         let o = o_lat.matmul(&self.w_uv_t)?.transpose(0, 1)?.reshape((n, h * self.v_head))?; // (n, h * v)
         linear(&o, &self.o)
     }

@@ -345,11 +345,14 @@ impl DeepSeekV2 {
         linear(&hidden, &self.lm_head)?.to_dtype(DType::F32)
     }
 
-    /// [`Self::forward_fixed`] with the fused MLA kernels (CUDA, bf16).
+    /// [`Self::forward_fixed`] with the fused MLA kernels (CUDA, bf16): the sequence is a batch
+    /// of one whose rows start at 0 of its own cache buffers, at the device-held position.
     #[cfg(feature = "cuda")]
     fn forward_fused(&self, input: &Tensor, ids: &Tensor, cache: &LatentCache) -> candle_core::Result<Tensor> {
         let (cos_t, sin_t) = self.rope.tables();
-        let hidden = self.stack(ids, |i, attn, h| attn.forward_fused(h, cos_t, sin_t, input, cache.buffer(i)))?;
+        let pos = input.narrow(0, 1, 1)?;
+        let meta = Tensor::cat(&[&pos, &pos.zeros_like()?], 0)?; // [position, base row 0]
+        let hidden = self.stack(ids, |i, attn, h| attn.forward_decode_batch(h, cos_t, sin_t, &meta, cache.buffer(i)))?;
         linear(&hidden, &self.lm_head)?.to_dtype(DType::F32)
     }
 }

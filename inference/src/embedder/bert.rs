@@ -101,8 +101,7 @@ impl BertEmbedder {
         let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
         let counts = mask.sum(1)?.clamp(1e-9, f64::INFINITY)?;
         let mean = summed.broadcast_div(&counts)?;
-        let norms = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?;
-        Ok(mean.broadcast_div(&norms)?.to_vec2::<f32>()?)
+        super::unit_rows(&mean)
     }
 }
 

@@ -126,8 +126,7 @@ impl DeepSeekEmbedder {
         if let Some(h) = &self.head {
             v = v.matmul(&h.t()?)?;
         }
-        let norms = v.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?;
-        Ok(v.broadcast_div(&norms)?.to_vec2::<f32>()?)
+        super::unit_rows(&v)
     }
 }
 

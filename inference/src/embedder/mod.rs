@@ -4,6 +4,12 @@ pub mod encoder;
 
 use crate::ModelError;
 
+/// Each row of `v` (n, dim) scaled to unit length, as plain vectors (every embedder's output).
+pub(crate) fn unit_rows(v: &candle_core::Tensor) -> Result<Vec<Vec<f32>>, ModelError> {
+    let norms = v.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12, f64::INFINITY)?;
+    Ok(v.broadcast_div(&norms)?.to_vec2::<f32>()?)
+}
+
 /// Turns texts into L2-normalised vectors. Implementations: [`bert::BertEmbedder`] (the
 /// default sentence encoder) and the DeepSeek embedding head.
 pub trait Embedder: Send + Sync {
