@@ -6,7 +6,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 bash scripts/fetch-models.sh
 cargo build --release --locked --bin kb
-kb=target/release/kb
+kb="${CARGO_TARGET_DIR:-target}/release/kb"
 "$kb" ingest --collection demo fixtures/handbook.pdf fixtures/guide.md fixtures/page.html fixtures/notes.txt
 echo "demo corpus ingested into collection 'demo'; starting kb serve (Ctrl-C stops it)"
 exec "$kb" serve "$@"
