@@ -109,7 +109,8 @@ fn generated_answers_cite_the_right_page() {
     assert_eq!(a, json!({"answer": NOT_IN_CORPUS, "kind": "not_in_corpus", "citations": []}));
 
     // Streaming: tokens, then the citations, then done.
-    let (content_type, events) = sse(&server, "/v1/collections/docs/ask", &json!({"question": QUESTION, "top_k": 3, "stream": true}));
+    let (content_type, events) =
+        sse(&server, "/v1/collections/docs/ask", &json!({"question": QUESTION, "top_k": 3, "stream": true}));
     assert!(content_type.starts_with("text/event-stream"), "{content_type}");
     let names: Vec<&str> = events.iter().map(|(e, _)| e.as_str()).collect();
     assert!(names.len() >= 3 && names[..names.len() - 2].iter().all(|e| *e == "token"), "{names:?}");
@@ -170,7 +171,8 @@ fn extractive_answers_without_a_generator() {
     assert_eq!(a["citations"][0]["filename"], "handbook.pdf", "{a:#}");
     assert_eq!(a["citations"][0]["page"], 2, "{a:#}");
 
-    let (status, a) = server.post_json("/v1/collections/docs/ask", &json!({"question": "Which port does the web console use?"}));
+    let (status, a) =
+        server.post_json("/v1/collections/docs/ask", &json!({"question": "Which port does the web console use?"}));
     assert_eq!(status, 200, "{a}");
     assert!(a["answer"].as_str().unwrap().contains("8443"), "{a}");
     assert_eq!(a["citations"][0]["filename"], "guide.md", "{a:#}");

@@ -35,7 +35,8 @@ fn write_model(dir: &Path) {
     vocab.insert(BOS.into(), 0.into());
     vocab.insert(EOS.into(), 1.into());
     vocab.insert("[UNK]".into(), 2.into());
-    let words = ["User", ":", "Assistant", "the", "port", "torque", "blade", "bolt", "kb", "8443", "turbine", "a", "of", "is"];
+    let words =
+        ["User", ":", "Assistant", "the", "port", "torque", "blade", "bolt", "kb", "8443", "turbine", "a", "of", "is"];
     for (i, w) in words.iter().enumerate() {
         vocab.insert((*w).into(), (i + 3).into());
     }
@@ -108,12 +109,18 @@ fn reembed_switches_a_collection_to_the_deepseek_head_and_answers_stream() {
     assert!(!hits.is_empty() && hits.iter().all(|h| h["filename"] == "guide.md"), "{hits:#?}");
     assert!(hits.iter().all(|h| h["score"].as_f64().is_some_and(|s| (-1.0..=1.0001).contains(&s))), "{hits:#?}");
 
-    let (status, a) = server.post_json("/v1/collections/docs/ask", &json!({"question": "Which port does kb listen on?", "top_k": 2}));
+    let (status, a) =
+        server.post_json("/v1/collections/docs/ask", &json!({"question": "Which port does kb listen on?", "top_k": 2}));
     assert_eq!(status, 200, "{a}");
     assert_eq!(a["kind"], "generated", "{a}");
     assert!(a["answer"].is_string() && a["citations"].is_array(), "{a}");
 
-    let r = server.call("POST", "/v1/collections/docs/ask", &[], Some(&json!({"question": "What torque goes on a blade bolt?", "stream": true})));
+    let r = server.call(
+        "POST",
+        "/v1/collections/docs/ask",
+        &[],
+        Some(&json!({"question": "What torque goes on a blade bolt?", "stream": true})),
+    );
     assert_eq!(r.status, 200, "{}", r.body);
     assert!(r.content_type.starts_with("text/event-stream"), "{}", r.content_type);
     let events: Vec<&str> = r.body.lines().filter_map(|l| l.strip_prefix("event: ")).collect();
@@ -129,7 +136,12 @@ fn a_generator_with_no_free_place_answers_503_with_retry_after() {
     let model = dir.path().join("tiny-deepseek");
     write_model(&model);
     // One sequence at a time, and a request may not wait: the second of two at once is busy.
-    let config = deepseek_config(dir.path(), &model, "max_sequences = 1\nmax_queued = 8\nqueue_wait_secs = 0", "answer_max_tokens = 600");
+    let config = deepseek_config(
+        dir.path(),
+        &model,
+        "max_sequences = 1\nmax_queued = 8\nqueue_wait_secs = 0",
+        "answer_max_tokens = 600",
+    );
     let server = Server::start_with(&dir.path().join("data"), Some(&config));
     server.create_collection("docs");
     let (status, body) = server.upload("docs", &[("guide.md", common::fixture("guide.md").as_slice())]);

@@ -5,13 +5,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{assert_error, fixture};
 use common::server::{kb, Server};
+use common::{assert_error, fixture};
 use serde_json::{json, Value};
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(60);
-
-
 
 /// Creates a key with `kb keys create` and returns its secret.
 fn create_key(data: &std::path::Path, args: &[&str]) -> String {
@@ -49,7 +47,13 @@ fn api_keys_scope_every_route() {
     let writer = create_key(&data, &["beta-writer", "--write", "beta", "--read", "alpha"]);
     let (ok, listed, _) = kb(&data, &["keys", "list"]);
     assert!(ok);
-    assert!(listed.contains("ops") && listed.contains("admin") && listed.contains("alpha:read") && listed.contains("beta:write"), "{listed}");
+    assert!(
+        listed.contains("ops")
+            && listed.contains("admin")
+            && listed.contains("alpha:read")
+            && listed.contains("beta:write"),
+        "{listed}"
+    );
     // Only hashes are stored.
     let db = std::fs::read(data.join("kb.sqlite")).unwrap();
     for k in [&admin, &reader, &writer] {
@@ -72,16 +76,28 @@ fn api_keys_scope_every_route() {
     server.use_key(Some(&reader));
     let (status, body) = server.get("/v1/collections");
     assert_eq!(status, 200);
-    let names: Vec<&str> = body["collections"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> =
+        body["collections"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["alpha"], "{body}");
     assert!(!server.search("alpha", "Project Halcyon launch date", "hybrid", 3).is_empty());
     assert_eq!(server.documents("alpha").len(), 1);
     let job = server.get(&format!("/v1/jobs/{}", alpha_doc["job_id"]));
     assert_eq!(job.0, 200, "{}", job.1);
-    assert_error(&server.post_json("/v1/collections/beta/search", &json!({"query": "ports"})), 404, "collection_not_found");
-    assert_error(&server.post_json("/v1/collections/beta/ask", &json!({"question": "Which port?"})), 404, "collection_not_found");
     assert_error(
-        &server.post_json("/v1/chat/completions", &json!({"model": "kb:beta", "messages": [{"role": "user", "content": "Which port?"}]})),
+        &server.post_json("/v1/collections/beta/search", &json!({"query": "ports"})),
+        404,
+        "collection_not_found",
+    );
+    assert_error(
+        &server.post_json("/v1/collections/beta/ask", &json!({"question": "Which port?"})),
+        404,
+        "collection_not_found",
+    );
+    assert_error(
+        &server.post_json(
+            "/v1/chat/completions",
+            &json!({"model": "kb:beta", "messages": [{"role": "user", "content": "Which port?"}]}),
+        ),
         404,
         "collection_not_found",
     );
@@ -194,7 +210,10 @@ fn metrics_openapi_and_request_ids() {
         ("/v1/collections/{name}/ask", "post"),
         ("/v1/chat/completions", "post"),
     ] {
-        assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} missing from the OpenAPI document");
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} missing from the OpenAPI document"
+        );
     }
     let search = &api["paths"]["/v1/collections/{name}/search"]["post"];
     assert!(search["requestBody"].is_object() && search["responses"]["200"].is_object(), "{search}");
@@ -207,7 +226,13 @@ fn sigterm_finishes_or_requeues_jobs() {
     let server = Server::start(&data);
     server.create_collection("docs");
     let files: Vec<(String, Vec<u8>)> = (0..6)
-        .map(|i| (format!("doc{i}.txt"), format!("Document {i}\n\n{}", "Turbines need regular inspection of every blade. ".repeat(200)).into_bytes()))
+        .map(|i| {
+            (
+                format!("doc{i}.txt"),
+                format!("Document {i}\n\n{}", "Turbines need regular inspection of every blade. ".repeat(200))
+                    .into_bytes(),
+            )
+        })
         .collect();
     let parts: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
     let (status, body) = server.upload("docs", &parts);

@@ -75,10 +75,13 @@ async fn ingest_and_search(db: Db) {
     assert!(matches!(again[0], Outcome::Unchanged { .. }), "{again:?}");
 
     // A changed file with the same name replaces the old version.
-    let new_notes = b"Project Halcyon steering meeting notes\n\nThe budget of Project Halcyon is now capped at 999,000 euros.\n".to_vec();
+    let new_notes =
+        b"Project Halcyon steering meeting notes\n\nThe budget of Project Halcyon is now capped at 999,000 euros.\n"
+            .to_vec();
     let replaced = kb.ingestor.ingest_files(&c, vec![("notes.txt".into(), new_notes)]).await.unwrap();
     assert!(matches!(replaced[0], Outcome::Indexed { .. }), "{replaced:?}");
-    let named: Vec<_> = kb.engine.store().documents(c.id).await.unwrap().into_iter().filter(|d| d.filename == "notes.txt").collect();
+    let named: Vec<_> =
+        kb.engine.store().documents(c.id).await.unwrap().into_iter().filter(|d| d.filename == "notes.txt").collect();
     assert_eq!(named.len(), 1);
     for mode in [SearchMode::Keyword, SearchMode::Vector, SearchMode::Hybrid] {
         let hits = search(&kb, &c, "Project Halcyon budget", mode).await;

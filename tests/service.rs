@@ -7,14 +7,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
-use common::{assert_error, fixture};
 use common::server::Server;
+use common::{assert_error, fixture};
 use serde_json::{json, Value};
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(40);
 const MODES: [&str; 3] = ["hybrid", "vector", "keyword"];
-
-
 
 fn collection_summary(server: &Server, name: &str) -> Option<Value> {
     let (status, body) = server.get("/v1/collections");
@@ -56,7 +54,8 @@ fn assert_ingest_fails(name: &str, bytes: &[u8], expect: &str) {
     let summary = collection_summary(&server, "bad").unwrap();
     assert_eq!(summary, json!({"name": "bad", "documents": 1, "chunks": 0}));
     // The upload is not left behind in the uploads folder.
-    let left: Vec<_> = std::fs::read_dir(dir.path().join("data/uploads")).unwrap().flatten().map(|e| e.file_name()).collect();
+    let left: Vec<_> =
+        std::fs::read_dir(dir.path().join("data/uploads")).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(left.is_empty(), "uploads left behind: {left:?}");
     // The service carries on: healthy, and still ingests a good document.
     server.assert_healthy();
@@ -172,7 +171,10 @@ fn contract_end_to_end() {
     let left = server.documents("docs");
     assert_eq!(left.len(), 3);
     let left_chunks: i64 = left.iter().map(|d| d["chunks"].as_i64().unwrap()).sum();
-    assert_eq!(collection_summary(&server, "docs").unwrap(), json!({"name": "docs", "documents": 3, "chunks": left_chunks}));
+    assert_eq!(
+        collection_summary(&server, "docs").unwrap(),
+        json!({"name": "docs", "documents": 3, "chunks": left_chunks})
+    );
     // The other documents are still found.
     let hits = server.search("docs", "Project Halcyon launch date", "hybrid", 3);
     assert_eq!(hits[0]["filename"], "notes.txt", "{hits:#?}");
@@ -232,7 +234,10 @@ fn malformed_json_is_400() {
         "unsupported_content_type",
     );
     // Nothing was created by the bad requests.
-    assert_eq!(server.get("/v1/collections"), (200, json!({"collections": [{"name": "c", "documents": 0, "chunks": 0}]})));
+    assert_eq!(
+        server.get("/v1/collections"),
+        (200, json!({"collections": [{"name": "c", "documents": 0, "chunks": 0}]}))
+    );
     server.assert_healthy();
 }
 
@@ -255,7 +260,11 @@ fn missing_or_wrong_fields_are_400() {
     let b = "kbtestboundary";
     let no_file = format!("--{b}\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nhello\r\n--{b}--\r\n");
     assert_error(
-        &server.post_raw("/v1/collections/c/documents", &format!("multipart/form-data; boundary={b}"), no_file.as_bytes()),
+        &server.post_raw(
+            "/v1/collections/c/documents",
+            &format!("multipart/form-data; boundary={b}"),
+            no_file.as_bytes(),
+        ),
         400,
         "no_files",
     );
@@ -326,7 +335,8 @@ fn path_traversal_filename_is_sanitised() {
     assert_eq!(entry["filename"], "evil.txt", "{entry}");
     assert_eq!(job["status"], "done", "{job}");
     assert_eq!(doc["filename"], "evil.txt", "{doc}");
-    let (_, job, doc) = ingest_one(&server, "c", "..\\..\\windows\\evil2.txt", b"Another file about the quokkanite rule.");
+    let (_, job, doc) =
+        ingest_one(&server, "c", "..\\..\\windows\\evil2.txt", b"Another file about the quokkanite rule.");
     assert_eq!(job["status"], "done", "{job}");
     assert_eq!(doc["filename"], "evil2.txt", "{doc}");
     let hits = server.search("c", "zanzibarite", "keyword", 5);

@@ -9,8 +9,8 @@ use kb_inference::Embedder;
 use serde::{Deserialize, Serialize};
 
 use crate::fusion::{fuse, Fusion};
-use crate::query_cache::QueryCache;
 use crate::keyword::KeywordIndex;
+use crate::query_cache::QueryCache;
 use crate::store::{ChunkRow, ChunkText, Collection, Store};
 use crate::vector::{HnswParams, VectorIndex};
 use crate::{IndexError, Result};
@@ -27,7 +27,12 @@ pub struct IndexConfig {
 
 impl Default for IndexConfig {
     fn default() -> Self {
-        Self { hnsw: HnswParams::default(), fusion: Fusion::default(), rebuild_deleted_share: 0.2, query_cache_size: 1024 }
+        Self {
+            hnsw: HnswParams::default(),
+            fusion: Fusion::default(),
+            rebuild_deleted_share: 0.2,
+            query_cache_size: 1024,
+        }
     }
 }
 
@@ -210,9 +215,11 @@ impl Engine {
             return Ok(ix.clone());
         }
         let dir = self.collection_dir(c.id);
-        let (vdir, kdir, dim, params) = (dir.join("vectors"), dir.join("keywords"), self.embedder.dim(), self.config.hnsw.clone());
+        let (vdir, kdir, dim, params) =
+            (dir.join("vectors"), dir.join("keywords"), self.embedder.dim(), self.config.hnsw.clone());
         let (vectors, keywords) = blocking(move || {
-            let vectors = VectorIndex::load(&vdir, dim, &params).unwrap_or_else(|| VectorIndex::new(&vdir, dim, params, 0));
+            let vectors =
+                VectorIndex::load(&vdir, dim, &params).unwrap_or_else(|| VectorIndex::new(&vdir, dim, params, 0));
             let keywords = match KeywordIndex::open(&kdir) {
                 Ok(k) => k,
                 Err(e) => {
@@ -332,7 +339,8 @@ impl Engine {
     }
 
     pub async fn flush_all(&self) -> Result<()> {
-        let all: Vec<Arc<CollectionIndexes>> = self.open.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let all: Vec<Arc<CollectionIndexes>> =
+            self.open.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
         for ix in all {
             let v = ix.vectors();
             blocking(move || v.save()).await?;

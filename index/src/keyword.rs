@@ -10,9 +10,7 @@ use std::sync::Mutex;
 
 use tantivy::collector::TopDocs;
 use tantivy::query::{BooleanQuery, Occur, Query, TermQuery};
-use tantivy::schema::{
-    Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, Value,
-};
+use tantivy::schema::{Field, IndexRecordOption, NumericOptions, Schema, TextFieldIndexing, TextOptions, Value};
 use tantivy::tokenizer::TextAnalyzer;
 use tantivy::{doc, Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
@@ -34,9 +32,7 @@ pub struct KeywordIndex {
 fn schema() -> (Schema, Field, Field) {
     let mut b = Schema::builder();
     let chunk_id = b.add_i64_field("chunk_id", NumericOptions::default().set_indexed().set_fast().set_stored());
-    let indexing = TextFieldIndexing::default()
-        .set_tokenizer(ANALYZER)
-        .set_index_option(IndexRecordOption::WithFreqs);
+    let indexing = TextFieldIndexing::default().set_tokenizer(ANALYZER).set_index_option(IndexRecordOption::WithFreqs);
     let content = b.add_text_field("content", TextOptions::default().set_indexing_options(indexing));
     (b.build(), chunk_id, content)
 }
@@ -182,7 +178,8 @@ mod tests {
         // What kb built before the word-delimiter analyzer: same fields, analyzer "kb_en".
         let mut b = Schema::builder();
         b.add_i64_field("chunk_id", NumericOptions::default().set_indexed().set_fast().set_stored());
-        let indexing = TextFieldIndexing::default().set_tokenizer("kb_en").set_index_option(IndexRecordOption::WithFreqs);
+        let indexing =
+            TextFieldIndexing::default().set_tokenizer("kb_en").set_index_option(IndexRecordOption::WithFreqs);
         b.add_text_field("content", TextOptions::default().set_indexing_options(indexing));
         drop(Index::create_in_dir(dir.path(), b.build()).unwrap());
 

@@ -60,14 +60,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IndexError + '_ {
 impl VectorIndex {
     pub fn new(dir: &Path, dim: usize, params: HnswParams, expected_points: usize) -> Self {
         let hnsw = Hnsw::new(params.m, expected_points.max(10_000), 16, params.ef_construction, DistCosine {});
-        Self {
-            hnsw,
-            dim,
-            params,
-            applied: Mutex::default(),
-            deleted: RwLock::default(),
-            dir: dir.to_owned(),
-        }
+        Self { hnsw, dim, params, applied: Mutex::default(), deleted: RwLock::default(), dir: dir.to_owned() }
     }
 
     /// Loads the index saved in `dir`; `None` when there is none or it is unreadable or built
@@ -114,9 +107,7 @@ impl VectorIndex {
         let mut deleted: Vec<i64> = read(&self.deleted).iter().copied().collect();
         deleted.sort_unstable();
         if !applied.is_empty() {
-            self.hnsw
-                .file_dump(&tmp, BASENAME)
-                .map_err(|e| IndexError::Vector(format!("saving: {e}")))?;
+            self.hnsw.file_dump(&tmp, BASENAME).map_err(|e| IndexError::Vector(format!("saving: {e}")))?;
         }
         let meta = Meta { dim: self.dim, params: Some(self.params.clone()), applied, deleted };
         let bytes = serde_json::to_vec(&meta).map_err(|e| IndexError::Vector(e.to_string()))?;

@@ -34,7 +34,9 @@ fn main() {
     }
     times.sort_by(f64::total_cmp);
     println!("query, one thread: p50 {:.2} ms, p95 {:.2} ms", times[100], times[190]);
-    let passage = "The title of the study\n".to_owned() + &"Patients with elevated markers showed a significantly reduced response to the standard treatment regimen. ".repeat(12);
+    let passage = "The title of the study\n".to_owned()
+        + &"Patients with elevated markers showed a significantly reduced response to the standard treatment regimen. "
+            .repeat(12);
     let batch: Vec<&str> = (0..256).map(|_| passage.as_str()).collect();
     let tokens = e.tokenizer().encode(passage.as_str(), true).unwrap().len().min(e.max_tokens());
     let t = Instant::now();

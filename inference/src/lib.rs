@@ -3,12 +3,16 @@
 //! Two small traits, [`Embedder`] and [`Generator`], are the whole contract the rest of kb
 //! sees; each implementation lives in its own module.
 
+pub mod deepseek;
 pub mod embedder;
 mod error;
-pub mod deepseek;
 pub mod generator;
 
-pub use embedder::{bert::BertEmbedder, deepseek::{DeepSeekEmbedder, Pooling}, Embedder};
+pub use embedder::{
+    bert::BertEmbedder,
+    deepseek::{DeepSeekEmbedder, Pooling},
+    Embedder,
+};
 pub use error::ModelError;
-pub use generator::{ChatMessage, FinishReason, Flow, GenerationStats, Generator, Role, SamplingParams};
 pub use generator::{smollm::SmolLmGenerator, GgufTokenizer, RepeatPenalty, WeightFormat};
+pub use generator::{ChatMessage, FinishReason, Flow, GenerationStats, Generator, Role, SamplingParams};

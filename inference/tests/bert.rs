@@ -55,12 +55,17 @@ fn encoder_matches_candle_transformers_bert() {
     let dir = model_dir();
     let config: Config = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let vb = unsafe {
-        candle_nn::VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &Device::Cpu).unwrap()
+        candle_nn::VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &Device::Cpu)
+            .unwrap()
     };
     let reference = BertModel::load(vb.clone(), &config).unwrap();
     let ours = Encoder::load(vb, &config).unwrap();
     // Two sequences, the second padded after 5 tokens.
-    let ids = Tensor::new(&[[101u32, 7592, 2088, 2003, 1037, 3231, 6251, 102], [101, 2129, 2024, 2017, 102, 0, 0, 0]], &Device::Cpu).unwrap();
+    let ids = Tensor::new(
+        &[[101u32, 7592, 2088, 2003, 1037, 3231, 6251, 102], [101, 2129, 2024, 2017, 102, 0, 0, 0]],
+        &Device::Cpu,
+    )
+    .unwrap();
     let types = ids.zeros_like().unwrap();
     let mask = Tensor::new(&[[1u32, 1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0, 0, 0]], &Device::Cpu).unwrap();
     let a = reference.forward(&ids, &types, Some(&mask)).unwrap();

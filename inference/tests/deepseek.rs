@@ -375,7 +375,6 @@ fn out_of_vocabulary_tokens_are_an_error_not_a_panic() {
     assert_eq!(cache.len(), 0);
 }
 
-
 // ---- The generator: tiny model + a tiny word-level tokenizer covering its 128 ids ----
 
 const BOS_T: &str = "<｜begin▁of▁sentence｜>";
@@ -438,7 +437,12 @@ fn generator_streams_greedy_text_and_honours_stop_strings_and_cancellation() {
 
     let params = SamplingParams { max_tokens: 8, ..Default::default() };
     let mut pieces = Vec::new();
-    let stats = gen.generate(&messages, &params, &mut |t| { pieces.push(t.to_string()); Flow::Continue }).unwrap();
+    let stats = gen
+        .generate(&messages, &params, &mut |t| {
+            pieces.push(t.to_string());
+            Flow::Continue
+        })
+        .unwrap();
     assert_eq!(stats.prompt_tokens, prompt.len());
     assert_eq!(stats.completion_tokens, want.len());
     let expect_finish = if want.last() == Some(&1) { FinishReason::Stop } else { FinishReason::Length };
@@ -452,19 +456,37 @@ fn generator_streams_greedy_text_and_honours_stop_strings_and_cancellation() {
         // A stop string: the text before it is handed out, nothing of it.
         let stop = SamplingParams { max_tokens: 8, stop: vec![words[2].clone()], ..Default::default() };
         let mut text = String::new();
-        let stats = gen.generate(&messages, &stop, &mut |t| { text.push_str(t); Flow::Continue }).unwrap();
+        let stats = gen
+            .generate(&messages, &stop, &mut |t| {
+                text.push_str(t);
+                Flow::Continue
+            })
+            .unwrap();
         assert_eq!(stats.finish_reason, FinishReason::Stop);
         let cut = words.join(" ");
         let at = cut.find(words[2].as_str()).unwrap();
         assert_eq!(text, cut[..at]);
         // Cancellation from the callback after the first piece.
         let mut calls = 0;
-        let stats = gen.generate(&messages, &params, &mut |_| { calls += 1; Flow::Stop }).unwrap();
+        let stats = gen
+            .generate(&messages, &params, &mut |_| {
+                calls += 1;
+                Flow::Stop
+            })
+            .unwrap();
         assert_eq!((stats.finish_reason, stats.completion_tokens, calls), (FinishReason::Cancelled, 1, 1));
     }
     // Temperature sampling is reproducible by seed, and the context is enforced.
     let hot = SamplingParams { max_tokens: 6, temperature: 0.9, top_p: Some(0.9), seed: 3, ..Default::default() };
-    let run = || { let mut s = String::new(); gen.generate(&messages, &hot, &mut |t| { s.push_str(t); Flow::Continue }).unwrap(); s };
+    let run = || {
+        let mut s = String::new();
+        gen.generate(&messages, &hot, &mut |t| {
+            s.push_str(t);
+            Flow::Continue
+        })
+        .unwrap();
+        s
+    };
     assert_eq!(run(), run());
     let huge = SamplingParams { max_tokens: 1000, ..Default::default() };
     assert!(matches!(gen.generate(&messages, &huge, &mut |_| Flow::Continue), Err(ModelError::ContextOverflow { .. })));
@@ -479,14 +501,25 @@ fn batched_generator_answers_concurrent_requests_as_the_single_one_does() {
     write_checkpoint(dir.path(), &tiny_config(&[]), 11);
     write_word_tokenizer(dir.path());
     let single = DeepSeekGenerator::load(dir.path(), &Device::Cpu, 300).unwrap();
-    let config = SchedulerConfig { max_sequences: 4, max_queued: 8, prefill_chunk: 3, cache_tokens: 2048, ..SchedulerConfig::default() };
+    let config = SchedulerConfig {
+        max_sequences: 4,
+        max_queued: 8,
+        prefill_chunk: 3,
+        cache_tokens: 2048,
+        ..SchedulerConfig::default()
+    };
     let batched = DeepSeekGenerator::load_batched(dir.path(), &Device::Cpu, 300, config).unwrap();
     let params = SamplingParams { max_tokens: 8, ..Default::default() };
     let questions = ["w10 w11 w12", "w40 w41", "w7 w8 w9 w20 w21 w22", "w99"];
     let run = |g: &dyn Generator, q: &str| {
         let messages = [ChatMessage { role: Role::User, content: q.into() }];
         let mut text = String::new();
-        let stats = g.generate(&messages, &params, &mut |t| { text.push_str(t); Flow::Continue }).unwrap();
+        let stats = g
+            .generate(&messages, &params, &mut |t| {
+                text.push_str(t);
+                Flow::Continue
+            })
+            .unwrap();
         (text, stats)
     };
     let want: Vec<_> = questions.iter().map(|q| run(&single, q)).collect();
@@ -503,8 +536,8 @@ fn batched_generator_answers_concurrent_requests_as_the_single_one_does() {
 
 #[test]
 fn the_embedding_head_pools_projects_and_normalises() {
-    use kb_inference::{DeepSeekEmbedder, Embedder, Pooling};
     use kb_inference::deepseek::DeepSeekTokenizer;
+    use kb_inference::{DeepSeekEmbedder, Embedder, Pooling};
     use std::sync::Arc;
     let dir = tempfile::tempdir().unwrap();
     write_checkpoint(dir.path(), &tiny_config(&[]), 5);

@@ -63,10 +63,7 @@ fn renders_deepseek_v2_chat_template_and_encodes_it() {
         msg(Role::User, "hello"),
     ];
     let text = tok.render_chat(&messages, true);
-    assert_eq!(
-        text,
-        format!("{BOS}Be brief.\n\nUser: hello\n\nAssistant: hi{EOS}User: hello\n\nAssistant:")
-    );
+    assert_eq!(text, format!("{BOS}Be brief.\n\nUser: hello\n\nAssistant: hi{EOS}User: hello\n\nAssistant:"));
     assert_eq!(tok.render_chat(&messages[1..2], false), format!("{BOS}User: hello\n\n"));
 
     let ids = tok.encode_chat(&messages).unwrap();

@@ -6,18 +6,13 @@ use std::sync::OnceLock;
 use std::time::Instant;
 
 use kb_inference::{
-    ChatMessage, FinishReason, Flow, GenerationStats, Generator, GgufTokenizer, ModelError, Role,
-    SamplingParams, SmolLmGenerator, WeightFormat,
+    ChatMessage, FinishReason, Flow, GenerationStats, Generator, GgufTokenizer, ModelError, Role, SamplingParams,
+    SmolLmGenerator, WeightFormat,
 };
 
 fn model_path() -> PathBuf {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        path.exists(),
-        "{} is missing: run scripts/fetch-models.sh to fetch the SmolLM2 GGUF",
-        path.display()
-    );
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(path.exists(), "{} is missing: run scripts/fetch-models.sh to fetch the SmolLM2 GGUF", path.display());
     path
 }
 
@@ -40,11 +35,7 @@ fn greedy(max_tokens: usize) -> SamplingParams {
     SamplingParams { max_tokens, ..SamplingParams::default() }
 }
 
-fn collect(
-    g: &SmolLmGenerator,
-    messages: &[ChatMessage],
-    params: &SamplingParams,
-) -> (String, GenerationStats) {
+fn collect(g: &SmolLmGenerator, messages: &[ChatMessage], params: &SamplingParams) -> (String, GenerationStats) {
     let mut out = String::new();
     let stats = g
         .generate(messages, params, &mut |t| {
@@ -196,10 +187,7 @@ fn sampling_is_seeded() {
     let (b, _) = collect(g, &messages, &params);
     assert_eq!(a, b);
     let bad = SamplingParams { temperature: -1.0, ..greedy(4) };
-    assert!(matches!(
-        g.generate(&messages, &bad, &mut |_| Flow::Continue),
-        Err(ModelError::InvalidInput(_))
-    ));
+    assert!(matches!(g.generate(&messages, &bad, &mut |_| Flow::Continue), Err(ModelError::InvalidInput(_))));
 }
 
 #[test]
@@ -208,8 +196,7 @@ fn oversized_prompt_is_an_error() {
     let long = "word ".repeat(g.context_tokens());
     let err = g.generate(&user(&long), &greedy(8), &mut |_| Flow::Continue).unwrap_err();
     assert!(matches!(err, ModelError::ContextOverflow { .. }), "{err}");
-    let err =
-        g.generate(&user("hi"), &greedy(g.context_tokens()), &mut |_| Flow::Continue).unwrap_err();
+    let err = g.generate(&user("hi"), &greedy(g.context_tokens()), &mut |_| Flow::Continue).unwrap_err();
     assert!(matches!(err, ModelError::ContextOverflow { .. }), "{err}");
     let err = g.generate(&user("hi"), &greedy(usize::MAX), &mut |_| Flow::Continue).unwrap_err();
     assert!(matches!(err, ModelError::ContextOverflow { .. }), "{err}");
@@ -315,8 +302,7 @@ fn compare_weight_formats() {
             .unwrap();
         let total = started.elapsed();
         let ttft = first.unwrap();
-        let (_, short) =
-            collect(&g, &user("What is the capital of France? Answer in one word."), &greedy(8));
+        let (_, short) = collect(&g, &user("What is the capital of France? Answer in one word."), &greedy(8));
         let t = Instant::now();
         let (_, short) = (collect(&g, &user("Say hello."), &greedy(16)), short);
         eprintln!(

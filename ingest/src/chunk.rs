@@ -369,7 +369,8 @@ fn sentence_spans(text: &str) -> Vec<Range<usize>> {
             start = pos + 1;
         } else if matches!(c, '.' | '!' | '?' | '。' | '！' | '？') {
             let mut j = i + 1;
-            while j < chars.len() && matches!(chars[j].1, '.' | '!' | '?' | '"' | '\'' | ')' | ']' | '”' | '’' | '»') {
+            while j < chars.len() && matches!(chars[j].1, '.' | '!' | '?' | '"' | '\'' | ')' | ']' | '”' | '’' | '»')
+            {
                 j += 1;
             }
             let end = chars.get(j).map_or(text.len(), |&(p, _)| p);

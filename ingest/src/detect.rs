@@ -86,9 +86,7 @@ fn decode_utf32(bytes: &[u8], from: fn([u8; 4]) -> u32) -> Result<String, Ingest
     if !quads.remainder().is_empty() {
         return Err(IngestError::Undecodable);
     }
-    quads
-        .map(|c| char::from_u32(from([c[0], c[1], c[2], c[3]])).ok_or(IngestError::Undecodable))
-        .collect()
+    quads.map(|c| char::from_u32(from([c[0], c[1], c[2], c[3]])).ok_or(IngestError::Undecodable)).collect()
 }
 
 fn is_pdf(bytes: &[u8]) -> bool {

@@ -41,12 +41,7 @@ impl ParsedDocument {
 
 /// Parses `bytes` as `format`. PDFs go to `pdf`'s isolated worker process; `filename` is
 /// used only in logs.
-pub fn parse(
-    bytes: &[u8],
-    format: Format,
-    filename: &str,
-    pdf: &PdfParser,
-) -> Result<ParsedDocument, IngestError> {
+pub fn parse(bytes: &[u8], format: Format, filename: &str, pdf: &PdfParser) -> Result<ParsedDocument, IngestError> {
     let doc = match format {
         Format::Pdf => pdf.parse(bytes)?,
         Format::Markdown => markdown::parse(&detect::decode_text(bytes)?),

@@ -15,10 +15,18 @@ use crate::{chunk, detect, parse, ChunkerConfig, IngestError};
 /// What happened to one file.
 #[derive(Debug)]
 pub enum Outcome {
-    Indexed { document_id: i64, chunks: usize },
+    Indexed {
+        document_id: i64,
+        chunks: usize,
+    },
     /// The collection already has these exact bytes.
-    Unchanged { document_id: i64 },
-    Failed { document_id: i64, error: IngestError },
+    Unchanged {
+        document_id: i64,
+    },
+    Failed {
+        document_id: i64,
+        error: IngestError,
+    },
 }
 
 /// A document row waiting for its bytes to be processed.
@@ -108,7 +116,11 @@ impl Ingestor {
     }
 
     /// Ingests files given as (name, bytes): the command line's path.
-    pub async fn ingest_files(&self, c: &Collection, files: Vec<(String, Vec<u8>)>) -> Result<Vec<Outcome>, IngestError> {
+    pub async fn ingest_files(
+        &self,
+        c: &Collection,
+        files: Vec<(String, Vec<u8>)>,
+    ) -> Result<Vec<Outcome>, IngestError> {
         let mut outcomes = Vec::with_capacity(files.len());
         let mut pending = Vec::new();
         let mut slots = Vec::new();
@@ -152,9 +164,7 @@ impl Ingestor {
 
         let texts: Vec<String> = prepared
             .iter()
-            .flat_map(|(_, p)| {
-                p.chunks.iter().map(|k| contextual_text(p.title.as_deref(), &k.heading_path, &k.text))
-            })
+            .flat_map(|(_, p)| p.chunks.iter().map(|k| contextual_text(p.title.as_deref(), &k.heading_path, &k.text)))
             .collect();
         let embedder = self.engine.embedder().clone();
         let started = Instant::now();
@@ -185,9 +195,7 @@ impl Ingestor {
                     embedding: vectors.next().unwrap_or_default(),
                 })
                 .collect();
-            let (ids, old) = store
-                .store_chunks(p.document.id, c.id, p.title.as_deref(), p.format, &new_chunks)
-                .await?;
+            let (ids, old) = store.store_chunks(p.document.id, c.id, p.title.as_deref(), p.format, &new_chunks).await?;
             removed.extend(old);
             for (id, k) in ids.into_iter().zip(new_chunks) {
                 let text = ChunkText {

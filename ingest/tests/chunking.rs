@@ -177,7 +177,11 @@ fn scifact_sized_corpus_chunks_in_seconds() {
             let title = format!("Study {i} of protein folding");
             let body = paragraph(i, 12);
             let more = paragraph(i + 1, 10);
-            doc(&[(title.as_str(), None, &[], false), (body.as_str(), None, &[], false), (more.as_str(), None, &[], false)])
+            doc(&[
+                (title.as_str(), None, &[], false),
+                (body.as_str(), None, &[], false),
+                (more.as_str(), None, &[], false),
+            ])
         })
         .collect();
     let started = Instant::now();

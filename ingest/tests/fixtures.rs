@@ -145,8 +145,16 @@ fn html_page() {
     let doc = parse_fixture("page.html").expect("page parses");
     assert_eq!(doc.title.as_deref(), Some("Harbor Café Staff Portal"));
     for canary in [
-        "SCRIPT-CANARY", "trackingSecret", "STYLE-CANARY", "NAV-CANARY", "HEADER-CANARY",
-        "FOOTER-CANARY", "ASIDE-CANARY", "NOSCRIPT-CANARY", "FORM-CANARY", "Rota",
+        "SCRIPT-CANARY",
+        "trackingSecret",
+        "STYLE-CANARY",
+        "NAV-CANARY",
+        "HEADER-CANARY",
+        "FOOTER-CANARY",
+        "ASIDE-CANARY",
+        "NOSCRIPT-CANARY",
+        "FORM-CANARY",
+        "Rota",
     ] {
         assert!(!doc.text.contains(canary), "{canary} leaked into text: {:?}", doc.text);
     }

@@ -47,9 +47,8 @@ fn garbage_output_is_an_error() {
 
 #[test]
 fn failing_worker_reports_status_and_stderr() {
-    let err = sh("cat >/dev/null; echo 'first line' >&2; echo 'boom: disk on fire' >&2; exit 7")
-        .parse(b"%PDF-")
-        .unwrap_err();
+    let err =
+        sh("cat >/dev/null; echo 'first line' >&2; echo 'boom: disk on fire' >&2; exit 7").parse(b"%PDF-").unwrap_err();
     let IngestError::Pdf { message } = err else { panic!("{err:?}") };
     assert!(message.contains("exit status 7"), "{message}");
     assert!(message.contains("boom: disk on fire"), "{message}");

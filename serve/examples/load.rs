@@ -37,7 +37,9 @@ fn main() {
     let clients: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(16);
     let key = std::env::var("KB_API_KEY").ok();
     match what {
-        "search" => search(&url, &collection, &queries, clients, args.get(5).and_then(|s| s.parse().ok()).unwrap_or(60), key),
+        "search" => {
+            search(&url, &collection, &queries, clients, args.get(5).and_then(|s| s.parse().ok()).unwrap_or(60), key)
+        }
         "ask" => ask(&url, &collection, &queries, clients, args.get(5).and_then(|s| s.parse().ok()).unwrap_or(5), key),
         other => panic!("unknown benchmark {other:?}"),
     }
@@ -61,7 +63,8 @@ fn search(url: &str, collection: &str, queries: &[String], clients: usize, secon
     let start = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..clients {
-            let (latencies, errors, next, endpoint, key) = (latencies.clone(), errors.clone(), next.clone(), endpoint.clone(), key.clone());
+            let (latencies, errors, next, endpoint, key) =
+                (latencies.clone(), errors.clone(), next.clone(), endpoint.clone(), key.clone());
             s.spawn(move || {
                 let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
                 let mut mine = Vec::new();

@@ -12,7 +12,6 @@ use serde::Serialize;
 
 use crate::metrics::METRICS;
 
-
 pub const NOT_IN_CORPUS: &str = "The documents in this collection do not contain an answer to this question.";
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -54,14 +53,20 @@ pub struct Answerer {
 }
 
 impl Answerer {
-    pub fn new(engine: Arc<Engine>, generator: Option<Arc<dyn Generator>>, max_tokens: usize, min_relevance: f32) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        generator: Option<Arc<dyn Generator>>,
+        max_tokens: usize,
+        min_relevance: f32,
+    ) -> Self {
         Self { engine, generator, max_tokens: max_tokens.max(1), min_relevance }
     }
 
     /// Passages for `question`, or none when nothing is relevant enough.
     pub async fn retrieve(&self, c: &Collection, question: &str, top_k: usize) -> kb_index::Result<Vec<Hit>> {
         // The vector side gives an absolute relevance signal; fused scores are only relative.
-        let probe = SearchRequest { query: question.into(), top_k: 1, mode: SearchMode::Vector, distinct_documents: false };
+        let probe =
+            SearchRequest { query: question.into(), top_k: 1, mode: SearchMode::Vector, distinct_documents: false };
         let best = self.engine.search(c, &probe).await?;
         if best.first().is_none_or(|h| h.score < self.min_relevance) {
             return Ok(Vec::new());
@@ -72,7 +77,12 @@ impl Answerer {
 
     /// Answers from `passages`, streaming generated text to `on_text`. Blocking: call it off
     /// the async executor.
-    pub fn answer(&self, question: &str, passages: &[Hit], on_text: &mut dyn FnMut(&str) -> Flow) -> Result<Answer, kb_inference::ModelError> {
+    pub fn answer(
+        &self,
+        question: &str,
+        passages: &[Hit],
+        on_text: &mut dyn FnMut(&str) -> Flow,
+    ) -> Result<Answer, kb_inference::ModelError> {
         if passages.is_empty() {
             on_text(NOT_IN_CORPUS);
             return Ok(Answer { answer: NOT_IN_CORPUS.into(), kind: AnswerKind::NotInCorpus, citations: Vec::new() });
@@ -138,13 +148,15 @@ pub fn prompt(question: &str, passages: &[&Hit]) -> Vec<ChatMessage> {
                   If the passages do not contain the answer, say that the documents do not contain it.";
     let mut user = String::from("Passages:\n");
     for (i, h) in passages.iter().enumerate() {
-        user.push_str(&format!("<passage n=\"{}\" source=\"{}\">\n{}\n</passage>\n", i + 1, source(h), quote(&h.chunk.text)));
+        user.push_str(&format!(
+            "<passage n=\"{}\" source=\"{}\">\n{}\n</passage>\n",
+            i + 1,
+            source(h),
+            quote(&h.chunk.text)
+        ));
     }
     user.push_str(&format!("\nQuestion: {question}\nAnswer with citations:"));
-    vec![
-        ChatMessage { role: Role::System, content: system.into() },
-        ChatMessage { role: Role::User, content: user },
-    ]
+    vec![ChatMessage { role: Role::System, content: system.into() }, ChatMessage { role: Role::User, content: user }]
 }
 
 fn record_generation(id: &str, start: Instant, first: Option<Instant>, stats: &GenerationStats) {
@@ -153,7 +165,10 @@ fn record_generation(id: &str, start: Instant, first: Option<Instant>, stats: &G
         METRICS.generation_ttft_seconds.with_label_values(&labels).observe((first - start).as_secs_f64());
         let decode = first.elapsed().as_secs_f64();
         if stats.completion_tokens > 1 && decode > 0.0 {
-            METRICS.generation_tokens_per_second.with_label_values(&labels).observe((stats.completion_tokens - 1) as f64 / decode);
+            METRICS
+                .generation_tokens_per_second
+                .with_label_values(&labels)
+                .observe((stats.completion_tokens - 1) as f64 / decode);
         }
     }
     METRICS.generation_tokens.with_label_values(&[id, "prompt"]).inc_by(stats.prompt_tokens as u64);
@@ -191,10 +206,7 @@ fn cited_numbers(answer: &str) -> Vec<usize> {
 }
 
 fn words(text: &str) -> HashSet<String> {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|w| w.len() > 2)
-        .map(str::to_lowercase)
-        .collect()
+    text.split(|c: char| !c.is_alphanumeric()).filter(|w| w.len() > 2).map(str::to_lowercase).collect()
 }
 
 /// Citations the answer earned, and the answer as returned: the retrieved passages it cites
@@ -303,7 +315,15 @@ mod tests {
 
     fn hit(id: i64, file: &str, text: &str, page: Option<u32>) -> Hit {
         Hit {
-            chunk: ChunkRow { id, document_id: id, filename: file.into(), title: None, text: text.into(), heading_path: vec![], page },
+            chunk: ChunkRow {
+                id,
+                document_id: id,
+                filename: file.into(),
+                title: None,
+                text: text.into(),
+                heading_path: vec![],
+                page,
+            },
             score: 1.0,
         }
     }
@@ -322,9 +342,18 @@ mod tests {
     fn uncited_answers_get_the_passages_that_support_them() {
         let a = hit(1, "a.pdf", "The turbine bolt torque is 42 newton-metres.", Some(2));
         let b = hit(2, "b.md", "Backups run nightly at 02:30.", None);
-        let (text, cites) = cite("Each turbine bolt needs a torque of 42 newton-metres. Backups run at 02:30 each night. Hello.", &[&a, &b]);
-        assert_eq!(text, "Each turbine bolt needs a torque of 42 newton-metres [1]. Backups run at 02:30 each night [2]. Hello.");
-        assert_eq!(cites.iter().map(|c| (c.n, c.filename.as_str())).collect::<Vec<_>>(), vec![(1, "a.pdf"), (2, "b.md")]);
+        let (text, cites) = cite(
+            "Each turbine bolt needs a torque of 42 newton-metres. Backups run at 02:30 each night. Hello.",
+            &[&a, &b],
+        );
+        assert_eq!(
+            text,
+            "Each turbine bolt needs a torque of 42 newton-metres [1]. Backups run at 02:30 each night [2]. Hello."
+        );
+        assert_eq!(
+            cites.iter().map(|c| (c.n, c.filename.as_str())).collect::<Vec<_>>(),
+            vec![(1, "a.pdf"), (2, "b.md")]
+        );
     }
 
     #[test]

@@ -33,17 +33,18 @@ struct DeepSeek {
 
 impl DeepSeek {
     async fn load(config: &crate::config::DeepSeekConfig) -> anyhow::Result<Self> {
-        let dir = config
-            .model_dir
-            .clone()
-            .context("the DeepSeek generator or embedder needs a checkpoint directory (--model-dir or deepseek.model_dir)")?;
+        let dir = config.model_dir.clone().context(
+            "the DeepSeek generator or embedder needs a checkpoint directory (--model-dir or deepseek.model_dir)",
+        )?;
         let random = config.random_weights;
         let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<Self> {
             let tokenizer = DeepSeekTokenizer::from_dir(&dir)?;
             let device = best_device();
             tracing::info!(dir = %dir.display(), device = ?device, random, "loading DeepSeek-V2");
-            let model = if random { DeepSeekV2::load_random(&dir, &device, 7)? } else { DeepSeekV2::load(&dir, &device)? };
-            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "deepseek-v2".into());
+            let model =
+                if random { DeepSeekV2::load_random(&dir, &device, 7)? } else { DeepSeekV2::load(&dir, &device)? };
+            let name =
+                dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "deepseek-v2".into());
             Ok(Self { name, model: Arc::new(model), tokenizer })
         })
         .await??;
@@ -69,7 +70,14 @@ impl App {
             Some(ds) if config.embedder == "deepseek" => {
                 let d = &config.deepseek;
                 let pooling: Pooling = d.pooling.parse()?;
-                Arc::new(DeepSeekEmbedder::new(&ds.name, ds.model.clone(), &ds.tokenizer, pooling, d.head.as_deref(), d.embed_max_tokens)?)
+                Arc::new(DeepSeekEmbedder::new(
+                    &ds.name,
+                    ds.model.clone(),
+                    &ds.tokenizer,
+                    pooling,
+                    d.head.as_deref(),
+                    d.embed_max_tokens,
+                )?)
             }
             _ => {
                 let dir = config.embedder_dir();
@@ -95,9 +103,7 @@ impl App {
             ..IndexConfig::default()
         };
         let engine = Arc::new(
-            Engine::open(store, embedder, &config.index_dir(), index_config)
-                .await
-                .context("opening the indexes")?,
+            Engine::open(store, embedder, &config.index_dir(), index_config).await.context("opening the indexes")?,
         );
         let exe = std::env::current_exe().context("locating the kb executable for the PDF worker")?;
         let pdf = PdfParser {

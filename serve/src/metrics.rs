@@ -22,37 +22,69 @@ pub struct Metrics {
 }
 
 fn seconds(name: &str, help: &str, labels: &[&str], start: f64) -> HistogramVec {
-    HistogramVec::new(HistogramOpts::new(name, help).buckets(exponential_buckets(start, 2.0, 16).expect("valid buckets")), labels)
-        .expect("valid histogram")
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(exponential_buckets(start, 2.0, 16).expect("valid buckets")),
+        labels,
+    )
+    .expect("valid histogram")
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let m = Metrics {
         registry: Registry::new(),
-        http_requests: IntCounterVec::new(Opts::new("kb_http_requests_total", "HTTP requests by route, method and status"), &["route", "method", "status"]).expect("valid"),
-        http_seconds: seconds("kb_http_request_duration_seconds", "HTTP request latency by route", &["route", "method"], 0.0005),
-        jobs_finished: IntCounterVec::new(Opts::new("kb_ingest_jobs_total", "Finished ingest jobs by outcome"), &["outcome"]).expect("valid"),
-        jobs_current: IntGaugeVec::new(Opts::new("kb_ingest_jobs", "Ingest jobs now queued or running"), &["status"]).expect("valid"),
-        embed_seconds: seconds("kb_embedding_batch_seconds", "Time to embed one batch (passages) or one query", &["kind"], 0.001),
-        generation_ttft_seconds: seconds("kb_generation_time_to_first_token_seconds", "Time from prompt to the first answer token", &["generator"], 0.01),
+        http_requests: IntCounterVec::new(
+            Opts::new("kb_http_requests_total", "HTTP requests by route, method and status"),
+            &["route", "method", "status"],
+        )
+        .expect("valid"),
+        http_seconds: seconds(
+            "kb_http_request_duration_seconds",
+            "HTTP request latency by route",
+            &["route", "method"],
+            0.0005,
+        ),
+        jobs_finished: IntCounterVec::new(
+            Opts::new("kb_ingest_jobs_total", "Finished ingest jobs by outcome"),
+            &["outcome"],
+        )
+        .expect("valid"),
+        jobs_current: IntGaugeVec::new(Opts::new("kb_ingest_jobs", "Ingest jobs now queued or running"), &["status"])
+            .expect("valid"),
+        embed_seconds: seconds(
+            "kb_embedding_batch_seconds",
+            "Time to embed one batch (passages) or one query",
+            &["kind"],
+            0.001,
+        ),
+        generation_ttft_seconds: seconds(
+            "kb_generation_time_to_first_token_seconds",
+            "Time from prompt to the first answer token",
+            &["generator"],
+            0.01,
+        ),
         generation_tokens_per_second: HistogramVec::new(
             HistogramOpts::new("kb_generation_tokens_per_second", "Decode speed of each answer")
                 .buckets(exponential_buckets(0.5, 2.0, 14).expect("valid buckets")),
             &["generator"],
         )
         .expect("valid"),
-        generation_tokens: IntCounterVec::new(Opts::new("kb_generation_tokens_total", "Tokens read (prompt) and written (completion)"), &["generator", "kind"]).expect("valid"),
+        generation_tokens: IntCounterVec::new(
+            Opts::new("kb_generation_tokens_total", "Tokens read (prompt) and written (completion)"),
+            &["generator", "kind"],
+        )
+        .expect("valid"),
     };
     let r = &m.registry;
-    for c in [Box::new(m.http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+    for c in [
+        Box::new(m.http_requests.clone()) as Box<dyn prometheus::core::Collector>,
         Box::new(m.http_seconds.clone()),
         Box::new(m.jobs_finished.clone()),
         Box::new(m.jobs_current.clone()),
         Box::new(m.embed_seconds.clone()),
         Box::new(m.generation_ttft_seconds.clone()),
         Box::new(m.generation_tokens_per_second.clone()),
-        Box::new(m.generation_tokens.clone())]
-    {
+        Box::new(m.generation_tokens.clone()),
+    ] {
         r.register(c).expect("metric registered once");
     }
     m

@@ -22,18 +22,14 @@ pub fn fixtures() -> PathBuf {
 
 pub fn models_dir() -> PathBuf {
     let dir = repo().join("models");
-    assert!(
-        dir.join("all-MiniLM-L6-v2/model.safetensors").is_file(),
-        "models missing: run scripts/fetch-models.sh"
-    );
+    assert!(dir.join("all-MiniLM-L6-v2/model.safetensors").is_file(), "models missing: run scripts/fetch-models.sh");
     dir
 }
 
 /// One embedder for all tests of a binary: loading it is the slow part.
 pub fn embedder() -> Arc<dyn Embedder> {
     static E: OnceLock<Arc<dyn Embedder>> = OnceLock::new();
-    E.get_or_init(|| Arc::new(BertEmbedder::load(&models_dir().join("all-MiniLM-L6-v2")).expect("embedder")))
-        .clone()
+    E.get_or_init(|| Arc::new(BertEmbedder::load(&models_dir().join("all-MiniLM-L6-v2")).expect("embedder"))).clone()
 }
 
 pub fn pdf_parser() -> PdfParser {

@@ -44,7 +44,11 @@ pub fn kb(data_dir: &Path, args: &[&str]) -> (bool, String, String) {
         .env_remove("KB_CONFIG")
         .output()
         .expect("running kb");
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 impl Server {

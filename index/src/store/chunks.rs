@@ -83,7 +83,15 @@ impl Store {
                 }
                 sql.push_str(&format!(
                     "(${},${},${},${},${},${},${},${},${})",
-                    p + 1, p + 2, p + 3, p + 4, p + 5, p + 6, p + 7, p + 8, p + 9
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4,
+                    p + 5,
+                    p + 6,
+                    p + 7,
+                    p + 8,
+                    p + 9
                 ));
             }
             sql.push_str(" RETURNING id, ordinal");

@@ -30,8 +30,7 @@ pub fn validate_name(name: &str) -> Result<()> {
         Some("must not be empty")
     } else if name.len() > 64 {
         Some("must be at most 64 characters")
-    } else if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-    {
+    } else if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.') {
         Some("may contain only letters, digits, '-', '_' and '.'")
     } else if name.starts_with('.') {
         Some("must not start with '.'")
@@ -84,9 +83,8 @@ impl Store {
     }
 
     pub async fn all_collections(&self) -> Result<Vec<Collection>> {
-        let rows = sqlx::query("SELECT id, name, embedder FROM collections ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT id, name, embedder FROM collections ORDER BY name").fetch_all(&self.pool).await?;
         rows.iter().map(from_row).collect()
     }
 

@@ -31,7 +31,8 @@ pub struct NewDocument<'a> {
     pub source_path: Option<&'a str>,
 }
 
-const COLUMNS: &str = "id, collection_id, filename, title, content_hash, size_bytes, format, status, error, chunk_count, source_path";
+const COLUMNS: &str =
+    "id, collection_id, filename, title, content_hash, size_bytes, format, status, error, chunk_count, source_path";
 
 fn from_row(r: &AnyRow) -> Result<Document> {
     Ok(Document {
@@ -77,12 +78,10 @@ impl Store {
     }
 
     pub async fn documents(&self, collection_id: i64) -> Result<Vec<Document>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM documents WHERE collection_id = $1 ORDER BY id"
-        ))
-        .bind(collection_id)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM documents WHERE collection_id = $1 ORDER BY id"))
+            .bind(collection_id)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter().map(from_row).collect()
     }
 

@@ -98,7 +98,12 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         let Some(first) = rows.first() else { return Ok(None) };
-        let mut key = ApiKey { id: first.try_get(0)?, name: first.try_get(1)?, admin: first.try_get::<i64, _>(2)? != 0, grants: Vec::new() };
+        let mut key = ApiKey {
+            id: first.try_get(0)?,
+            name: first.try_get(1)?,
+            admin: first.try_get::<i64, _>(2)? != 0,
+            grants: Vec::new(),
+        };
         for r in &rows {
             if let Some(collection) = r.try_get::<Option<String>, _>(3)? {
                 key.grants.push(Grant { collection, access: parse_access(&r.try_get::<String, _>(4)?) });

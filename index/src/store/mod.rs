@@ -12,7 +12,7 @@ mod status;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sqlx::any::{AnyPoolOptions, AnyConnectOptions};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 pub use chunks::{ChunkRow, ChunkText, NewChunk};

@@ -24,9 +24,15 @@ impl Store {
         Ok(ids.into_iter().collect())
     }
 
-    pub async fn stage_embeddings(&self, collection_id: i64, embedder: &str, vectors: &[(i64, Vec<f32>)]) -> Result<()> {
+    pub async fn stage_embeddings(
+        &self,
+        collection_id: i64,
+        embedder: &str,
+        vectors: &[(i64, Vec<f32>)],
+    ) -> Result<()> {
         for batch in vectors.chunks(INSERT_BATCH) {
-            let mut sql = String::from("INSERT INTO reembed_staging (chunk_id, collection_id, embedder, embedding) VALUES ");
+            let mut sql =
+                String::from("INSERT INTO reembed_staging (chunk_id, collection_id, embedder, embedding) VALUES ");
             for i in 0..batch.len() {
                 let p = i * 4;
                 if i > 0 {
@@ -75,7 +81,10 @@ impl Store {
             .bind(collection_id)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM reembed_staging WHERE collection_id = $1").bind(collection_id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM reembed_staging WHERE collection_id = $1")
+            .bind(collection_id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(switched)
     }

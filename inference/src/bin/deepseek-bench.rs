@@ -10,7 +10,9 @@
 //! Prints one `RESULT {json}` line per measurement.
 
 use candle_core::{DType, Device, Tensor, D};
-use kb_inference::deepseek::{rope, CachePool, DeepSeekV2, DeepSeekV2Config, FixedDecoder, LatentCache, LogitsMode, RandomSource};
+use kb_inference::deepseek::{
+    rope, CachePool, DeepSeekV2, DeepSeekV2Config, FixedDecoder, LatentCache, LogitsMode, RandomSource,
+};
 use std::path::Path;
 use std::time::Instant;
 
@@ -87,7 +89,8 @@ fn compare(dir: &Path, dev: &Device, dev_name: &str) -> Res<()> {
         result("compare_prefill_f32", metrics(&got, &want)?, dev_name);
         let half = tokens.len() / 2;
         let mut cache = m32.new_cache(tokens.len())?;
-        let mut rows = vec![m32.forward(&[&tokens[..half]], &mut [&mut cache], LogitsMode::All)?.logits.expect("logits")];
+        let mut rows =
+            vec![m32.forward(&[&tokens[..half]], &mut [&mut cache], LogitsMode::All)?.logits.expect("logits")];
         for p in half..tokens.len() {
             rows.push(m32.forward(&[&tokens[p..p + 1]], &mut [&mut cache], LogitsMode::Last)?.logits.expect("logits"));
         }
@@ -157,7 +160,8 @@ fn active_bytes(cfg: &DeepSeekV2Config, dtype: DType) -> f64 {
     for i in 0..cfg.num_hidden_layers {
         params += attn;
         if cfg.is_moe_layer(i) {
-            params += (cfg.num_experts_per_tok + cfg.n_shared_experts) as f64 * 3.0 * hd * cfg.moe_intermediate_size as f64;
+            params +=
+                (cfg.num_experts_per_tok + cfg.n_shared_experts) as f64 * 3.0 * hd * cfg.moe_intermediate_size as f64;
             router += cfg.n_routed_experts as f64 * hd; // f32
         } else {
             params += 3.0 * hd * cfg.intermediate_size as f64;
@@ -373,7 +377,8 @@ fn check_batched(model: &DeepSeekV2, dev_name: &str) -> Res<()> {
     let cfg = model.config();
     let mut pool = CachePool::new(cfg.num_hidden_layers, cfg.latent_dim(), 4096, model.dtype(), model.device())?;
     let lens = [7usize, 33, 100, 257, 600];
-    let mut caches: Vec<LatentCache> = lens.iter().map(|&n| pool.alloc(n + 4).map(|c| c.expect("room"))).collect::<Result<_, _>>()?;
+    let mut caches: Vec<LatentCache> =
+        lens.iter().map(|&n| pool.alloc(n + 4).map(|c| c.expect("room"))).collect::<Result<_, _>>()?;
     for (i, (&n, c)) in lens.iter().zip(caches.iter_mut()).enumerate() {
         let p = tokens(n, i as u64, vocab);
         model.forward(&[p.as_slice()], &mut [c], LogitsMode::None)?;
@@ -485,8 +490,15 @@ fn decode_batch(layers: usize, batch: usize, prompt: usize, steps: usize, dev: &
     let dtype = if dev.is_cuda() { DType::BF16 } else { DType::F32 };
     let model = DeepSeekV2::from_source(cfg, &RandomSource::new(0.02, 7), dtype, dev)?;
     let c = model.config();
-    let mut pool = CachePool::new(c.num_hidden_layers, c.latent_dim(), batch * (prompt + steps + 8), model.dtype(), model.device())?;
-    let mut caches: Vec<LatentCache> = (0..batch).map(|_| pool.alloc(prompt + steps + 8).map(|c| c.expect("room"))).collect::<Result<_, _>>()?;
+    let mut pool = CachePool::new(
+        c.num_hidden_layers,
+        c.latent_dim(),
+        batch * (prompt + steps + 8),
+        model.dtype(),
+        model.device(),
+    )?;
+    let mut caches: Vec<LatentCache> =
+        (0..batch).map(|_| pool.alloc(prompt + steps + 8).map(|c| c.expect("room"))).collect::<Result<_, _>>()?;
     for (i, cache) in caches.iter_mut().enumerate() {
         let p = tokens(prompt, i as u64, vocab);
         model.forward(&[p.as_slice()], &mut [cache], LogitsMode::None)?;
@@ -533,10 +545,13 @@ fn decode_batch(layers: usize, batch: usize, prompt: usize, steps: usize, dev: &
 
 fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let flag = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse::<usize>().ok());
+    let flag = |name: &str| {
+        args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse::<usize>().ok())
+    };
     let cpu = args.iter().any(|a| a == "--cpu");
     let dev = device(cpu)?;
-    let dev_name = std::env::var("KB_DEVICE_NAME").unwrap_or_else(|_| if dev.is_cuda() { "cuda:0".into() } else { "cpu".into() });
+    let dev_name =
+        std::env::var("KB_DEVICE_NAME").unwrap_or_else(|_| if dev.is_cuda() { "cuda:0".into() } else { "cpu".into() });
     match args.first().map(String::as_str) {
         Some("compare") => {
             let dir = args.get(1).ok_or("compare needs a directory")?;

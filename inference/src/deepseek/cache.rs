@@ -33,9 +33,8 @@ impl CachePool {
     pub fn new(num_layers: usize, latent_dim: usize, rows: usize, dtype: DType, device: &Device) -> Result<Self> {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
         let rows = rows.max(1);
-        let layers = (0..num_layers)
-            .map(|_| Tensor::zeros((rows, latent_dim), dtype, device))
-            .collect::<Result<Vec<_>>>()?;
+        let layers =
+            (0..num_layers).map(|_| Tensor::zeros((rows, latent_dim), dtype, device)).collect::<Result<Vec<_>>>()?;
         let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(Self { id, layers, rows, latent_dim, free: vec![(0, rows)] })
     }
@@ -95,13 +94,7 @@ impl CachePool {
 }
 
 impl LatentCache {
-    pub fn new(
-        num_layers: usize,
-        latent_dim: usize,
-        capacity: usize,
-        dtype: DType,
-        device: &Device,
-    ) -> Result<Self> {
+    pub fn new(num_layers: usize, latent_dim: usize, capacity: usize, dtype: DType, device: &Device) -> Result<Self> {
         let capacity = capacity.max(1);
         let layers = (0..num_layers)
             .map(|_| Tensor::zeros((capacity, latent_dim), dtype, device))

@@ -35,7 +35,10 @@ fn one() -> f64 {
 pub enum TopkMethod {
     Greedy,
     /// Keep the `topk_group` best groups (by their best expert), then the top-k inside them.
-    GroupLimitedGreedy { n_group: usize, topk_group: usize },
+    GroupLimitedGreedy {
+        n_group: usize,
+        topk_group: usize,
+    },
 }
 
 /// The raw file: every field DeepSeek-V2 and transformers write that matters to inference.

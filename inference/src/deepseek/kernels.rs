@@ -465,7 +465,6 @@ macro_rules! slice_of {
     };
 }
 
-
 /// Router: x (T, H) bf16 -> (T, 2K) f32 of K expert ids then K weights.
 struct Route<'a> {
     gate: &'a Tensor,
@@ -560,14 +559,31 @@ impl CustomOp1 for Experts<'_> {
                 let (si, ei) = (s as i32, (e_all - shared) as i32);
                 let act = unsafe { dev.alloc::<f32>(t * s * inter)? };
                 let f = dev.get_or_load_custom_func("moe_gate_up", MODULE, ptx()?)?;
-                let cfg = LaunchConfig { grid_dim: ((inter as u32).div_ceil(2 * ROWS), (t * s) as u32, 1), block_dim: block, shared_mem_bytes: 0 };
+                let cfg = LaunchConfig {
+                    grid_dim: ((inter as u32).div_ceil(2 * ROWS), (t * s) as u32, 1),
+                    block_dim: block,
+                    shared_mem_bytes: 0,
+                };
                 let mut b = f.builder();
                 b.arg(&x).arg(&route).arg(&gate_up).arg(&act).arg(&hi).arg(&ii).arg(&ki).arg(&si).arg(&ei);
                 unsafe { b.launch(cfg) }.map_err(launch_err)?;
                 let f = dev.get_or_load_custom_func("moe_down", MODULE, ptx()?)?;
-                let cfg = LaunchConfig { grid_dim: ((h as u32).div_ceil(ROWS / 2), t as u32, 1), block_dim: block, shared_mem_bytes: 0 };
+                let cfg = LaunchConfig {
+                    grid_dim: ((h as u32).div_ceil(ROWS / 2), t as u32, 1),
+                    block_dim: block,
+                    shared_mem_bytes: 0,
+                };
                 let mut b = f.builder();
-                b.arg(&act).arg(&route).arg(&down).arg(&residual).arg(&out).arg(&hi).arg(&ii).arg(&ki).arg(&si).arg(&ei);
+                b.arg(&act)
+                    .arg(&route)
+                    .arg(&down)
+                    .arg(&residual)
+                    .arg(&out)
+                    .arg(&hi)
+                    .arg(&ii)
+                    .arg(&ki)
+                    .arg(&si)
+                    .arg(&ei);
                 unsafe { b.launch(cfg) }.map_err(launch_err)?;
             }
             Pass::Grouped { routed } => {
@@ -580,12 +596,27 @@ impl CustomOp1 for Experts<'_> {
                 let act = unsafe { dev.alloc::<f32>(slots * inter)? };
                 let y = unsafe { dev.alloc::<f32>(slots * h)? };
                 let f = dev.get_or_load_custom_func("moe_group", MODULE, ptx()?)?;
-                let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: ((routed + slots) * 4) as u32 };
+                let cfg = LaunchConfig {
+                    grid_dim: (1, 1, 1),
+                    block_dim: (128, 1, 1),
+                    shared_mem_bytes: ((routed + slots) * 4) as u32,
+                };
                 let mut b = f.builder();
-                b.arg(&route).arg(&offsets).arg(&slot_token).arg(&slot_weight).arg(&pair_slot).arg(&ti).arg(&ki).arg(&ei);
+                b.arg(&route)
+                    .arg(&offsets)
+                    .arg(&slot_token)
+                    .arg(&slot_weight)
+                    .arg(&pair_slot)
+                    .arg(&ti)
+                    .arg(&ki)
+                    .arg(&ei);
                 unsafe { b.launch(cfg) }.map_err(launch_err)?;
                 let f = dev.get_or_load_custom_func("moe_gate_up_grouped", MODULE, ptx()?)?;
-                let cfg = LaunchConfig { grid_dim: ((inter as u32).div_ceil(2 * ROWS), routed as u32, 1), block_dim: block, shared_mem_bytes: 0 };
+                let cfg = LaunchConfig {
+                    grid_dim: ((inter as u32).div_ceil(2 * ROWS), routed as u32, 1),
+                    block_dim: block,
+                    shared_mem_bytes: 0,
+                };
                 let mut b = f.builder();
                 b.arg(&x).arg(&offsets).arg(&slot_token).arg(&gate_up).arg(&act).arg(&hi).arg(&ii);
                 unsafe { b.launch(cfg) }.map_err(launch_err)?;
@@ -594,12 +625,20 @@ impl CustomOp1 for Experts<'_> {
                 let tb = (48 * 1024 / (inter * 4)).clamp(1, 8);
                 let tbi = tb as i32;
                 let f = dev.get_or_load_custom_func("moe_down_grouped", MODULE, ptx()?)?;
-                let cfg = LaunchConfig { grid_dim: ((h as u32).div_ceil(ROWS * 4), routed as u32, 1), block_dim: block, shared_mem_bytes: (tb * inter * 4) as u32 };
+                let cfg = LaunchConfig {
+                    grid_dim: ((h as u32).div_ceil(ROWS * 4), routed as u32, 1),
+                    block_dim: block,
+                    shared_mem_bytes: (tb * inter * 4) as u32,
+                };
                 let mut b = f.builder();
                 b.arg(&act).arg(&offsets).arg(&down).arg(&y).arg(&hi).arg(&ii).arg(&tbi);
                 unsafe { b.launch(cfg) }.map_err(launch_err)?;
                 let f = dev.get_or_load_custom_func("moe_combine", MODULE, ptx()?)?;
-                let cfg = LaunchConfig { grid_dim: ((h as u32).div_ceil(256), t as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+                let cfg = LaunchConfig {
+                    grid_dim: ((h as u32).div_ceil(256), t as u32, 1),
+                    block_dim: (256, 1, 1),
+                    shared_mem_bytes: 0,
+                };
                 let mut b = f.builder();
                 b.arg(&y).arg(&pair_slot).arg(&slot_weight).arg(&residual).arg(&out).arg(&hi).arg(&ki);
                 unsafe { b.launch(cfg) }.map_err(launch_err)?;
@@ -616,7 +655,11 @@ fn launch_err(e: impl std::error::Error + Send + Sync + 'static) -> candle_core:
 /// Whether the fused path can take this block: CUDA, bf16, 16-byte rows.
 /// `slots`: routed top-k plus shared chunks (at most 64).
 pub fn supported(x: &Tensor, hidden: usize, inter: usize, n_experts: usize, slots: usize) -> bool {
-    x.device().is_cuda() && x.dtype() == DType::BF16 && hidden % 8 == 0 && inter % 8 == 0 && n_experts <= 4096
+    x.device().is_cuda()
+        && x.dtype() == DType::BF16
+        && hidden % 8 == 0
+        && inter % 8 == 0
+        && n_experts <= 4096
         && slots <= 64
 }
 
@@ -636,9 +679,15 @@ pub fn experts(
     shared: usize,
 ) -> Result<Tensor> {
     let residual = residual.contiguous()?;
-    x.contiguous()?.apply_op1_no_bwd(&Experts { route, gate_up, down, residual: &residual, k, pass: Pass::PerPair { shared } })
+    x.contiguous()?.apply_op1_no_bwd(&Experts {
+        route,
+        gate_up,
+        down,
+        residual: &residual,
+        k,
+        pass: Pass::PerPair { shared },
+    })
 }
-
 
 fn cuda_dev(t: &Tensor) -> Result<candle_core::CudaDevice> {
     match t.device() {
@@ -673,7 +722,14 @@ pub fn experts_grouped(
     experts: usize,
 ) -> Result<Tensor> {
     let residual = residual.contiguous()?;
-    x.contiguous()?.apply_op1_no_bwd(&Experts { route, gate_up, down, residual: &residual, k, pass: Pass::Grouped { routed: experts } })
+    x.contiguous()?.apply_op1_no_bwd(&Experts {
+        route,
+        gate_up,
+        down,
+        residual: &residual,
+        k,
+        pass: Pass::Grouped { routed: experts },
+    })
 }
 
 /// Writes each sequence's new latent into the pool at row `base_b + pos_b` (`meta` = positions
@@ -767,10 +823,21 @@ impl CustomOp1 for Attn<'_> {
         let p_s = slice_of!(pg, pl, bf16);
         let out = unsafe { dev.alloc::<bf16>(self.heads * n * 512)? };
         let f = dev.get_or_load_custom_func("mla_decode_attn", MODULE, ptx()?)?;
-        let cfg = LaunchConfig { grid_dim: (self.heads as u32, n as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let cfg =
+            LaunchConfig { grid_dim: (self.heads as u32, n as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         let (h, nn, ni) = (self.heads as i32, self.nope as i32, n as i32);
         let mut b = f.builder();
-        b.arg(&q_s).arg(&l_s).arg(&c_s).arg(&s_s).arg(&m_s).arg(&p_s).arg(&out).arg(&h).arg(&nn).arg(&self.scale).arg(&ni);
+        b.arg(&q_s)
+            .arg(&l_s)
+            .arg(&c_s)
+            .arg(&s_s)
+            .arg(&m_s)
+            .arg(&p_s)
+            .arg(&out)
+            .arg(&h)
+            .arg(&nn)
+            .arg(&self.scale)
+            .arg(&ni);
         unsafe { b.launch(cfg) }.map_err(launch_err)?;
         Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((self.heads, n, 512))))
     }

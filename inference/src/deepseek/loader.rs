@@ -33,10 +33,10 @@ impl SafetensorsSource {
                 path: index_path.clone(),
                 message: format!("index is not JSON: {e}"),
             })?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| ModelError::Checkpoint {
-                path: index_path.clone(),
-                message: "no weight_map".into(),
-            })?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| ModelError::Checkpoint { path: index_path.clone(), message: "no weight_map".into() })?;
             let names: BTreeSet<&str> = map.values().filter_map(|f| f.as_str()).collect();
             names.into_iter().map(|f| dir.join(f)).collect()
         } else if dir.join("model.safetensors").exists() {

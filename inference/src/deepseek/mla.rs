@@ -123,7 +123,8 @@ impl Mla {
             let prefix = cache.len();
             let kv_all = cache.write(layer, &latent.narrow(0, span.start, span.len)?)?; // (L, rank + rope)
             let total = kv_all.dim(0)?;
-            let q_s = q_full.narrow(1, span.start, span.len)?.contiguous()?.reshape((h * span.len, self.rank + rope))?;
+            let q_s =
+                q_full.narrow(1, span.start, span.len)?.contiguous()?.reshape((h * span.len, self.rank + rope))?;
             let scores = (q_s.matmul(&kv_all.t()?)? * self.scale)?; // (h * n_s, L)
             let scores = if span.len > 1 {
                 let mask = match masks.get(&(span.len, prefix)) {
@@ -157,7 +158,8 @@ impl Mla {
         };
         // (heads, N, nope) and (1, heads, N, rope): rows were reordered at load.
         let q_nope = q.narrow(1, 0, h * nope)?.reshape((n, h, nope))?.transpose(0, 1)?.contiguous()?;
-        let q_pe = q.narrow(1, h * nope, h * rope)?.reshape((n, h, rope))?.transpose(0, 1)?.contiguous()?.unsqueeze(0)?;
+        let q_pe =
+            q.narrow(1, h * nope, h * rope)?.reshape((n, h, rope))?.transpose(0, 1)?.contiguous()?.unsqueeze(0)?;
         let q_pe = Rope::apply(&q_pe, cos, sin)?.squeeze(0)?;
         // Absorb W_UK: (h, N, nope) x (h, nope, rank) -> (h, N, rank).
         let q_lat = q_nope.matmul(&self.w_uk)?;
@@ -199,9 +201,20 @@ impl Mla {
             QProj::LowRank { a, norm, b } => linear(&rms_norm(&linear(x, a)?, norm, self.eps)?, b)?,
         };
         let kv = linear(x, &self.kv_a)?; // (n, rank + rope)
-        super::kernels::mla_latent_write(&kv, &self.kv_a_norm, cos_t, sin_t, meta, buf, self.rank, self.rope, self.eps)?;
+        super::kernels::mla_latent_write(
+            &kv,
+            &self.kv_a_norm,
+            cos_t,
+            sin_t,
+            meta,
+            buf,
+            self.rank,
+            self.rope,
+            self.eps,
+        )?;
         // (n, h * nope) -> (h, n, nope) -> absorbed (h, n, rank).
-        let q_lat = q.narrow(1, 0, h * nope)?.reshape((n, h, nope))?.transpose(0, 1)?.contiguous()?.matmul(&self.w_uk)?;
+        let q_lat =
+            q.narrow(1, 0, h * nope)?.reshape((n, h, nope))?.transpose(0, 1)?.contiguous()?.matmul(&self.w_uk)?;
         let o_lat = super::kernels::mla_decode_attn(&q, &q_lat, cos_t, sin_t, meta, buf, h, nope, self.scale)?;
         let o = o_lat.matmul(&self.w_uv_t)?.transpose(0, 1)?.reshape((n, h * self.v_head))?; // (n, h * v)
         linear(&o, &self.o)
@@ -241,8 +254,7 @@ pub type MaskCache = std::collections::HashMap<(usize, usize), Tensor>;
 
 /// (n, total) additive mask: new token i (at position prefix + i) sees cache rows 0..=prefix + i.
 pub fn causal_mask(n: usize, prefix: usize, total: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..n)
-        .flat_map(|i| (0..total).map(move |j| if j <= prefix + i { 0.0 } else { f32::NEG_INFINITY }))
-        .collect();
+    let mask: Vec<f32> =
+        (0..n).flat_map(|i| (0..total).map(move |j| if j <= prefix + i { 0.0 } else { f32::NEG_INFINITY })).collect();
     Tensor::from_vec(mask, (n, total), device)?.to_dtype(dtype)
 }

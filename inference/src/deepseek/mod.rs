@@ -23,11 +23,11 @@ pub mod scheduler;
 pub mod tokenizer;
 
 pub use cache::{CachePool, LatentCache};
-pub use decode::FixedDecoder;
 pub use config::{DeepSeekV2Config, TopkMethod, YarnScaling};
-pub use tokenizer::{ChatFormat, DeepSeekTokenizer};
+pub use decode::FixedDecoder;
 pub use loader::{RandomSource, SafetensorsSource, WeightSource};
 pub use model::{DeepSeekV2, ForwardOutput, LogitsMode};
+pub use tokenizer::{ChatFormat, DeepSeekTokenizer};
 
 use candle_core::{Device, Result, Tensor};
 

@@ -154,13 +154,7 @@ impl DeepSeekV2 {
 
     /// An empty latent cache for one sequence, with room for `capacity` tokens (it grows).
     pub fn new_cache(&self, capacity: usize) -> Result<LatentCache, ModelError> {
-        Ok(LatentCache::new(
-            self.cfg.num_hidden_layers,
-            self.cfg.latent_dim(),
-            capacity,
-            self.dtype,
-            &self.device,
-        )?)
+        Ok(LatentCache::new(self.cfg.num_hidden_layers, self.cfg.latent_dim(), capacity, self.dtype, &self.device)?)
     }
 
     /// The MoE block of layer `i`, if it is one (tests inspect routing through it).
@@ -181,11 +175,7 @@ impl DeepSeekV2 {
         mode: LogitsMode,
     ) -> Result<ForwardOutput, ModelError> {
         if tokens.len() != caches.len() {
-            return Err(ModelError::InvalidInput(format!(
-                "{} token lists for {} caches",
-                tokens.len(),
-                caches.len()
-            )));
+            return Err(ModelError::InvalidInput(format!("{} token lists for {} caches", tokens.len(), caches.len())));
         }
         let mut ids = Vec::new();
         let mut positions = Vec::new();
@@ -195,7 +185,10 @@ impl DeepSeekV2 {
                 return Err(ModelError::InvalidInput("a sequence with no new tokens".into()));
             }
             if let Some(&bad) = toks.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
-                return Err(ModelError::InvalidInput(format!("token id {bad} beyond vocabulary {}", self.cfg.vocab_size)));
+                return Err(ModelError::InvalidInput(format!(
+                    "token id {bad} beyond vocabulary {}",
+                    self.cfg.vocab_size
+                )));
             }
             let start = cache.len();
             if start + toks.len() > self.rope.max_positions() {
@@ -266,8 +259,7 @@ impl DeepSeekV2 {
     pub fn batched_decode_supported(&self, n: usize) -> bool {
         #[cfg(feature = "cuda")]
         {
-            (1..=64).contains(&n)
-                && self.layers.first().is_some_and(|l| l.attn.fused_ok(&self.embed))
+            (1..=64).contains(&n) && self.layers.first().is_some_and(|l| l.attn.fused_ok(&self.embed))
         }
         #[cfg(not(feature = "cuda"))]
         {
@@ -279,18 +271,30 @@ impl DeepSeekV2 {
     /// One decode step for sequences whose caches are rows of `pool`: `tokens[s]` goes at
     /// position `caches[s].len()`. Returns f32 logits (n, vocab) and advances the caches. Only
     /// where [`Self::batched_decode_supported`]; [`Self::forward`] computes the same.
-    pub fn forward_decode(&self, tokens: &[u32], caches: &mut [&mut LatentCache], pool: &CachePool) -> Result<Tensor, ModelError> {
+    pub fn forward_decode(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut LatentCache],
+        pool: &CachePool,
+    ) -> Result<Tensor, ModelError> {
         let n = tokens.len();
         if n != caches.len() || !self.batched_decode_supported(n) {
-            return Err(ModelError::InvalidInput(format!("batched decode of {n} tokens for {} caches is not available here", caches.len())));
+            return Err(ModelError::InvalidInput(format!(
+                "batched decode of {n} tokens for {} caches is not available here",
+                caches.len()
+            )));
         }
         let mut meta = Vec::with_capacity(2 * n);
         let mut bases = Vec::with_capacity(n);
         for (&t, cache) in tokens.iter().zip(caches.iter_mut()) {
             if t as usize >= self.cfg.vocab_size {
-                return Err(ModelError::InvalidInput(format!("token id {t} beyond vocabulary {}", self.cfg.vocab_size)));
+                return Err(ModelError::InvalidInput(format!(
+                    "token id {t} beyond vocabulary {}",
+                    self.cfg.vocab_size
+                )));
             }
-            let base = pool.base_of(cache).ok_or_else(|| ModelError::InvalidInput("a cache outside the pool".into()))?;
+            let base =
+                pool.base_of(cache).ok_or_else(|| ModelError::InvalidInput("a cache outside the pool".into()))?;
             cache.reserve(1)?;
             meta.push(cache.len() as u32);
             bases.push(base as u32);
@@ -341,7 +345,8 @@ impl DeepSeekV2 {
         let pos2 = pos.reshape((1, 1))?;
         let write_idx = pos2.broadcast_as((1, self.cfg.latent_dim()))?.contiguous()?;
         let mask = arange.broadcast_le(&pos2)?.where_cond(zero, neg_inf)?;
-        let hidden = self.stack(&ids, |i, attn, h| attn.forward_fixed(h, &cos, &sin, cache.buffer(i), &write_idx, &mask, window))?;
+        let hidden = self
+            .stack(&ids, |i, attn, h| attn.forward_fixed(h, &cos, &sin, cache.buffer(i), &write_idx, &mask, window))?;
         linear(&hidden, &self.lm_head)?.to_dtype(DType::F32)
     }
 
@@ -352,7 +357,8 @@ impl DeepSeekV2 {
         let (cos_t, sin_t) = self.rope.tables();
         let pos = input.narrow(0, 1, 1)?;
         let meta = Tensor::cat(&[&pos, &pos.zeros_like()?], 0)?; // [position, base row 0]
-        let hidden = self.stack(ids, |i, attn, h| attn.forward_decode_batch(h, cos_t, sin_t, &meta, cache.buffer(i)))?;
+        let hidden =
+            self.stack(ids, |i, attn, h| attn.forward_decode_batch(h, cos_t, sin_t, &meta, cache.buffer(i)))?;
         linear(&hidden, &self.lm_head)?.to_dtype(DType::F32)
     }
 }

@@ -7,8 +7,8 @@
 //! the device, which needs no host round trip (see `kernels`).
 
 use super::config::{DeepSeekV2Config, TopkMethod};
-use super::loader::WeightSource;
 use super::linear;
+use super::loader::WeightSource;
 use crate::ModelError;
 use candle_core::{DType, Device, Result, Tensor, D};
 
@@ -244,7 +244,15 @@ impl Moe {
                     }
                 };
                 if n <= FUSED_MAX_TOKENS {
-                    return super::kernels::experts(x, &route, &self.gate_up, &self.down, residual, self.top_k, self.shared);
+                    return super::kernels::experts(
+                        x,
+                        &route,
+                        &self.gate_up,
+                        &self.down,
+                        residual,
+                        self.top_k,
+                        self.shared,
+                    );
                 }
                 // The shared experts see every token: for a batch that is a dense GEMM, which
                 // cuBLAS does at full bandwidth; the grouped kernels take only the routed experts.
@@ -252,7 +260,15 @@ impl Moe {
                     Some(shared) => (residual + shared)?,
                     None => residual.clone(),
                 };
-                return super::kernels::experts_grouped(x, &route, &self.gate_up, &self.down, &residual, self.top_k, self.n_experts);
+                return super::kernels::experts_grouped(
+                    x,
+                    &route,
+                    &self.gate_up,
+                    &self.down,
+                    &residual,
+                    self.top_k,
+                    self.n_experts,
+                );
             }
         }
         residual + self.forward(x)?

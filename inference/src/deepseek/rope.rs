@@ -26,8 +26,7 @@ pub fn inv_freq(cfg: &DeepSeekV2Config) -> (Vec<f64>, f64) {
     let extra: Vec<f64> = (0..dim / 2).map(|i| 1.0 / base.powf((2 * i) as f64 / dim as f64)).collect();
     let Some(y) = &cfg.yarn else { return (extra, 1.0) };
     let orig = y.original_max_position_embeddings as f64;
-    let correction_dim =
-        |rot: f64| (dim as f64 * (orig / (rot * 2.0 * std::f64::consts::PI)).ln()) / (2.0 * base.ln());
+    let correction_dim = |rot: f64| (dim as f64 * (orig / (rot * 2.0 * std::f64::consts::PI)).ln()) / (2.0 * base.ln());
     let low = correction_dim(y.beta_fast).floor().max(0.0);
     let mut high = correction_dim(y.beta_slow).ceil().min(dim as f64 - 1.0);
     if low == high {

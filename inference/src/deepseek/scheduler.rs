@@ -97,7 +97,13 @@ impl Scheduler {
     /// Starts the scheduling thread, with the cache pool allocated on the model's device.
     pub fn start(model: Arc<DeepSeekV2>, config: SchedulerConfig) -> Result<Self, ModelError> {
         let cfg = model.config();
-        let pool = CachePool::new(cfg.num_hidden_layers, cfg.latent_dim(), config.cache_tokens, model.dtype(), model.device())?;
+        let pool = CachePool::new(
+            cfg.num_hidden_layers,
+            cfg.latent_dim(),
+            config.cache_tokens,
+            model.dtype(),
+            model.device(),
+        )?;
         let (tx, rx) = mpsc::sync_channel::<Job>(config.max_queued.max(1));
         let queued = Arc::new(AtomicUsize::new(0));
         let handle = Self {
@@ -109,7 +115,9 @@ impl Scheduler {
         };
         std::thread::Builder::new()
             .name("kb-deepseek-scheduler".into())
-            .spawn(move || Worker { model, config, rx, queued, pool, waiting: VecDeque::new(), active: Vec::new() }.run())
+            .spawn(move || {
+                Worker { model, config, rx, queued, pool, waiting: VecDeque::new(), active: Vec::new() }.run()
+            })
             .map_err(|e| ModelError::InvalidInput(format!("spawning the scheduler thread: {e}")))?;
         Ok(handle)
     }
@@ -276,7 +284,8 @@ impl Worker {
         let plan = self.plan();
         let all_decoding = plan.iter().all(|(i, _)| self.active[*i].decoding());
         let logits = {
-            let mut picked: Vec<Option<&mut LatentCache>> = self.active.iter_mut().map(|s| Some(&mut s.cache)).collect();
+            let mut picked: Vec<Option<&mut LatentCache>> =
+                self.active.iter_mut().map(|s| Some(&mut s.cache)).collect();
             let mut caches: Vec<&mut LatentCache> =
                 plan.iter().map(|(i, _)| picked[*i].take().expect("each sequence planned once")).collect();
             if all_decoding && self.model.batched_decode_supported(plan.len()) {

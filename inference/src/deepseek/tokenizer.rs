@@ -65,7 +65,8 @@ impl DeepSeekTokenizer {
         if !cfg_path.is_file() {
             return Err(ModelError::MissingFile { path: cfg_path });
         }
-        let text = std::fs::read_to_string(&cfg_path).map_err(|source| ModelError::Io { path: cfg_path.clone(), source })?;
+        let text =
+            std::fs::read_to_string(&cfg_path).map_err(|source| ModelError::Io { path: cfg_path.clone(), source })?;
         let cfg: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| ModelError::Config { path: cfg_path.clone(), message: e.to_string() })?;
         let bad = |message: String| ModelError::Config { path: cfg_path.clone(), message };

@@ -34,10 +34,8 @@ impl BertEmbedder {
         let weights = require(dir, "model.safetensors")?;
         let tokenizer_path = require(dir, "tokenizer.json")?;
         let text = read(&config_path)?;
-        let config: Config = serde_json::from_str(&text).map_err(|e| ModelError::Config {
-            path: config_path.clone(),
-            message: e.to_string(),
-        })?;
+        let config: Config = serde_json::from_str(&text)
+            .map_err(|e| ModelError::Config { path: config_path.clone(), message: e.to_string() })?;
         let raw: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
         let dim = raw["hidden_size"].as_u64().unwrap_or(0) as usize;
         let max_positions = raw["max_position_embeddings"].as_u64().unwrap_or(512) as usize;
@@ -58,28 +56,16 @@ impl BertEmbedder {
         let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
             .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", tokenizer_path.display())))?;
         tokenizer.with_padding(None);
-        tokenizer
-            .with_truncation(None)
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+        tokenizer.with_truncation(None).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         let mut encoder_tokenizer = tokenizer.clone();
-        encoder_tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            ..Default::default()
-        }));
+        encoder_tokenizer
+            .with_padding(Some(PaddingParams { strategy: PaddingStrategy::BatchLongest, ..Default::default() }));
         encoder_tokenizer
             .with_truncation(Some(TruncationParams { max_length: max_tokens, ..Default::default() }))
             .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
 
         let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("bert");
-        Ok(Self {
-            id: format!("bert:{name}"),
-            model,
-            encoder_tokenizer,
-            tokenizer,
-            dim,
-            max_tokens,
-            device,
-        })
+        Ok(Self { id: format!("bert:{name}"), model, encoder_tokenizer, tokenizer, dim, max_tokens, device })
     }
 
     fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ModelError> {

@@ -16,8 +16,7 @@ pub const IM_START: &str = "<|im_start|>";
 pub const IM_END: &str = "<|im_end|>";
 
 /// SmolLM2-Instruct's template default, used when the GGUF carries no template.
-const SMOLLM2_DEFAULT_SYSTEM: &str =
-    "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
+const SMOLLM2_DEFAULT_SYSTEM: &str = "You are a helpful AI assistant named SmolLM, trained by Hugging Face";
 
 #[derive(Debug, Clone)]
 pub struct ChatMl {
@@ -29,10 +28,8 @@ pub struct ChatMl {
 impl ChatMl {
     /// Checks the tokenizer's template is ChatML and takes its default system prompt.
     pub fn from_tokenizer(tok: &GgufTokenizer) -> Result<Self, ModelError> {
-        let id = |t: &str| {
-            tok.token_id(t)
-                .ok_or_else(|| ModelError::Unsupported(format!("vocabulary has no {t} token")))
-        };
+        let id =
+            |t: &str| tok.token_id(t).ok_or_else(|| ModelError::Unsupported(format!("vocabulary has no {t} token")));
         let (im_start, im_end) = (id(IM_START)?, id(IM_END)?);
         let default_system = match tok.chat_template() {
             None => {
@@ -61,11 +58,7 @@ impl ChatMl {
 
     /// The prompt's token ids. Message contents are tokenized with special-token text treated
     /// as plain text, so content cannot open or close turns; the markers are inserted as ids.
-    pub fn encode(
-        &self,
-        tok: &GgufTokenizer,
-        messages: &[ChatMessage],
-    ) -> Result<Vec<u32>, ModelError> {
+    pub fn encode(&self, tok: &GgufTokenizer, messages: &[ChatMessage]) -> Result<Vec<u32>, ModelError> {
         let newline = tok.encode("\n", false)?;
         let mut ids = Vec::new();
         for (role, content) in self.turns(messages) {
@@ -79,14 +72,9 @@ impl ChatMl {
         Ok(ids)
     }
 
-    fn turns<'a>(
-        &'a self,
-        messages: &'a [ChatMessage],
-    ) -> impl Iterator<Item = (&'a str, &'a str)> {
+    fn turns<'a>(&'a self, messages: &'a [ChatMessage]) -> impl Iterator<Item = (&'a str, &'a str)> {
         let default = match (messages.first(), &self.default_system) {
-            (Some(first), Some(system)) if first.role != Role::System => {
-                Some(("system", system.as_str()))
-            }
+            (Some(first), Some(system)) if first.role != Role::System => Some(("system", system.as_str())),
             _ => None,
         };
         default.into_iter().chain(messages.iter().map(|m| (role_name(m.role), m.content.as_str())))
@@ -111,8 +99,7 @@ fn default_system_of(template: &str) -> Option<String> {
     let end = rest.find(IM_END)?;
     let system = &rest[..end];
     // A system turn built from a variable (`' + message['content'] + '`) is no default.
-    (!system.is_empty() && !system.contains('\'') && !system.contains('{'))
-        .then(|| system.to_string())
+    (!system.is_empty() && !system.contains('\'') && !system.contains('{')).then(|| system.to_string())
 }
 
 #[cfg(test)]

@@ -2,10 +2,10 @@
 //! one sequence at a time through [`FixedDecoder`] (on CUDA, the decode step is a replayed CUDA
 //! graph) or many at once through the continuous-batching [`Scheduler`].
 
-use super::sampling::{RepeatPenalty, Sampler};
 use super::decode_loop::decode_loop;
-use super::{ChatMessage, FinishReason, Flow, GenerationStats, Generator, SamplingParams};
+use super::sampling::{RepeatPenalty, Sampler};
 use super::text_stream::{StreamState, TextStream};
+use super::{ChatMessage, FinishReason, Flow, GenerationStats, Generator, SamplingParams};
 use crate::deepseek::scheduler::{Event, Request, Scheduler, SchedulerConfig, SubmitError};
 use crate::deepseek::{DeepSeekTokenizer, DeepSeekV2, FixedDecoder};
 use crate::ModelError;
@@ -59,7 +59,12 @@ impl DeepSeekGenerator {
     }
 
     /// As [`Self::load`], serving concurrent requests in one batch through a [`Scheduler`].
-    pub fn load_batched(dir: &Path, device: &Device, context_tokens: usize, config: SchedulerConfig) -> Result<Self, ModelError> {
+    pub fn load_batched(
+        dir: &Path,
+        device: &Device,
+        context_tokens: usize,
+        config: SchedulerConfig,
+    ) -> Result<Self, ModelError> {
         let tokenizer = DeepSeekTokenizer::from_dir(dir)?;
         let model = Arc::new(DeepSeekV2::load(dir, device)?);
         let id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "deepseek-v2".into());

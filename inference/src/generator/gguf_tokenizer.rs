@@ -101,10 +101,7 @@ impl GgufTokenizer {
             None => vec![1; tokens.len()],
         };
         if types.len() != tokens.len() {
-            return Err(bad(
-                "tokenizer.ggml.token_type",
-                format!("{} types for {} tokens", types.len(), tokens.len()),
-            ));
+            return Err(bad("tokenizer.ggml.token_type", format!("{} types for {} tokens", types.len(), tokens.len())));
         }
 
         let vocab: Vocab = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
@@ -161,8 +158,7 @@ impl GgufTokenizer {
         let id_of = |key: &str| -> Option<u32> {
             md.get(key).and_then(|v| v.to_u32().ok()).filter(|&id| (id as usize) < tokens.len())
         };
-        let chat_template =
-            md.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
+        let chat_template = md.get("tokenizer.chat_template").and_then(|v| v.to_string().ok()).cloned();
         Ok(Self {
             special,
             plain,
@@ -178,9 +174,7 @@ impl GgufTokenizer {
     /// becomes its single id; without, it is tokenized as the characters it is made of.
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>, ModelError> {
         let tok = if parse_special { &self.special } else { &self.plain };
-        tok.encode(text, false)
-            .map(|e| e.get_ids().to_vec())
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))
+        tok.encode(text, false).map(|e| e.get_ids().to_vec()).map_err(|e| ModelError::Tokenizer(e.to_string()))
     }
 
     /// Text of `ids`; `skip_special` drops control tokens.
@@ -228,10 +222,7 @@ fn pre_tokenizer(pre: Option<&str>) -> PreTokenizerWrapper {
     let byte_level = ByteLevel::new(false, true, true);
     match pre {
         Some("smollm" | "starcoder" | "refact" | "codeshell") => {
-            PreTokenizerWrapper::Sequence(Sequence::new(vec![
-                Digits::new(true).into(),
-                byte_level.into(),
-            ]))
+            PreTokenizerWrapper::Sequence(Sequence::new(vec![Digits::new(true).into(), byte_level.into()]))
         }
         Some("gpt-2" | "default") | None => byte_level.into(),
         Some(other) => {
@@ -264,17 +255,11 @@ fn gpt2_unicode_to_byte() -> impl Fn(char) -> Option<u8> {
     }
 }
 
-fn md_string<'a>(
-    md: &'a std::collections::HashMap<String, Value>,
-    key: &str,
-) -> Result<&'a String, ModelError> {
+fn md_string<'a>(md: &'a std::collections::HashMap<String, Value>, key: &str) -> Result<&'a String, ModelError> {
     md.get(key).ok_or_else(|| bad(key, "missing"))?.to_string().map_err(|e| bad(key, e))
 }
 
-fn md_array<'a>(
-    md: &'a std::collections::HashMap<String, Value>,
-    key: &str,
-) -> Result<&'a Vec<Value>, ModelError> {
+fn md_array<'a>(md: &'a std::collections::HashMap<String, Value>, key: &str) -> Result<&'a Vec<Value>, ModelError> {
     md.get(key).ok_or_else(|| bad(key, "missing"))?.to_vec().map_err(|e| bad(key, e))
 }
 

@@ -94,7 +94,11 @@ pub trait Generator: Send + Sync {
 
 /// The stats a generation starts from, or the overflow error when the prompt and the answer
 /// cannot both fit in `context_tokens`.
-pub(crate) fn start_stats(prompt_tokens: usize, max_tokens: usize, context_tokens: usize) -> Result<GenerationStats, ModelError> {
+pub(crate) fn start_stats(
+    prompt_tokens: usize,
+    max_tokens: usize,
+    context_tokens: usize,
+) -> Result<GenerationStats, ModelError> {
     if prompt_tokens.saturating_add(max_tokens) > context_tokens {
         return Err(ModelError::ContextOverflow { prompt_tokens, max_tokens, context_tokens });
     }

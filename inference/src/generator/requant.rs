@@ -33,8 +33,7 @@ fn slow_on_cpu(dtype: GgmlDType) -> bool {
 
 /// Whether `content` holds tensors that `format` would re-encode.
 pub fn needs_conversion(content: &Content, format: WeightFormat) -> bool {
-    format != WeightFormat::Native
-        && content.tensor_infos.values().any(|t| slow_on_cpu(t.ggml_dtype))
+    format != WeightFormat::Native && content.tensor_infos.values().any(|t| slow_on_cpu(t.ggml_dtype))
 }
 
 /// Reads every tensor of `content` from `reader`, re-encoding the slow ones, and returns a
@@ -63,20 +62,11 @@ pub fn convert<R: Read + Seek>(
             }
             _ => q,
         };
-        let info = TensorInfo {
-            ggml_dtype: q.dtype(),
-            shape: q.shape().clone(),
-            offset: data.len() as u64,
-        };
+        let info = TensorInfo { ggml_dtype: q.dtype(), shape: q.shape().clone(), offset: data.len() as u64 };
         data.extend_from_slice(&q.data()?);
         tensor_infos.insert(name.clone(), info);
     }
-    let converted = Content {
-        magic: content.magic,
-        metadata: content.metadata,
-        tensor_infos,
-        tensor_data_offset: 0,
-    };
+    let converted = Content { magic: content.magic, metadata: content.metadata, tensor_infos, tensor_data_offset: 0 };
     Ok((converted, Cursor::new(data)))
 }
 

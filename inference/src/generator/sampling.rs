@@ -40,10 +40,7 @@ impl Sampler {
             }
         }
         if !repeat.penalty.is_finite() || repeat.penalty <= 0.0 {
-            return Err(ModelError::InvalidInput(format!(
-                "repeat penalty must be > 0, got {}",
-                repeat.penalty
-            )));
+            return Err(ModelError::InvalidInput(format!("repeat penalty must be > 0, got {}", repeat.penalty)));
         }
         let temperature = (t > 0.0).then_some(t);
         // top_p = 1 keeps every token: plain temperature sampling, without the sort.

@@ -13,10 +13,10 @@ use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::{ModelWeights, MAX_SEQ_LEN};
 
 use super::chatml::ChatMl;
+use super::decode_loop::decode_loop;
 use super::gguf_tokenizer::GgufTokenizer;
 use super::requant::{self, WeightFormat};
 use super::sampling::{RepeatPenalty, Sampler};
-use super::decode_loop::decode_loop;
 use super::{ChatMessage, Flow, GenerationStats, Generator, SamplingParams};
 use crate::ModelError;
 
@@ -92,10 +92,8 @@ impl SmolLmGenerator {
 
         let tokenizer = GgufTokenizer::from_gguf(&content)?;
         // Every id the model can sample must have text, and every prompt id an embedding.
-        let embedding_rows = content
-            .tensor_infos
-            .get("token_embd.weight")
-            .and_then(|t| t.shape.dims().first().copied());
+        let embedding_rows =
+            content.tensor_infos.get("token_embd.weight").and_then(|t| t.shape.dims().first().copied());
         if embedding_rows != Some(tokenizer.vocab_size()) {
             return Err(config_err(format!(
                 "token_embd.weight has {embedding_rows:?} rows, tokenizer has {} tokens",
@@ -103,14 +101,11 @@ impl SmolLmGenerator {
             )));
         }
         let chat = ChatMl::from_tokenizer(&tokenizer)?;
-        let mut stop_ids: Vec<u32> = [
-            tokenizer.eos_token_id(),
-            tokenizer.token_id(super::chatml::IM_END),
-            tokenizer.token_id("<|endoftext|>"),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
+        let mut stop_ids: Vec<u32> =
+            [tokenizer.eos_token_id(), tokenizer.token_id(super::chatml::IM_END), tokenizer.token_id("<|endoftext|>")]
+                .into_iter()
+                .flatten()
+                .collect();
         stop_ids.sort_unstable();
         stop_ids.dedup();
 
@@ -174,12 +169,7 @@ impl SmolLmGenerator {
     }
 
     /// One forward pass of `tokens` at position `pos`; the logits of the last one.
-    fn forward(
-        &self,
-        model: &mut ModelWeights,
-        tokens: &[u32],
-        pos: usize,
-    ) -> Result<Tensor, ModelError> {
+    fn forward(&self, model: &mut ModelWeights, tokens: &[u32], pos: usize) -> Result<Tensor, ModelError> {
         let input = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
         Ok(model.forward(&input, pos)?.squeeze(0)?)
     }

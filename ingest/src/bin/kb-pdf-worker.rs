@@ -1,1 +1,3 @@
-fn main() { std::process::exit(kb_ingest::parse::pdf::pdf_worker_main()); }
+fn main() {
+    std::process::exit(kb_ingest::parse::pdf::pdf_worker_main());
+}

@@ -25,13 +25,7 @@ impl DocBuilder {
         }
         let start = self.text.len();
         self.text.push_str(text);
-        self.blocks.push(Block {
-            start,
-            end: self.text.len(),
-            page,
-            heading_path: heading_path.to_vec(),
-            is_heading,
-        });
+        self.blocks.push(Block { start, end: self.text.len(), page, heading_path: heading_path.to_vec(), is_heading });
     }
 
     /// The first non-blank line of the text so far, for formats without a better title.

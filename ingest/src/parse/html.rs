@@ -8,8 +8,8 @@ use super::ParsedDocument;
 
 /// Elements whose whole subtree is boilerplate or not text.
 const DROPPED: &[&str] = &[
-    "head", "script", "style", "nav", "header", "footer", "aside", "noscript", "form", "template",
-    "svg", "iframe", "object", "canvas", "button", "select", "dialog", "math",
+    "head", "script", "style", "nav", "header", "footer", "aside", "noscript", "form", "template", "svg", "iframe",
+    "object", "canvas", "button", "select", "dialog", "math",
 ];
 
 /// Landmark roles that mean the same as the dropped elements.
@@ -17,9 +17,36 @@ const DROPPED_ROLES: &[&str] = &["navigation", "banner", "contentinfo", "complem
 
 /// Elements that end one text block and begin another.
 const BLOCK_LEVEL: &[&str] = &[
-    "p", "li", "dt", "dd", "pre", "blockquote", "div", "section", "article", "main", "body",
-    "table", "thead", "tbody", "tfoot", "tr", "caption", "ul", "ol", "dl", "figure", "figcaption",
-    "address", "details", "summary", "hr", "br", "fieldset", "legend", "center",
+    "p",
+    "li",
+    "dt",
+    "dd",
+    "pre",
+    "blockquote",
+    "div",
+    "section",
+    "article",
+    "main",
+    "body",
+    "table",
+    "thead",
+    "tbody",
+    "tfoot",
+    "tr",
+    "caption",
+    "ul",
+    "ol",
+    "dl",
+    "figure",
+    "figcaption",
+    "address",
+    "details",
+    "summary",
+    "hr",
+    "br",
+    "fieldset",
+    "legend",
+    "center",
 ];
 
 pub(crate) fn parse(source: &str) -> ParsedDocument {

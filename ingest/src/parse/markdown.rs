@@ -54,9 +54,7 @@ impl Walker {
         match event {
             Event::Start(tag) => self.start(tag),
             Event::End(tag) => self.end(tag),
-            Event::Text(t) | Event::Code(t) | Event::InlineMath(t) | Event::DisplayMath(t) => {
-                self.buf.push_str(&t)
-            }
+            Event::Text(t) | Event::Code(t) | Event::InlineMath(t) | Event::DisplayMath(t) => self.buf.push_str(&t),
             Event::SoftBreak => self.buf.push(' '),
             Event::HardBreak => self.buf.push('\n'),
             Event::TaskListMarker(done) => self.buf.push_str(if done { "[x] " } else { "[ ] " }),

@@ -332,11 +332,7 @@ fn build_document(title: Option<String>, pages: &[PageText]) -> ParsedDocument {
     let mut doc = DocBuilder::default();
     let mut first_line = None;
     for page in pages {
-        let text: String = page
-            .text
-            .chars()
-            .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
-            .collect();
+        let text: String = page.text.chars().map(|c| if c.is_control() && c != '\n' { ' ' } else { c }).collect();
         let mut para = String::new();
         for line in text.lines() {
             let line = collapse_whitespace(line);

@@ -21,11 +21,7 @@ pub fn read_fixture(name: &str) -> Vec<u8> {
 /// The embedder's tokenizer, exactly as shipped (its truncation/padding settings included).
 pub fn tokenizer() -> Tokenizer {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/all-MiniLM-L6-v2/tokenizer.json");
-    assert!(
-        path.exists(),
-        "tokenizer missing at {}: run scripts/fetch-models.sh first",
-        path.display()
-    );
+    assert!(path.exists(), "tokenizer missing at {}: run scripts/fetch-models.sh first", path.display());
     Tokenizer::from_file(&path).unwrap_or_else(|e| panic!("cannot load {}: {e}", path.display()))
 }
 

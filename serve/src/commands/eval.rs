@@ -35,7 +35,13 @@ struct QueryRecord {
 /// query id → (document id → graded relevance)
 pub type Qrels = HashMap<String, HashMap<String, i32>>;
 
-pub async fn run(mut config: Config, dir: &Path, collection: &str, mode: SearchMode, batch: usize) -> anyhow::Result<()> {
+pub async fn run(
+    mut config: Config,
+    dir: &Path,
+    collection: &str,
+    mode: SearchMode,
+    batch: usize,
+) -> anyhow::Result<()> {
     let qrels = read_qrels(&dir.join("qrels/test.tsv"))?;
     let queries: Vec<QueryRecord> = read_jsonl(&dir.join("queries.jsonl"))?
         .into_iter()
@@ -103,10 +109,8 @@ async fn ingest_corpus(app: &App, c: &kb_index::Collection, path: &Path, batch: 
     let before = app.ingestor.embed_stats();
     let (mut chunks, mut failed) = (0usize, 0usize);
     for part in records.chunks(batch) {
-        let files = part
-            .iter()
-            .map(|r| (format!("{}.txt", r.id), format!("{}\n\n{}", r.title, r.text).into_bytes()))
-            .collect();
+        let files =
+            part.iter().map(|r| (format!("{}.txt", r.id), format!("{}\n\n{}", r.title, r.text).into_bytes())).collect();
         for outcome in app.ingestor.ingest_files(c, files).await? {
             match outcome {
                 Outcome::Indexed { chunks: n, .. } => chunks += n,

@@ -50,10 +50,7 @@ pub async fn run(config: Config, collection: &str, paths: &[PathBuf]) -> anyhow:
     }
     app.engine.flush(&c).await?;
     bar.finish_and_clear();
-    println!(
-        "{indexed} ingested ({chunks} chunks), {unchanged} skipped (unchanged), {} failed",
-        failures.len()
-    );
+    println!("{indexed} ingested ({chunks} chunks), {unchanged} skipped (unchanged), {} failed", failures.len());
     for (path, why) in &failures {
         println!("  failed: {}: {why}", path.display());
     }

@@ -43,7 +43,11 @@ pub async fn run(config: Config, command: KeysCommand) -> anyhow::Result<()> {
                 let rights = if k.admin {
                     "admin".to_owned()
                 } else {
-                    k.grants.iter().map(|g| format!("{}:{}", g.collection, g.access.as_str())).collect::<Vec<_>>().join(", ")
+                    k.grants
+                        .iter()
+                        .map(|g| format!("{}:{}", g.collection, g.access.as_str()))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 };
                 println!("{:<24} {rights}", k.name);
             }

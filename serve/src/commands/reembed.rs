@@ -23,7 +23,10 @@ pub async fn run(config: Config, collection: &str, batch: usize) -> anyhow::Resu
         println!("{collection}: already embedded with {embedder}");
     } else {
         let secs = started.elapsed().as_secs_f64();
-        println!("{collection}: {switched} chunks re-embedded with {embedder} in {secs:.1} s ({:.1} chunks/s)", switched as f64 / secs.max(1e-9));
+        println!(
+            "{collection}: {switched} chunks re-embedded with {embedder} in {secs:.1} s ({:.1} chunks/s)",
+            switched as f64 / secs.max(1e-9)
+        );
     }
     Ok(())
 }

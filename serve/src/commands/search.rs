@@ -3,7 +3,14 @@ use kb_index::{SearchMode, SearchRequest};
 use crate::app::App;
 use crate::config::Config;
 
-pub async fn run(config: Config, collection: &str, mode: SearchMode, top_k: usize, distinct: bool, query: &str) -> anyhow::Result<()> {
+pub async fn run(
+    config: Config,
+    collection: &str,
+    mode: SearchMode,
+    top_k: usize,
+    distinct: bool,
+    query: &str,
+) -> anyhow::Result<()> {
     let app = App::open(config).await?;
     let c = app.engine.collection(collection).await?;
     let started = std::time::Instant::now();

@@ -43,9 +43,10 @@ impl Caller {
 
     pub fn require_admin(&self) -> Result<(), ApiError> {
         match &self.0 {
-            Some(key) if !key.admin => {
-                Err(ApiError::Forbidden(format!("API key {:?} is not an admin key: creating and deleting collections needs one", key.name)))
-            }
+            Some(key) if !key.admin => Err(ApiError::Forbidden(format!(
+                "API key {:?} is not an admin key: creating and deleting collections needs one",
+                key.name
+            ))),
             _ => Ok(()),
         }
     }
@@ -71,14 +72,16 @@ impl FromRequest for Caller {
             let state = state.ok_or_else(|| ApiError::Internal("service state missing".into()))?;
             let store = state.engine().store();
             match header {
-                Some(None) => Err(ApiError::Unauthorized("malformed Authorization header: expected \"Bearer <key>\"".into())),
+                Some(None) => {
+                    Err(ApiError::Unauthorized("malformed Authorization header: expected \"Bearer <key>\"".into()))
+                }
                 Some(Some(token)) => match store.api_key_by_hash(&hash_key(&token)).await? {
                     Some(key) => Ok(Caller(Some(key))),
                     None => Err(ApiError::Unauthorized("unknown API key".into())),
                 },
-                None if store.has_api_keys().await? => {
-                    Err(ApiError::Unauthorized("this server requires an API key: send \"Authorization: Bearer <key>\"".into()))
-                }
+                None if store.has_api_keys().await? => Err(ApiError::Unauthorized(
+                    "this server requires an API key: send \"Authorization: Bearer <key>\"".into(),
+                )),
                 None => Ok(Caller(None)),
             }
         })

@@ -31,7 +31,9 @@ impl From<kb_inference::ModelError> for ApiError {
         use kb_inference::ModelError as M;
         match e {
             // The generator's queue or cache is full: a moment later it may not be.
-            M::Busy(message) => Self::Unavailable { message: format!("the generator is busy: {message}"), retry_after: 2 },
+            M::Busy(message) => {
+                Self::Unavailable { message: format!("the generator is busy: {message}"), retry_after: 2 }
+            }
             e @ (M::ContextOverflow { .. } | M::InvalidInput(_)) => Self::bad_request("invalid_request", e.to_string()),
             other => Self::Internal(other.to_string()),
         }

@@ -27,7 +27,12 @@ pub struct JobQueue {
 impl JobQueue {
     pub fn new(workers: usize) -> Arc<Self> {
         let size = workers.max(1);
-        Arc::new(Self { wake: Notify::new(), workers: Arc::new(Semaphore::new(size)), size, stopping: AtomicBool::new(false) })
+        Arc::new(Self {
+            wake: Notify::new(),
+            workers: Arc::new(Semaphore::new(size)),
+            size,
+            stopping: AtomicBool::new(false),
+        })
     }
 
     /// Tells the dispatcher a job was queued.
@@ -81,7 +86,9 @@ impl JobQueue {
         match tokio::time::timeout(grace, all).await {
             Ok(_) => tracing::info!("ingest workers idle; shutting down"),
             Err(_) => match store.requeue_interrupted_jobs().await {
-                Ok(n) => tracing::warn!(jobs = n, "jobs still running at shutdown were queued again for the next start"),
+                Ok(n) => {
+                    tracing::warn!(jobs = n, "jobs still running at shutdown were queued again for the next start")
+                }
                 Err(e) => tracing::error!(error = %e, "requeueing running jobs at shutdown"),
             },
         }

@@ -3,8 +3,8 @@
 pub mod auth;
 pub mod error;
 mod jobs;
-pub mod openapi;
 mod observe;
+pub mod openapi;
 mod routes;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use actix_web::{middleware, web, App as HttpApp, HttpServer};
 use anyhow::Context;
-use tokio::sync::Semaphore;
 use kb_index::Engine;
 use kb_ingest::pipeline::Ingestor;
+use tokio::sync::Semaphore;
 
 use crate::answer::Answerer;
 use crate::app::App;
@@ -87,7 +87,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         );
     }
     let generator = app.load_generator().await?;
-    let answerer = Answerer::new(app.engine.clone(), generator, app.config.answer_max_tokens, app.config.answer_min_relevance);
+    let answerer =
+        Answerer::new(app.engine.clone(), generator, app.config.answer_max_tokens, app.config.answer_min_relevance);
     let jobs = JobQueue::new(workers);
     tokio::spawn(jobs.clone().run(app.ingestor.clone()));
     let state = web::Data::new(State {

@@ -152,7 +152,12 @@ impl utoipa::Modify for BearerAuth {
         let components = api.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "api_key",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some("kb API key (kb keys create)")).build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("kb API key (kb keys create)"))
+                    .build(),
+            ),
         );
     }
 }

@@ -3,11 +3,11 @@ use kb_index::store::Access;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::{answer_whole, stream_answer};
 use crate::answer::Answer;
 use crate::server::auth::Caller;
 use crate::server::error::ApiError;
 use crate::server::State;
-use super::{answer_whole, stream_answer};
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct AskBody {
@@ -32,7 +32,12 @@ fn sse(event: &str, data: &serde_json::Value) -> web::Bytes {
 
 #[utoipa::path(post, path = "/v1/collections/{name}/ask", tag = "search", params(("name" = String, Path)), request_body = AskBody, responses((status = 200, description = "The answer; with stream: true, text/event-stream events token, citations, done", body = crate::server::openapi::AnswerBody), (status = 503, description = "Too many answers in progress (Retry-After)", body = crate::server::openapi::ErrorBody), (status = 400, description = "Bad request", body = crate::server::openapi::ErrorBody), (status = 401, description = "API key missing or unknown", body = crate::server::openapi::ErrorBody), (status = 403, description = "The key lacks the right", body = crate::server::openapi::ErrorBody), (status = 404, description = "No such collection (or not visible to the key)", body = crate::server::openapi::ErrorBody)))]
 #[post("/v1/collections/{name}/ask")]
-pub async fn ask(state: web::Data<State>, caller: Caller, name: web::Path<String>, body: web::Json<AskBody>) -> Result<HttpResponse, ApiError> {
+pub async fn ask(
+    state: web::Data<State>,
+    caller: Caller,
+    name: web::Path<String>,
+    body: web::Json<AskBody>,
+) -> Result<HttpResponse, ApiError> {
     caller.require(&name, Access::Read)?;
     if body.question.trim().is_empty() {
         return Err(ApiError::bad_request("invalid_request", "question must not be empty"));

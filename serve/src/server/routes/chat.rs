@@ -6,10 +6,10 @@ use kb_index::store::Access;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::{answer_whole, stream_answer};
 use crate::server::auth::Caller;
 use crate::server::error::ApiError;
 use crate::server::State;
-use super::{answer_whole, stream_answer};
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub struct ChatRequest {
@@ -30,7 +30,9 @@ pub struct ChatMessageIn {
 fn text_of(content: &serde_json::Value) -> String {
     match content {
         serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Array(parts) => parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join("\n"),
+        serde_json::Value::Array(parts) => {
+            parts.iter().filter_map(|p| p["text"].as_str()).collect::<Vec<_>>().join("\n")
+        }
         _ => String::new(),
     }
 }
@@ -49,7 +51,11 @@ fn chunk(id: &str, model: &str, delta: serde_json::Value, finish: Option<&str>) 
 
 #[utoipa::path(post, path = "/v1/chat/completions", tag = "search", request_body = ChatRequest, responses((status = 200, description = "OpenAI chat.completion (or chat.completion.chunk events with stream: true)", body = serde_json::Value), (status = 503, description = "Too many answers in progress (Retry-After)", body = crate::server::openapi::ErrorBody), (status = 400, description = "Bad request", body = crate::server::openapi::ErrorBody), (status = 401, description = "API key missing or unknown", body = crate::server::openapi::ErrorBody), (status = 403, description = "The key lacks the right", body = crate::server::openapi::ErrorBody), (status = 404, description = "No such collection (or not visible to the key)", body = crate::server::openapi::ErrorBody)))]
 #[post("/v1/chat/completions")]
-pub async fn completions(state: web::Data<State>, caller: Caller, body: web::Json<ChatRequest>) -> Result<HttpResponse, ApiError> {
+pub async fn completions(
+    state: web::Data<State>,
+    caller: Caller,
+    body: web::Json<ChatRequest>,
+) -> Result<HttpResponse, ApiError> {
     let collection = body.model.strip_prefix("kb:").ok_or_else(|| {
         ApiError::bad_request("invalid_model", format!("model must be \"kb:<collection>\", not {:?}", body.model))
     })?;

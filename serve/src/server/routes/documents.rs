@@ -50,7 +50,10 @@ async fn receive(state: &State, mut payload: Multipart) -> Result<Vec<Upload>, A
         }
         let raw = field.content_disposition().and_then(|d| d.get_filename()).unwrap_or("").to_owned();
         let Some(filename) = sanitize_filename(&raw) else {
-            return Err(fail(&uploads, ApiError::bad_request("invalid_filename", format!("unusable file name {raw:?}"))));
+            return Err(fail(
+                &uploads,
+                ApiError::bad_request("invalid_filename", format!("unusable file name {raw:?}")),
+            ));
         };
         let path = state.config().upload_dir().join(format!("incoming-{}", uuid::Uuid::new_v4()));
         let mut file = tokio::fs::File::create(&path)
@@ -161,7 +164,11 @@ pub async fn list(state: web::Data<State>, caller: Caller, name: web::Path<Strin
 
 #[utoipa::path(delete, path = "/v1/collections/{name}/documents/{id}", tag = "documents", params(("name" = String, Path), ("id" = i64, Path)), responses((status = 204, description = "Deleted; its chunks left both indexes"), (status = 400, description = "Bad request", body = crate::server::openapi::ErrorBody), (status = 401, description = "API key missing or unknown", body = crate::server::openapi::ErrorBody), (status = 403, description = "The key lacks the right", body = crate::server::openapi::ErrorBody), (status = 404, description = "No such collection (or not visible to the key)", body = crate::server::openapi::ErrorBody)))]
 #[delete("/v1/collections/{name}/documents/{id}")]
-pub async fn remove(state: web::Data<State>, caller: Caller, path: web::Path<(String, i64)>) -> Result<HttpResponse, ApiError> {
+pub async fn remove(
+    state: web::Data<State>,
+    caller: Caller,
+    path: web::Path<(String, i64)>,
+) -> Result<HttpResponse, ApiError> {
     let (name, id) = path.into_inner();
     caller.require(&name, Access::Write)?;
     let c = state.engine().store().require_collection(&name).await?;

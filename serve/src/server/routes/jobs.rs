@@ -17,5 +17,6 @@ pub async fn get(state: web::Data<State>, caller: Caller, id: web::Path<i64>) ->
     if !caller.sees(&c.name) {
         return Err(not_found());
     }
-    Ok(HttpResponse::Ok().json(json!({"id": job.id, "document_id": job.document_id, "status": job.status, "error": job.error})))
+    Ok(HttpResponse::Ok()
+        .json(json!({"id": job.id, "document_id": job.document_id, "status": job.status, "error": job.error})))
 }
