@@ -3,13 +3,16 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use kb_inference::Embedder;
 use serde::{Deserialize, Serialize};
 
 use crate::fusion::{fuse, Fusion};
 use crate::keyword::KeywordIndex;
+use crate::query_batcher::QueryBatcher;
 use crate::query_cache::QueryCache;
 use crate::store::{ChunkRow, ChunkText, Collection, Store};
 use crate::vector::{HnswParams, VectorIndex};
@@ -23,6 +26,10 @@ pub struct IndexConfig {
     pub rebuild_deleted_share: f64,
     /// Query embeddings remembered (0: none).
     pub query_cache_size: usize,
+    /// The vector graph is saved when it has this many unsaved changes ...
+    pub save_every_chunks: usize,
+    /// ... or when its oldest unsaved change is this old, whichever comes first.
+    pub save_every_secs: u64,
 }
 
 impl Default for IndexConfig {
@@ -32,6 +39,8 @@ impl Default for IndexConfig {
             fusion: Fusion::default(),
             rebuild_deleted_share: 0.2,
             query_cache_size: 1024,
+            save_every_chunks: 20_000,
+            save_every_secs: 30,
         }
     }
 }
@@ -79,11 +88,39 @@ pub struct CollectionIndexes {
     vectors: RwLock<Arc<VectorIndex>>,
     keywords: KeywordIndex,
     dir: PathBuf,
+    /// Held by every change to the indexes (apply, reconcile, rebuild, save): one writer at a
+    /// time, so a save never sees half an insert and a rebuild never loses a concurrent apply.
+    /// Searches do not take it.
+    writer: tokio::sync::Mutex<()>,
+    /// Changes to the vector graph since it was last saved, and when the first of them came.
+    unsaved: AtomicUsize,
+    unsaved_since: Mutex<Option<Instant>>,
+    /// An update failed part-way: the indexes may differ from the database until reconciled.
+    stale: AtomicBool,
+    /// The collection was deleted: nothing may be written for it any more.
+    closed: AtomicBool,
 }
 
 impl CollectionIndexes {
     fn vectors(&self) -> Arc<VectorIndex> {
         self.vectors.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn note_unsaved(&self, changes: usize) {
+        if changes == 0 {
+            return;
+        }
+        self.unsaved.fetch_add(changes, Ordering::AcqRel);
+        self.unsaved_since.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(Instant::now);
+    }
+
+    /// Whether the graph is due for a save under `config`'s schedule.
+    fn save_due(&self, config: &IndexConfig) -> bool {
+        let unsaved = self.unsaved.load(Ordering::Acquire);
+        let since = *self.unsaved_since.lock().unwrap_or_else(|e| e.into_inner());
+        unsaved > 0
+            && (unsaved >= config.save_every_chunks
+                || since.is_some_and(|t| t.elapsed() >= Duration::from_secs(config.save_every_secs)))
     }
 
     pub fn collection(&self) -> &Collection {
@@ -97,7 +134,11 @@ pub struct Engine {
     root: PathBuf,
     config: IndexConfig,
     open: RwLock<HashMap<i64, Arc<CollectionIndexes>>>,
+    /// Serialises opening indexes: two tasks opening one collection would race for its
+    /// keyword index's writer lock.
+    opening: tokio::sync::Mutex<()>,
     query_cache: QueryCache,
+    queries: QueryBatcher,
 }
 
 /// Runs blocking index work off the async executor.
@@ -110,7 +151,17 @@ impl Engine {
     /// from the database.
     pub async fn open(store: Store, embedder: Arc<dyn Embedder>, root: &Path, config: IndexConfig) -> Result<Self> {
         let query_cache = QueryCache::new(config.query_cache_size);
-        let engine = Self { store, embedder, root: root.to_owned(), config, open: RwLock::default(), query_cache };
+        let queries = QueryBatcher::new(embedder.clone());
+        let engine = Self {
+            store,
+            queries,
+            embedder,
+            root: root.to_owned(),
+            config,
+            open: RwLock::default(),
+            opening: tokio::sync::Mutex::new(()),
+            query_cache,
+        };
         for c in engine.store.all_collections().await? {
             if c.embedder != engine.embedder.id() {
                 // Its vectors are another model's: it is refused until re-embedded.
@@ -199,7 +250,16 @@ impl Engine {
     pub async fn delete_collection(&self, name: &str) -> Result<()> {
         let c = self.store.require_collection(name).await?;
         self.store.delete_collection(c.id).await?;
-        self.open.write().unwrap_or_else(|e| e.into_inner()).remove(&c.id);
+        let removed = self.open.write().unwrap_or_else(|e| e.into_inner()).remove(&c.id);
+        // Wait out a save or update in progress, and keep later ones from writing the files again.
+        let _writer = match &removed {
+            Some(ix) => {
+                let guard = ix.writer.lock().await;
+                ix.closed.store(true, Ordering::Release);
+                Some(guard)
+            }
+            None => None,
+        };
         let dir = self.collection_dir(c.id);
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
@@ -211,8 +271,12 @@ impl Engine {
 
     /// The open indexes of `c`, opening and reconciling them on first use.
     pub async fn indexes(&self, c: &Collection) -> Result<Arc<CollectionIndexes>> {
-        if let Some(ix) = self.open.read().unwrap_or_else(|e| e.into_inner()).get(&c.id) {
-            return Ok(ix.clone());
+        if let Some(ix) = self.opened(c.id) {
+            return Ok(ix);
+        }
+        let _opening = self.opening.lock().await;
+        if let Some(ix) = self.opened(c.id) {
+            return Ok(ix);
         }
         let dir = self.collection_dir(c.id);
         let (vdir, kdir, dim, params) =
@@ -236,14 +300,31 @@ impl Engine {
             vectors: RwLock::new(Arc::new(vectors)),
             keywords,
             dir,
+            writer: tokio::sync::Mutex::new(()),
+            unsaved: AtomicUsize::new(0),
+            unsaved_since: Mutex::new(None),
+            stale: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
         });
-        self.reconcile(&ix).await?;
+        {
+            let _writer = ix.writer.lock().await;
+            self.reconcile(&ix).await?;
+        }
         let mut open = self.open.write().unwrap_or_else(|e| e.into_inner());
         Ok(open.entry(c.id).or_insert(ix).clone())
     }
 
+    fn opened(&self, id: i64) -> Option<Arc<CollectionIndexes>> {
+        self.open.read().unwrap_or_else(|e| e.into_inner()).get(&id).cloned()
+    }
+
+    fn all_open(&self) -> Vec<Arc<CollectionIndexes>> {
+        self.open.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect()
+    }
+
     /// Brings both indexes to exactly the database's chunks: adds what they miss, drops what
     /// the database no longer has, rebuilds the vector graph when too much of it is deleted.
+    /// The caller holds `ix.writer`.
     async fn reconcile(&self, ix: &Arc<CollectionIndexes>) -> Result<()> {
         let db: HashSet<i64> = self.store.chunk_ids(ix.collection.id).await?.into_iter().collect();
         let vectors = ix.vectors();
@@ -281,9 +362,11 @@ impl Engine {
             })
             .await?;
         }
+        ix.stale.store(false, Ordering::Release);
         Ok(())
     }
 
+    /// Builds the vector graph afresh from the database's vectors. The caller holds `ix.writer`.
     async fn rebuild_vectors(&self, ix: &Arc<CollectionIndexes>, db: &HashSet<i64>) -> Result<()> {
         let mut ids: Vec<i64> = db.iter().copied().collect();
         ids.sort_unstable();
@@ -302,9 +385,27 @@ impl Engine {
     }
 
     /// Applies newly stored chunks (and the chunks they replaced) to both indexes. The vector
-    /// graph is saved by [`Engine::flush`]; until then a crash is caught up from the database.
+    /// graph is saved on the schedule of [`Engine::maintain`] (or by [`Engine::flush`]); a
+    /// crash before then is caught up from the database at start. When this fails the
+    /// collection is marked for reconciliation, which `maintain` retries.
     pub async fn apply(&self, c: &Collection, added: Vec<(ChunkText, Vec<f32>)>, removed: Vec<i64>) -> Result<()> {
         let ix = self.indexes(c).await?;
+        let _writer = ix.writer.lock().await;
+        let changes = added.len() + removed.len();
+        let result = self.apply_locked(&ix, added, removed).await;
+        ix.note_unsaved(changes);
+        if result.is_err() {
+            ix.stale.store(true, Ordering::Release);
+        }
+        result
+    }
+
+    async fn apply_locked(
+        &self,
+        ix: &Arc<CollectionIndexes>,
+        added: Vec<(ChunkText, Vec<f32>)>,
+        removed: Vec<i64>,
+    ) -> Result<()> {
         let vectors = ix.vectors();
         let ix2 = ix.clone();
         blocking(move || {
@@ -315,12 +416,15 @@ impl Engine {
             if !removed.is_empty() {
                 ix2.keywords.remove(&removed)?;
             }
-            ix2.keywords.insert(&texts)
+            if !texts.is_empty() {
+                ix2.keywords.insert(&texts)?;
+            }
+            Ok(())
         })
         .await?;
         if ix.vectors().deleted_share() > self.config.rebuild_deleted_share {
-            let db: HashSet<i64> = self.store.chunk_ids(c.id).await?.into_iter().collect();
-            self.rebuild_vectors(&ix, &db).await?;
+            let db: HashSet<i64> = self.store.chunk_ids(ix.collection.id).await?.into_iter().collect();
+            self.rebuild_vectors(ix, &db).await?;
         }
         Ok(())
     }
@@ -328,24 +432,65 @@ impl Engine {
     /// Deletes a document from the store and its chunks from both indexes.
     pub async fn delete_document(&self, c: &Collection, document_id: i64) -> Result<()> {
         let removed = self.store.delete_document(document_id).await?;
-        self.apply(c, Vec::new(), removed).await?;
-        self.flush(c).await
+        self.apply(c, Vec::new(), removed).await
     }
 
-    /// Persists the vector graph of `c` (the keyword index commits on every change).
+    /// Persists the vector graph of `c` now (the keyword index commits on every change).
     pub async fn flush(&self, c: &Collection) -> Result<()> {
-        let v = self.indexes(c).await?.vectors();
-        blocking(move || v.save()).await
+        let ix = self.indexes(c).await?;
+        self.save(&ix).await
     }
 
+    /// Persists every open collection's vector graph that has unsaved changes.
     pub async fn flush_all(&self) -> Result<()> {
-        let all: Vec<Arc<CollectionIndexes>> =
-            self.open.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
-        for ix in all {
-            let v = ix.vectors();
-            blocking(move || v.save()).await?;
+        for ix in self.all_open() {
+            if ix.unsaved.load(Ordering::Acquire) > 0 {
+                self.save(&ix).await?;
+            }
         }
         Ok(())
+    }
+
+    async fn save(&self, ix: &Arc<CollectionIndexes>) -> Result<()> {
+        let _writer = ix.writer.lock().await;
+        if ix.closed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // Taken before the save: changes that come while it runs wait for the lock anyway.
+        let unsaved = ix.unsaved.load(Ordering::Acquire);
+        let v = ix.vectors();
+        blocking(move || v.save()).await?;
+        ix.unsaved.fetch_sub(unsaved, Ordering::AcqRel);
+        *ix.unsaved_since.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        Ok(())
+    }
+
+    /// Background upkeep, called every second or so by the service: reconciles collections
+    /// whose last update failed and saves vector graphs that are due (every
+    /// `save_every_chunks` changes or `save_every_secs`). Failures are the service's, not any
+    /// document's: they are logged and tried again at the next call.
+    pub async fn maintain(&self) {
+        for ix in self.all_open() {
+            if ix.stale.load(Ordering::Acquire) {
+                let _writer = ix.writer.lock().await;
+                if ix.closed.load(Ordering::Acquire) {
+                    continue;
+                }
+                match self.reconcile(&ix).await {
+                    Ok(()) => {
+                        tracing::info!(collection = %ix.collection.name, "indexes reconciled after a failed update")
+                    }
+                    Err(e) => {
+                        tracing::error!(collection = %ix.collection.name, error = %e, "reconciling indexes; will retry")
+                    }
+                }
+            }
+            if ix.save_due(&self.config) {
+                if let Err(e) = self.save(&ix).await {
+                    tracing::error!(collection = %ix.collection.name, error = %e, "saving the vector index; will retry");
+                }
+            }
+        }
     }
 
     /// Searches a collection.
@@ -385,14 +530,7 @@ impl Engine {
         if let Some(v) = self.query_cache.get(query) {
             return Ok(v);
         }
-        let (embedder, q) = (self.embedder.clone(), query.to_owned());
-        // On a rayon worker, the model's parallel ops split work within the pool instead of
-        // handing every op over from an outside thread.
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        rayon::spawn(move || {
-            let _ = tx.send(embedder.embed_query(&q));
-        });
-        let v = rx.await.map_err(|_| IndexError::Task("query embedding was dropped".into()))??;
+        let v = self.queries.embed(query).await?;
         let v = Arc::new(v);
         self.query_cache.put(query, v.clone());
         Ok(v)

@@ -6,6 +6,7 @@ mod error;
 pub mod fusion;
 pub mod keyword;
 mod passage;
+mod query_batcher;
 mod query_cache;
 pub mod store;
 mod tokenizer;

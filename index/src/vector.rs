@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
 use hnsw_rs::anndists::dist::DistCosine;
@@ -17,6 +18,9 @@ use crate::{IndexError, Result};
 
 const BASENAME: &str = "vectors";
 const META: &str = "meta.json";
+
+/// Numbers each save's scratch directories, so that two saves never share one.
+static SAVE_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// HNSW build and search parameters.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -95,11 +99,13 @@ impl VectorIndex {
     }
 
     /// Writes graph and meta to a fresh directory, then swaps it in, so a crash mid-save
-    /// leaves the previous index whole.
+    /// leaves the previous index whole. The caller serialises saves with inserts: a graph
+    /// dumped while points arrive could hold ids its meta does not list.
     pub fn save(&self) -> Result<()> {
         let parent = self.dir.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(parent).map_err(io_err(parent))?;
-        let tmp = parent.join(format!(".vectors-tmp-{}", std::process::id()));
+        let seq = SAVE_SEQ.fetch_add(1, Ordering::Relaxed);
+        let tmp = parent.join(format!(".vectors-tmp-{}-{seq}", std::process::id()));
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
         let mut applied: Vec<i64> = lock(&self.applied).iter().copied().collect();
@@ -112,7 +118,7 @@ impl VectorIndex {
         let meta = Meta { dim: self.dim, params: Some(self.params.clone()), applied, deleted };
         let bytes = serde_json::to_vec(&meta).map_err(|e| IndexError::Vector(e.to_string()))?;
         fs::write(tmp.join(META), bytes).map_err(io_err(&tmp))?;
-        let old = parent.join(format!(".vectors-old-{}", std::process::id()));
+        let old = parent.join(format!(".vectors-old-{}-{seq}", std::process::id()));
         let _ = fs::remove_dir_all(&old);
         if self.dir.exists() {
             fs::rename(&self.dir, &old).map_err(io_err(&self.dir))?;

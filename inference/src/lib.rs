@@ -11,6 +11,7 @@ pub mod generator;
 pub use embedder::{
     bert::BertEmbedder,
     deepseek::{DeepSeekEmbedder, Pooling},
+    encoder::Precision,
     Embedder,
 };
 pub use error::ModelError;

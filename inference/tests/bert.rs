@@ -50,7 +50,7 @@ fn missing_model_files_are_a_clear_error() {
 fn encoder_matches_candle_transformers_bert() {
     use candle_core::{DType, Device, Tensor};
     use candle_transformers::models::bert::{BertModel, Config};
-    use kb_inference::embedder::encoder::Encoder;
+    use kb_inference::embedder::encoder::{Encoder, Precision};
 
     let dir = model_dir();
     let config: Config = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
@@ -59,7 +59,7 @@ fn encoder_matches_candle_transformers_bert() {
             .unwrap()
     };
     let reference = BertModel::load(vb.clone(), &config).unwrap();
-    let ours = Encoder::load(vb, &config).unwrap();
+    let ours = Encoder::load(vb, &config, Precision::F32).unwrap();
     // Two sequences, the second padded after 5 tokens.
     let ids = Tensor::new(
         &[[101u32, 7592, 2088, 2003, 1037, 3231, 6251, 102], [101, 2129, 2024, 2017, 102, 0, 0, 0]],
@@ -78,4 +78,28 @@ fn encoder_matches_candle_transformers_bert() {
         let diff: f32 = (x - y).unwrap().abs().unwrap().max_all().unwrap().to_scalar().unwrap();
         assert!(diff < 1e-4, "row {row}: max |difference| {diff}");
     }
+}
+
+/// int8 linear layers keep each vector within a small angle of f32's, and the ranking of
+/// paraphrase over unrelated text.
+#[test]
+fn int8_embeddings_stay_close_to_f32() {
+    use kb_inference::embedder::encoder::Precision;
+    let f32s = BertEmbedder::load(&model_dir()).unwrap();
+    let int8 = BertEmbedder::load_with(&model_dir(), Precision::Int8).unwrap();
+    let texts = [
+        "The cat sits on the mat.",
+        "A kitten is resting on a rug.",
+        "Quarterly revenue grew by twelve percent in Europe.",
+        "ALDH1 expression is associated with poorer prognosis for breast cancer primary tumors.",
+        "Patients with elevated IL-6 markers showed a significantly reduced response to the standard treatment \
+         regimen, and the effect persisted after adjustment for age, sex and baseline disease severity.",
+    ];
+    let a = f32s.embed_passages(&texts).unwrap();
+    let b = int8.embed_passages(&texts).unwrap();
+    for (x, y) in a.iter().zip(&b) {
+        assert!(dot(x, y) > 0.99, "cosine int8 vs f32 {}", dot(x, y));
+        assert!((dot(y, y) - 1.0).abs() < 1e-4);
+    }
+    assert!(dot(&b[0], &b[1]) > dot(&b[0], &b[2]) + 0.3);
 }

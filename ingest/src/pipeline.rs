@@ -29,6 +29,16 @@ pub enum Outcome {
     },
 }
 
+impl Outcome {
+    pub fn document_id(&self) -> i64 {
+        match self {
+            Self::Indexed { document_id, .. } | Self::Unchanged { document_id } | Self::Failed { document_id, .. } => {
+                *document_id
+            }
+        }
+    }
+}
+
 /// A document row waiting for its bytes to be processed.
 pub struct Pending {
     pub document: Document,
@@ -45,6 +55,8 @@ struct Prepared {
 
 pub struct Ingestor {
     engine: Arc<Engine>,
+    /// Where passages are embedded; see [`Ingestor::yield_to_queries`].
+    pool: Option<Arc<rayon::ThreadPool>>,
     pdf: PdfParser,
     chunker: ChunkerConfig,
     embed_nanos: AtomicU64,
@@ -62,6 +74,33 @@ pub fn content_hash(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// A pool as wide as the machine for passage embedding.
+fn background_pool() -> Option<rayon::ThreadPool> {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    match rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("kb-ingest-{i}")).build() {
+        Ok(pool) => Some(pool),
+        Err(e) => {
+            tracing::warn!(error = %e, "no pool of its own for ingest; embedding on the shared one");
+            None
+        }
+    }
+}
+
+/// Lowers the calling thread's CPU priority to nice 10: it then gets about a tenth of a core
+/// that normal-priority work also wants, and all of an idle one.
+#[cfg(target_os = "linux")]
+fn lower_priority() {
+    // SAFETY: setpriority only reads its integer arguments; on Linux PRIO_PROCESS with a
+    // thread id (gettid) changes that one thread's nice value.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 10) };
+    if rc != 0 {
+        tracing::debug!("could not lower the ingest thread's priority");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}
+
 fn format_name(f: detect::Format) -> &'static str {
     match f {
         detect::Format::Pdf => "pdf",
@@ -73,7 +112,23 @@ fn format_name(f: detect::Format) -> &'static str {
 
 impl Ingestor {
     pub fn new(engine: Arc<Engine>, pdf: PdfParser, chunker: ChunkerConfig) -> Self {
-        Self { engine, pdf, chunker, embed_nanos: AtomicU64::new(0), embedded_chunks: AtomicU64::new(0) }
+        Self {
+            engine,
+            pool: background_pool().map(Arc::new),
+            pdf,
+            chunker,
+            embed_nanos: AtomicU64::new(0),
+            embedded_chunks: AtomicU64::new(0),
+        }
+    }
+
+    /// Lowers the priority of the threads that embed passages, so that searches (embedded on
+    /// a pool of their own at normal priority) take the cores first while an upload runs.
+    /// For the service; the command line's ingestion has the machine to itself.
+    pub fn yield_to_queries(&self) {
+        if let Some(pool) = &self.pool {
+            pool.broadcast(|_| lower_priority());
+        }
     }
 
     pub fn embed_stats(&self) -> EmbedStats {
@@ -141,16 +196,25 @@ impl Ingestor {
         Ok(outcomes.into_iter().flatten().collect())
     }
 
-    /// Processes registered documents together (one embedding pass, one index commit) and
-    /// records each one's result in the store. Errors of single documents are their outcomes;
-    /// the `Err` of this function is a store or index failure that stops the batch.
+    /// Processes registered documents as one batch and records each one's result in the
+    /// store: all are parsed at once, their chunks embedded together (full, length-sorted
+    /// batches for the encoder) and applied to both indexes in one update (one keyword
+    /// commit). Each document's chunks are stored in a transaction of its own, which marks it
+    /// done: a document is done exactly when its chunks are in the database, and a failure of
+    /// one document is that document's outcome. The indexes are derived: a failure to update
+    /// them is logged and repaired from the database by the engine, never a document's error.
+    /// The `Err` of this function is an embedding failure, which stops the whole batch.
     pub async fn run(&self, c: &Collection, pending: Vec<Pending>) -> Result<Vec<Outcome>, IngestError> {
         let store = self.engine.store();
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(pending.len());
         let mut prepared = Vec::new();
-        for p in pending {
+        let parsed = futures_util::future::join_all(pending.into_iter().map(|p| {
             let document_id = p.document.id;
-            match self.prepare(p).await {
+            async move { (document_id, self.prepare(p).await) }
+        }))
+        .await;
+        for (document_id, result) in parsed {
+            match result {
                 Ok(ready) => {
                     outcomes.push(None);
                     prepared.push((outcomes.len() - 1, ready));
@@ -166,23 +230,14 @@ impl Ingestor {
             .iter()
             .flat_map(|(_, p)| p.chunks.iter().map(|k| contextual_text(p.title.as_deref(), &k.heading_path, &k.text)))
             .collect();
-        let embedder = self.engine.embedder().clone();
-        let started = Instant::now();
-        let count = texts.len() as u64;
-        let vectors = tokio::task::spawn_blocking(move || {
-            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-            embedder.embed_passages(&refs)
-        })
-        .await
-        .map_err(|e| IngestError::Task(format!("embedding: {e}")))??;
-        self.embed_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
-        self.embedded_chunks.fetch_add(count, Ordering::Relaxed);
+        let vectors = self.embed(texts).await?;
 
         let mut vectors = vectors.into_iter();
         let mut added = Vec::new();
         let mut removed = Vec::new();
         let mut replaced_docs = Vec::new();
         for (slot, p) in prepared {
+            let document_id = p.document.id;
             let new_chunks: Vec<NewChunk> = p
                 .chunks
                 .iter()
@@ -195,28 +250,59 @@ impl Ingestor {
                     embedding: vectors.next().unwrap_or_default(),
                 })
                 .collect();
-            let (ids, old) = store.store_chunks(p.document.id, c.id, p.title.as_deref(), p.format, &new_chunks).await?;
+            let (ids, old) =
+                match store.store_chunks(document_id, c.id, p.title.as_deref(), p.format, &new_chunks).await {
+                    Ok(stored) => stored,
+                    Err(e) => {
+                        outcomes[slot] = Some(Outcome::Failed { document_id, error: e.into() });
+                        continue;
+                    }
+                };
             removed.extend(old);
             for (id, k) in ids.into_iter().zip(new_chunks) {
-                let text = ChunkText {
-                    id,
-                    document_id: p.document.id,
-                    title: p.title.clone(),
-                    heading_path: k.heading_path,
-                    text: k.text,
-                };
+                let text =
+                    ChunkText { id, document_id, title: p.title.clone(), heading_path: k.heading_path, text: k.text };
                 added.push((text, k.embedding));
             }
             // A new version replaces the collection's other documents of the same name.
-            replaced_docs.extend(store.documents_named(c.id, &p.document.filename, p.document.id).await?);
-            outcomes[slot] = Some(Outcome::Indexed { document_id: p.document.id, chunks: p.chunks.len() });
+            match store.documents_named(c.id, &p.document.filename, document_id).await {
+                Ok(older) => replaced_docs.extend(older),
+                Err(e) => tracing::error!(document = document_id, error = %e, "looking up older versions"),
+            }
+            outcomes[slot] = Some(Outcome::Indexed { document_id, chunks: p.chunks.len() });
         }
-        self.engine.apply(c, added, removed).await?;
+        if let Err(e) = self.engine.apply(c, added, removed).await {
+            tracing::error!(collection = %c.name, error = %e, "updating the indexes failed; they will be reconciled from the database");
+        }
         for old in replaced_docs {
             tracing::info!(document = old.id, filename = %old.filename, "replaced by a new version");
-            self.engine.delete_document(c, old.id).await?;
+            if let Err(e) = self.engine.delete_document(c, old.id).await {
+                tracing::error!(document = old.id, error = %e, "removing the replaced version");
+            }
         }
         Ok(outcomes.into_iter().flatten().collect())
+    }
+
+    /// Embeds passages off the executor, counting the time for throughput reports.
+    async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, IngestError> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (embedder, pool) = (self.engine.embedder().clone(), self.pool.clone());
+        let started = Instant::now();
+        let count = texts.len() as u64;
+        let vectors = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            match pool {
+                Some(pool) => pool.install(|| embedder.embed_passages(&refs)),
+                None => embedder.embed_passages(&refs),
+            }
+        })
+        .await
+        .map_err(|e| IngestError::Task(format!("embedding: {e}")))??;
+        self.embed_nanos.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.embedded_chunks.fetch_add(count, Ordering::Relaxed);
+        Ok(vectors)
     }
 
     /// Detects, parses and chunks one document (blocking work, off the executor).

@@ -1,7 +1,11 @@
 //! Load benchmark against a running `kb serve`.
 //!
-//! `cargo run --release -p kb --example load -- search URL COLLECTION QUERIES.jsonl [CLIENTS] [SECONDS]`
+//! `cargo run --release -p kb --example load -- search URL COLLECTION QUERIES.jsonl [CLIENTS] [SECONDS] [CORPUS.jsonl N]`
 //!   hybrid `/search` from CLIENTS concurrent clients for SECONDS: QPS, latency percentiles, errors.
+//!   Each query is sent once (the run stops early when they are used up), so that a query
+//!   cache cannot make the figure. With CORPUS.jsonl and N, the first N documents of that BEIR
+//!   corpus are uploaded to the collection `COLLECTION-upload` (in requests of 50 files) while
+//!   the clients search: search under ingest.
 //! `cargo run --release -p kb --example load -- ask URL COLLECTION QUERIES.jsonl [CLIENTS] [QUESTIONS]`
 //!   streamed `/ask`: time to first token, total time and tokens per answer.
 //! QUERIES.jsonl is BEIR's queries file (`{"_id", "text"}` per line).
@@ -38,7 +42,21 @@ fn main() {
     let key = std::env::var("KB_API_KEY").ok();
     match what {
         "search" => {
-            search(&url, &collection, &queries, clients, args.get(5).and_then(|s| s.parse().ok()).unwrap_or(60), key)
+            let seconds = args.get(5).and_then(|s| s.parse().ok()).unwrap_or(60);
+            let upload = match (args.get(6), args.get(7).and_then(|s| s.parse::<usize>().ok())) {
+                (Some(corpus), Some(n)) => Some((corpus.clone(), n)),
+                _ => None,
+            };
+            std::thread::scope(|s| {
+                let uploader = upload.map(|(corpus, n)| {
+                    let (url, collection, key) = (url.clone(), format!("{collection}-upload"), key.clone());
+                    s.spawn(move || upload_corpus(&url, &collection, &corpus, n, &key))
+                });
+                search(&url, &collection, &queries, clients, seconds, key.clone());
+                if let Some(u) = uploader {
+                    u.join().expect("uploader");
+                }
+            });
         }
         "ask" => ask(&url, &collection, &queries, clients, args.get(5).and_then(|s| s.parse().ok()).unwrap_or(5), key),
         other => panic!("unknown benchmark {other:?}"),
@@ -69,7 +87,7 @@ fn search(url: &str, collection: &str, queries: &[String], clients: usize, secon
                 let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
                 let mut mine = Vec::new();
                 while Instant::now() < deadline {
-                    let q = &queries[next.fetch_add(1, Ordering::Relaxed) % queries.len()];
+                    let Some(q) = queries.get(next.fetch_add(1, Ordering::Relaxed)) else { break };
                     let t = Instant::now();
                     let ok = post(&agent, &endpoint, &key, json!({"query": q, "top_k": 10, "mode": "hybrid"}))
                         .ok()
@@ -98,6 +116,59 @@ fn search(url: &str, collection: &str, queries: &[String], clients: usize, secon
         percentile(&l, 0.99),
         l.last().copied().unwrap_or(f64::NAN)
     );
+}
+
+/// Uploads the first `n` documents of a BEIR corpus to `collection` (created), 50 files a
+/// request, and waits until every one is done or failed.
+fn upload_corpus(url: &str, collection: &str, corpus: &str, n: usize, key: &Option<String>) {
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(120)).build();
+    let auth = |r: ureq::Request| match key {
+        Some(k) => r.set("Authorization", &format!("Bearer {k}")),
+        None => r,
+    };
+    let _ = auth(agent.post(&format!("{url}/v1/collections"))).send_json(json!({"name": collection}));
+    let docs: Vec<(String, String)> = std::fs::read_to_string(corpus)
+        .expect("reading the corpus")
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .take(n)
+        .map(|d| {
+            let text = format!("{}\n\n{}", d["title"].as_str().unwrap_or(""), d["text"].as_str().unwrap_or(""));
+            (format!("{}.txt", d["_id"].as_str().unwrap_or("doc")), text)
+        })
+        .collect();
+    let start = Instant::now();
+    for part in docs.chunks(50) {
+        let boundary = "kbloadboundary7c1e";
+        let mut body = Vec::new();
+        for (name, text) in part {
+            body.extend_from_slice(
+                format!("--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\nContent-Type: text/plain\r\n\r\n{text}\r\n")
+                    .as_bytes(),
+            );
+        }
+        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+        let req = auth(agent.post(&format!("{url}/v1/collections/{collection}/documents")))
+            .set("Content-Type", &format!("multipart/form-data; boundary={boundary}"));
+        if let Err(e) = req.send_bytes(&body) {
+            eprintln!("upload failed: {e}");
+        }
+    }
+    let failed = loop {
+        let docs: Value = auth(agent.get(&format!("{url}/v1/collections/{collection}/documents")))
+            .call()
+            .ok()
+            .and_then(|r| r.into_json().ok())
+            .unwrap_or(Value::Null);
+        let list = docs["documents"].as_array().cloned().unwrap_or_default();
+        let settled = list.iter().filter(|d| d["status"] == "done" || d["status"] == "failed").count();
+        if list.len() >= n && settled >= n {
+            break list.iter().filter(|d| d["status"] == "failed").count();
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let s = start.elapsed().as_secs_f64();
+    println!("upload: {n} documents in {s:.1} s = {:.1} documents/s, {failed} failed", n as f64 / s);
 }
 
 fn ask(url: &str, collection: &str, queries: &[String], clients: usize, per_client: usize, key: Option<String>) {

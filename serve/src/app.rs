@@ -81,7 +81,7 @@ impl App {
             }
             _ => {
                 let dir = config.embedder_dir();
-                Arc::new(BertEmbedder::load(&dir).with_context(|| {
+                Arc::new(BertEmbedder::load_with(&dir, config.embedder_precision).with_context(|| {
                     format!("loading the embedder from {} (run scripts/fetch-models.sh)", dir.display())
                 })?)
             }
@@ -100,6 +100,8 @@ impl App {
             },
             fusion,
             query_cache_size: config.query_cache_size,
+            save_every_chunks: config.vector_save_chunks,
+            save_every_secs: config.vector_save_secs,
             ..IndexConfig::default()
         };
         let engine = Arc::new(

@@ -130,4 +130,7 @@ impl Embedder for TimedEmbedder {
     fn embed_query(&self, text: &str) -> Result<Vec<f32>, ModelError> {
         Self::timed("query", || self.0.embed_query(text))
     }
+    fn embed_queries(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ModelError> {
+        Self::timed("query", || self.0.embed_queries(texts))
+    }
 }

@@ -57,18 +57,21 @@ impl Store {
         row.as_ref().map(from_row).transpose()
     }
 
-    /// Marks the oldest queued job running and returns it. Only one dispatcher claims jobs,
-    /// so no row locking is needed.
-    pub async fn claim_job(&self) -> Result<Option<Job>> {
-        let row = sqlx::query(&format!(
+    /// Marks the oldest queued jobs (at most `limit`) running and returns them, oldest first.
+    /// Only one dispatcher claims jobs, so no row locking is needed.
+    pub async fn claim_jobs(&self, limit: usize) -> Result<Vec<Job>> {
+        let rows = sqlx::query(&format!(
             "UPDATE jobs SET status = 'running', attempts = attempts + 1, updated_at = $1
-             WHERE id = (SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT 1)
+             WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' ORDER BY id LIMIT $2)
              RETURNING {COLUMNS}"
         ))
         .bind(now_ms())
-        .fetch_optional(&self.pool)
+        .bind(limit.max(1) as i64)
+        .fetch_all(&self.pool)
         .await?;
-        row.as_ref().map(from_row).transpose()
+        let mut jobs = rows.iter().map(from_row).collect::<Result<Vec<_>>>()?;
+        jobs.sort_by_key(|j| j.id);
+        Ok(jobs)
     }
 
     pub async fn finish_job(&self, id: i64, status: JobStatus, error: Option<&str>) -> Result<()> {

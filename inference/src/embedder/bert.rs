@@ -8,7 +8,7 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::Config;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
-use super::encoder::Encoder;
+use super::encoder::{Encoder, Precision};
 use super::Embedder;
 use crate::ModelError;
 
@@ -28,8 +28,13 @@ pub struct BertEmbedder {
 }
 
 impl BertEmbedder {
-    /// Loads `model.safetensors`, `tokenizer.json` and `config.json` from `dir`.
+    /// Loads `model.safetensors`, `tokenizer.json` and `config.json` from `dir`, in f32.
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
+        Self::load_with(dir, Precision::F32)
+    }
+
+    /// As [`BertEmbedder::load`], with the linear layers in `precision`.
+    pub fn load_with(dir: &Path, precision: Precision) -> Result<Self, ModelError> {
         let config_path = require(dir, "config.json")?;
         let weights = require(dir, "model.safetensors")?;
         let tokenizer_path = require(dir, "tokenizer.json")?;
@@ -51,7 +56,7 @@ impl BertEmbedder {
         let device = Device::Cpu;
         // SAFETY: the file is mapped read-only and not modified while the model lives.
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device)? };
-        let model = Encoder::load(vb, &config)?;
+        let model = Encoder::load(vb, &config, precision)?;
 
         let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
             .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", tokenizer_path.display())))?;
@@ -120,6 +125,11 @@ impl Embedder for BertEmbedder {
             }
         }
         Ok(out)
+    }
+
+    fn embed_queries(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ModelError> {
+        // A symmetric model: queries are passages.
+        self.embed_passages(texts)
     }
 }
 

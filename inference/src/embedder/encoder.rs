@@ -13,14 +13,38 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config, HiddenAct};
 use rayon::prelude::*;
 
-/// `x · W + b` with `W` kept as (in, out), contiguous.
-struct Dense {
-    weight_t: Tensor,
-    bias: Tensor,
+use super::attention::Attention;
+use super::int8::Int8Linear;
+
+/// Arithmetic of the encoder's linear layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    /// int8 weights and per-token int8 activations ([`Int8Linear`]).
+    Int8,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(Self::F32),
+            "int8" => Ok(Self::Int8),
+            _ => Err(format!("unknown precision {s:?}: expected f32 or int8")),
+        }
+    }
+}
+
+/// `x · W + b`: f32 with `W` kept as (in, out), contiguous, or int8.
+enum Dense {
+    F32 { weight_t: Tensor, bias: Tensor },
+    Int8(Int8Linear),
 }
 
 impl Dense {
-    fn load(vbs: &[VarBuilder], input: usize, output: usize) -> candle_core::Result<Self> {
+    fn load(vbs: &[VarBuilder], input: usize, output: usize, precision: Precision) -> candle_core::Result<Self> {
         // Several layers of the same input are concatenated along the output: one matmul.
         let mut ws = Vec::with_capacity(vbs.len());
         let mut bs = Vec::with_capacity(vbs.len());
@@ -28,13 +52,19 @@ impl Dense {
             ws.push(vb.get((output, input), "weight")?);
             bs.push(vb.get(output, "bias")?);
         }
-        let weight_t = Tensor::cat(&ws, 0)?.t()?.contiguous()?;
-        Ok(Self { weight_t, bias: Tensor::cat(&bs, 0)? })
+        let (weight, bias) = (Tensor::cat(&ws, 0)?, Tensor::cat(&bs, 0)?);
+        Ok(match precision {
+            Precision::F32 => Self::F32 { weight_t: weight.t()?.contiguous()?, bias },
+            Precision::Int8 => Self::Int8(Int8Linear::new(&weight, &bias)?),
+        })
     }
 
     /// `x`: (tokens, in).
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        x.matmul(&self.weight_t)?.broadcast_add(&self.bias)
+        match self {
+            Self::F32 { weight_t, bias } => x.matmul(weight_t)?.broadcast_add(bias),
+            Self::Int8(q) => x.contiguous()?.apply_op1_no_bwd(q),
+        }
     }
 }
 
@@ -78,7 +108,7 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    pub fn load(vb: VarBuilder, c: &Config) -> candle_core::Result<Self> {
+    pub fn load(vb: VarBuilder, c: &Config, precision: Precision) -> candle_core::Result<Self> {
         // Checkpoints with and without the `bert.` prefix.
         let vb = if vb.contains_tensor("embeddings.word_embeddings.weight") { vb } else { vb.pp("bert") };
         let h = c.hidden_size;
@@ -89,11 +119,11 @@ impl Encoder {
             let a = l.pp("attention");
             let s = a.pp("self");
             layers.push(Layer {
-                qkv: Dense::load(&[s.pp("query"), s.pp("key"), s.pp("value")], h, h)?,
-                attn_out: Dense::load(&[a.pp("output.dense")], h, h)?,
+                qkv: Dense::load(&[s.pp("query"), s.pp("key"), s.pp("value")], h, h, precision)?,
+                attn_out: Dense::load(&[a.pp("output.dense")], h, h, precision)?,
                 attn_norm: Norm::load(a.pp("output.LayerNorm"), h, c.layer_norm_eps)?,
-                up: Dense::load(&[l.pp("intermediate.dense")], h, c.intermediate_size)?,
-                down: Dense::load(&[l.pp("output.dense")], c.intermediate_size, h)?,
+                up: Dense::load(&[l.pp("intermediate.dense")], h, c.intermediate_size, precision)?,
+                down: Dense::load(&[l.pp("output.dense")], c.intermediate_size, h, precision)?,
                 out_norm: Norm::load(l.pp("output.LayerNorm"), h, c.layer_norm_eps)?,
             });
         }
@@ -113,7 +143,6 @@ impl Encoder {
     pub fn forward(&self, ids: &Tensor, type_ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
         let (b, s) = ids.dims2()?;
         let (h, heads) = (self.hidden, self.heads);
-        let d = h / heads;
         let n = b * s;
         let positions = Tensor::arange(0u32, s as u32, ids.device())?;
         let x = self
@@ -124,15 +153,16 @@ impl Encoder {
             .broadcast_add(&self.position.embedding(&positions)?)?
             .reshape((n, h))?;
         let mut x = self.embed_norm.forward(&x)?;
-        // Padding positions get a large negative score before the softmax.
-        let bias = ((mask.to_dtype(DType::F32)? - 1.0)? * 1e9)?.reshape((b, 1, 1, s))?;
-        let scale = 1.0 / (d as f64).sqrt();
+        // Batches are right-padded: each sequence's real length is its count of mask ones.
+        let lens: Vec<usize> = mask
+            .to_dtype(DType::U32)?
+            .to_vec2::<u32>()?
+            .iter()
+            .map(|r| r.iter().filter(|&&m| m != 0).count())
+            .collect();
+        let attention = Attention { heads, batch: b, seq: s, lens };
         for l in &self.layers {
-            let qkv = l.qkv.forward(&x)?.reshape((b, s, 3, heads, d))?.permute((2, 0, 3, 1, 4))?.contiguous()?;
-            let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
-            let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&bias)?;
-            let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-            let ctx = probs.matmul(&v)?.transpose(1, 2)?.contiguous()?.reshape((n, h))?;
+            let ctx = l.qkv.forward(&x)?.apply_op1_no_bwd(&attention)?;
             x = l.attn_norm.forward(&(l.attn_out.forward(&ctx)? + &x)?)?;
             let up = l.up.forward(&x)?;
             let up = match self.act {
@@ -170,17 +200,19 @@ impl CustomOp1 for GeluErf {
             candle_core::bail!("gelu-erf-fast: contiguous input only");
         };
         let mut out = data[start..end].to_vec();
-        out.par_chunks_mut(16 * 1024).for_each(|c| c.iter_mut().for_each(|x| *x = gelu(*x)));
+        out.par_chunks_mut(16 * 1024).for_each(super::simd::gelu);
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }
 
-fn gelu(x: f32) -> f32 {
+#[inline(always)]
+pub(crate) fn gelu(x: f32) -> f32 {
     0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 /// erf by Abramowitz & Stegun 7.1.26 (absolute error below 1.5e-7, under f32's resolution
 /// near 1), with `exp` from [`exp_neg`]: no branches, no library calls.
+#[inline(always)]
 fn erf(x: f32) -> f32 {
     let a = x.abs();
     let t = 1.0 / (1.0 + 0.327_591_1 * a);
@@ -190,7 +222,8 @@ fn erf(x: f32) -> f32 {
 
 /// `e^-y` for `y >= 0`: 2^n · p(r) with a degree-6 polynomial on |r| <= ln2/2 (relative
 /// error about 1e-7); values below e^-87 flush to 0.
-fn exp_neg(y: f32) -> f32 {
+#[inline(always)]
+pub(crate) fn exp_neg(y: f32) -> f32 {
     let x = (-y).max(-87.0);
     // Round to nearest by the 1.5·2^23 trick: plain float adds, which vectorise.
     let n = (x * std::f32::consts::LOG2_E + 12_582_912.0) - 12_582_912.0;

@@ -1,6 +1,9 @@
+mod attention;
 pub mod bert;
 pub mod deepseek;
 pub mod encoder;
+pub mod int8;
+mod simd;
 
 use crate::ModelError;
 
@@ -27,5 +30,9 @@ pub trait Embedder: Send + Sync {
     /// Embeds a search query. Same as passages unless the model is asymmetric.
     fn embed_query(&self, text: &str) -> Result<Vec<f32>, ModelError> {
         Ok(self.embed_passages(&[text])?.remove(0))
+    }
+    /// Embeds several search queries at once (concurrent searches, batched together).
+    fn embed_queries(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ModelError> {
+        texts.iter().map(|t| self.embed_query(t)).collect()
     }
 }

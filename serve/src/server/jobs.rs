@@ -1,13 +1,17 @@
 //! The ingest worker pool. Jobs live in the database: a dispatcher claims queued jobs in
-//! order and runs up to `workers` at once; jobs interrupted by a crash are queued again at
-//! start (their chunks are replaced, never duplicated).
+//! order, up to `batch` at a time, and runs up to `workers` such batches at once; a batch is
+//! parsed together and embedded in full encoder batches across its documents. Jobs
+//! interrupted by a crash are queued again at start (their chunks are replaced, never
+//! duplicated).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use kb_index::store::{DocumentStatus, Job, JobStatus};
-use kb_index::{IndexError, Store};
+use kb_index::{Collection, IndexError, Store};
 use kb_ingest::pipeline::{Ingestor, Outcome, Pending};
 use kb_ingest::IngestError;
 use tokio::sync::{Notify, Semaphore};
@@ -21,16 +25,19 @@ pub struct JobQueue {
     wake: Notify,
     workers: Arc<Semaphore>,
     size: usize,
+    /// Jobs claimed together as one batch.
+    batch: usize,
     stopping: AtomicBool,
 }
 
 impl JobQueue {
-    pub fn new(workers: usize) -> Arc<Self> {
+    pub fn new(workers: usize, batch: usize) -> Arc<Self> {
         let size = workers.max(1);
         Arc::new(Self {
             wake: Notify::new(),
             workers: Arc::new(Semaphore::new(size)),
             size,
+            batch: batch.max(1),
             stopping: AtomicBool::new(false),
         })
     }
@@ -53,15 +60,15 @@ impl JobQueue {
             if self.stopping.load(Ordering::Acquire) {
                 return;
             }
-            match store.claim_job().await {
-                Ok(Some(job)) => {
+            match store.claim_jobs(self.batch).await {
+                Ok(jobs) if !jobs.is_empty() => {
                     let ingestor = ingestor.clone();
                     tokio::spawn(async move {
-                        run_job(&ingestor, job).await;
+                        run_batch(&ingestor, jobs).await;
                         drop(permit);
                     });
                 }
-                Ok(None) => {
+                Ok(_) => {
                     drop(permit);
                     // Polling as well as notifications: a missed wake-up costs at most a second.
                     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.wake.notified()).await;
@@ -95,30 +102,87 @@ impl JobQueue {
     }
 }
 
-#[tracing::instrument(skip_all, fields(job = job.id, document = job.document_id))]
-async fn run_job(ingestor: &Ingestor, job: Job) {
-    let store = ingestor.engine().store();
-    let result = async {
-        let doc = store.document(job.document_id).await?.ok_or_else(|| "document was deleted".to_string())?;
-        let c = store.collection_by_id(doc.collection_id).await?.ok_or_else(|| "collection was deleted".to_string())?;
-        let path = doc.source_path.clone().ok_or_else(|| "the uploaded file is gone".to_string())?;
-        let bytes = tokio::fs::read(&path).await.map_err(|e| format!("reading the upload: {e}"))?;
-        store.set_document_status(doc.id, DocumentStatus::Running, None).await?;
-        let outcome = ingestor.run(&c, vec![Pending { document: doc, bytes }]).await?;
-        ingestor.engine().flush(&c).await?;
-        let _ = tokio::fs::remove_file(&path).await;
-        store.set_document_source(job.document_id, None).await?;
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(outcome)
+/// A claimed job whose upload has been read, ready for the pipeline.
+struct Loaded {
+    job: Job,
+    collection: Collection,
+    pending: Pending,
+    path: String,
+}
+
+/// Runs a batch of jobs: loads each upload, runs the documents of each collection through the
+/// pipeline together, and records every job's result.
+#[tracing::instrument(skip_all, fields(jobs = jobs.len()))]
+async fn run_batch(ingestor: &Ingestor, jobs: Vec<Job>) {
+    let mut by_collection: HashMap<i64, Vec<Loaded>> = HashMap::new();
+    for job in jobs {
+        match load(ingestor, &job).await {
+            Ok(loaded) => by_collection.entry(loaded.collection.id).or_default().push(loaded),
+            Err(e) => finish(ingestor.engine().store(), &job, Err(e)).await,
+        }
     }
-    .await;
+    for (_, group) in by_collection {
+        let c = group[0].collection.clone();
+        let mut meta = Vec::with_capacity(group.len());
+        let mut pending = Vec::with_capacity(group.len());
+        for l in group {
+            meta.push((l.job, l.path));
+            pending.push(l.pending);
+        }
+        match ingestor.run(&c, pending).await {
+            Ok(outcomes) => {
+                let mut by_doc: HashMap<i64, Outcome> = outcomes.into_iter().map(|o| (o.document_id(), o)).collect();
+                for (job, path) in meta {
+                    let result = match by_doc.remove(&job.document_id) {
+                        Some(Outcome::Failed { error, .. }) => Err(Box::new(error) as BoxError),
+                        Some(_) => {
+                            cleanup(ingestor.engine().store(), &job, &path).await;
+                            Ok(())
+                        }
+                        None => Err("the pipeline returned no outcome".into()),
+                    };
+                    finish(ingestor.engine().store(), &job, result).await;
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for (job, _) in meta {
+                    finish(ingestor.engine().store(), &job, Err(message.clone().into())).await;
+                }
+            }
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Reads a job's document, collection and uploaded bytes, and marks the document running.
+async fn load(ingestor: &Ingestor, job: &Job) -> Result<Loaded, BoxError> {
+    let store = ingestor.engine().store();
+    let doc = store.document(job.document_id).await?.ok_or("document was deleted")?;
+    let collection = store.collection_by_id(doc.collection_id).await?.ok_or("collection was deleted")?;
+    let path = doc.source_path.clone().ok_or("the uploaded file is gone")?;
+    let bytes = tokio::fs::read(&path).await.map_err(|e| format!("reading the upload: {e}"))?;
+    store.set_document_status(doc.id, DocumentStatus::Running, None).await?;
+    Ok(Loaded { job: job.clone(), collection, pending: Pending { document: doc, bytes }, path })
+}
+
+/// Removes a processed upload's file; its document no longer points at it.
+async fn cleanup(store: &Store, job: &Job, path: &str) {
+    let _ = tokio::fs::remove_file(path).await;
+    if let Err(e) = store.set_document_source(job.document_id, None).await {
+        tracing::warn!(document = job.document_id, error = %e, "clearing the upload path");
+    }
+}
+
+/// Records a job's result: done, failed (on its document too), or queued again after a
+/// transient database conflict.
+async fn finish(store: &Store, job: &Job, result: Result<(), BoxError>) {
     let (status, error) = match result {
-        Ok(outcomes) => match outcomes.into_iter().next() {
-            Some(Outcome::Failed { error, .. }) => (JobStatus::Failed, Some(error.to_string())),
-            _ => (JobStatus::Done, None),
-        },
+        Ok(()) => (JobStatus::Done, None),
         Err(e) if is_transient(e.as_ref()) && job.attempts < MAX_ATTEMPTS => {
             // Another writer held the database: run the job again (its chunks are replaced).
-            tracing::warn!(error = %e, attempt = job.attempts, "transient database conflict; job queued again");
+            tracing::warn!(job = job.id, error = %e, attempt = job.attempts, "transient database conflict; job queued again");
             let _ = store.set_document_status(job.document_id, DocumentStatus::Queued, None).await;
             tokio::time::sleep(std::time::Duration::from_millis(50 * job.attempts as u64)).await;
             (JobStatus::Queued, None)
@@ -128,7 +192,13 @@ async fn run_job(ingestor: &Ingestor, job: Job) {
             (JobStatus::Failed, Some(e.to_string()))
         }
     };
-    tracing::info!(status = status.as_str(), error = error.as_deref().unwrap_or(""), "job finished");
+    tracing::info!(
+        job = job.id,
+        document = job.document_id,
+        status = status.as_str(),
+        error = error.as_deref().unwrap_or(""),
+        "job finished"
+    );
     let outcome = if status == JobStatus::Queued { "requeued" } else { status.as_str() };
     METRICS.jobs_finished.with_label_values(&[outcome]).inc();
     if let Err(e) = store.finish_job(job.id, status, error.as_deref()).await {

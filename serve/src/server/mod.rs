@@ -89,8 +89,18 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let generator = app.load_generator().await?;
     let answerer =
         Answerer::new(app.engine.clone(), generator, app.config.answer_max_tokens, app.config.answer_min_relevance);
-    let jobs = JobQueue::new(workers);
+    app.ingestor.yield_to_queries();
+    let jobs = JobQueue::new(workers, app.config.ingest_batch);
     tokio::spawn(jobs.clone().run(app.ingestor.clone()));
+    // Index upkeep: scheduled saves of the vector graphs, repairs after a failed update.
+    let engine = app.engine.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            engine.maintain().await;
+        }
+    });
     let state = web::Data::new(State {
         answer_slots: Arc::new(Semaphore::new(app.config.max_pending_answers.max(1))),
         app,
