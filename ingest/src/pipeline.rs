@@ -199,9 +199,9 @@ impl Ingestor {
     /// Processes registered documents as one batch and records each one's result in the
     /// store: all are parsed at once, their chunks embedded together (full, length-sorted
     /// batches for the encoder) and applied to both indexes in one update (one keyword
-    /// commit). Each document's chunks are stored in a transaction of its own, which marks it
-    /// done: a document is done exactly when its chunks are in the database, and a failure of
-    /// one document is that document's outcome. The indexes are derived: a failure to update
+    /// commit). Each document's chunks are stored in a transaction of its own, and a failure of
+    /// one document is that document's outcome; documents are marked done together once the
+    /// indexes have their chunks. The indexes are derived: a failure to update
     /// them is logged and repaired from the database by the engine, never a document's error.
     /// The `Err` of this function is an embedding failure, which stops the whole batch.
     pub async fn run(&self, c: &Collection, pending: Vec<Pending>) -> Result<Vec<Outcome>, IngestError> {
@@ -273,6 +273,24 @@ impl Ingestor {
         }
         if let Err(e) = self.engine.apply(c, added, removed).await {
             tracing::error!(collection = %c.name, error = %e, "updating the indexes failed; they will be reconciled from the database");
+        }
+        // Done once searchable: the chunks are in the database, and in the indexes (or, after
+        // a failed update, on their way there from the database).
+        let stored: Vec<i64> = outcomes
+            .iter()
+            .flatten()
+            .filter_map(|o| match o {
+                Outcome::Indexed { document_id, .. } => Some(*document_id),
+                _ => None,
+            })
+            .collect();
+        if let Err(e) = store.mark_done(&stored).await {
+            for slot in outcomes.iter_mut() {
+                if let Some(Outcome::Indexed { document_id, .. }) = slot {
+                    let error = IngestError::Task(format!("recording the document as done: {e}"));
+                    *slot = Some(Outcome::Failed { document_id: *document_id, error });
+                }
+            }
         }
         for old in replaced_docs {
             tracing::info!(document = old.id, filename = %old.filename, "replaced by a new version");

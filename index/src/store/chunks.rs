@@ -54,8 +54,9 @@ fn split_headings(s: &str) -> Vec<String> {
 
 impl Store {
     /// Stores a document's chunks in one transaction, replacing any it had (a job that runs
-    /// again after a crash must not duplicate them), and marks it done. Returns the new ids
-    /// in chunk order.
+    /// again after a crash must not duplicate them). Returns the new ids in chunk order and
+    /// the ids replaced. The document is marked done by [`Store::mark_done`] once its chunks
+    /// are in the indexes too.
     pub async fn store_chunks(
         &self,
         document_id: i64,
@@ -114,7 +115,7 @@ impl Store {
             }
         }
         sqlx::query(
-            "UPDATE documents SET status = 'done', error = NULL, chunk_count = $1, title = $2, format = $3, updated_at = $4 WHERE id = $5",
+            "UPDATE documents SET error = NULL, chunk_count = $1, title = $2, format = $3, updated_at = $4 WHERE id = $5",
         )
         .bind(chunks.len() as i64)
         .bind(title)
@@ -125,6 +126,20 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok((ids, replaced))
+    }
+
+    /// Marks documents whose chunks are stored (and applied to the indexes) done.
+    pub async fn mark_done(&self, document_ids: &[i64]) -> Result<()> {
+        for part in document_ids.chunks(500) {
+            let list = part.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+            sqlx::query(&format!(
+                "UPDATE documents SET status = 'done', error = NULL, updated_at = $1 WHERE id IN ({list})"
+            ))
+            .bind(now_ms())
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
     }
 
     /// Chunks by id, in the order asked; ids no longer in the database are left out.

@@ -117,7 +117,9 @@ async fn run_batch(ingestor: &Ingestor, jobs: Vec<Job>) {
     let mut by_collection: HashMap<i64, Vec<Loaded>> = HashMap::new();
     for job in jobs {
         match load(ingestor, &job).await {
-            Ok(loaded) => by_collection.entry(loaded.collection.id).or_default().push(loaded),
+            Ok(Some(loaded)) => by_collection.entry(loaded.collection.id).or_default().push(loaded),
+            // Done before a crash stopped its job from being recorded: nothing to run again.
+            Ok(None) => finish(ingestor.engine().store(), &job, Ok(())).await,
             Err(e) => finish(ingestor.engine().store(), &job, Err(e)).await,
         }
     }
@@ -135,12 +137,13 @@ async fn run_batch(ingestor: &Ingestor, jobs: Vec<Job>) {
                 for (job, path) in meta {
                     let result = match by_doc.remove(&job.document_id) {
                         Some(Outcome::Failed { error, .. }) => Err(Box::new(error) as BoxError),
-                        Some(_) => {
-                            cleanup(ingestor.engine().store(), &job, &path).await;
-                            Ok(())
-                        }
+                        Some(_) => Ok(()),
                         None => Err("the pipeline returned no outcome".into()),
                     };
+                    // The upload is kept only for a job that runs again.
+                    if !matches!(&result, Err(e) if retryable(&job, e.as_ref())) {
+                        cleanup(ingestor.engine().store(), &job, &path).await;
+                    }
                     finish(ingestor.engine().store(), &job, result).await;
                 }
             }
@@ -156,15 +159,22 @@ async fn run_batch(ingestor: &Ingestor, jobs: Vec<Job>) {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Reads a job's document, collection and uploaded bytes, and marks the document running.
-async fn load(ingestor: &Ingestor, job: &Job) -> Result<Loaded, BoxError> {
+/// Reads a job's document, collection and uploaded bytes, and marks the document running;
+/// `None` when the document is already done.
+async fn load(ingestor: &Ingestor, job: &Job) -> Result<Option<Loaded>, BoxError> {
     let store = ingestor.engine().store();
     let doc = store.document(job.document_id).await?.ok_or("document was deleted")?;
+    if doc.status == DocumentStatus::Done {
+        if let Some(path) = &doc.source_path {
+            cleanup(store, job, path).await;
+        }
+        return Ok(None);
+    }
     let collection = store.collection_by_id(doc.collection_id).await?.ok_or("collection was deleted")?;
     let path = doc.source_path.clone().ok_or("the uploaded file is gone")?;
     let bytes = tokio::fs::read(&path).await.map_err(|e| format!("reading the upload: {e}"))?;
     store.set_document_status(doc.id, DocumentStatus::Running, None).await?;
-    Ok(Loaded { job: job.clone(), collection, pending: Pending { document: doc, bytes }, path })
+    Ok(Some(Loaded { job: job.clone(), collection, pending: Pending { document: doc, bytes }, path }))
 }
 
 /// Removes a processed upload's file; its document no longer points at it.
@@ -180,7 +190,7 @@ async fn cleanup(store: &Store, job: &Job, path: &str) {
 async fn finish(store: &Store, job: &Job, result: Result<(), BoxError>) {
     let (status, error) = match result {
         Ok(()) => (JobStatus::Done, None),
-        Err(e) if is_transient(e.as_ref()) && job.attempts < MAX_ATTEMPTS => {
+        Err(e) if retryable(job, e.as_ref()) => {
             // Another writer held the database: run the job again (its chunks are replaced).
             tracing::warn!(job = job.id, error = %e, attempt = job.attempts, "transient database conflict; job queued again");
             let _ = store.set_document_status(job.document_id, DocumentStatus::Queued, None).await;
@@ -204,6 +214,11 @@ async fn finish(store: &Store, job: &Job, result: Result<(), BoxError>) {
     if let Err(e) = store.finish_job(job.id, status, error.as_deref()).await {
         tracing::error!(error = %e, "recording job result");
     }
+}
+
+/// Whether a failed job runs again: a transient conflict, attempts left.
+fn retryable(job: &Job, e: &(dyn std::error::Error + 'static)) -> bool {
+    is_transient(e) && job.attempts < MAX_ATTEMPTS
 }
 
 /// A database busy/lock/serialization conflict, which a later attempt can get past (SQLite
