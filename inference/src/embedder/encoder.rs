@@ -8,7 +8,7 @@
 //! branch-free erf the compiler vectorises. The test `tests/bert.rs` checks it against
 //! candle-transformers' model on the real weights.
 
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Module, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Shape, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config, HiddenAct};
 use rayon::prelude::*;
@@ -72,6 +72,8 @@ struct Norm {
     gamma: Tensor,
     beta: Tensor,
     eps: f32,
+    /// The same, as plain vectors for the fused residual op.
+    fused: AddNorm,
 }
 
 impl Norm {
@@ -79,11 +81,56 @@ impl Norm {
         // Old checkpoints name them gamma/beta.
         let gamma = vb.get(size, "weight").or_else(|_| vb.get(size, "gamma"))?;
         let beta = vb.get(size, "bias").or_else(|_| vb.get(size, "beta"))?;
-        Ok(Self { gamma, beta, eps: eps as f32 })
+        let fused = AddNorm { gamma: gamma.to_vec1()?, beta: beta.to_vec1()?, eps: eps as f32 };
+        Ok(Self { gamma, beta, eps: eps as f32, fused })
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         candle_nn::ops::layer_norm(x, &self.gamma, &self.beta, self.eps)
+    }
+
+    /// `layer_norm(x + residual)` in one pass over the rows.
+    fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
+        x.contiguous()?.apply_op2_no_bwd(&residual.contiguous()?, &self.fused)
+    }
+}
+
+/// Residual add and layer norm fused: one read of each input and one write per row, on the
+/// caller's thread pool (two tensor ops would make three passes and a temporary).
+struct AddNorm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    eps: f32,
+}
+
+impl CustomOp2 for AddNorm {
+    fn name(&self) -> &'static str {
+        "add-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let (CpuStorage::F32(a), CpuStorage::F32(b)) = (s1, s2) else {
+            candle_core::bail!("add-layer-norm: f32 only");
+        };
+        let (Some((a0, a1)), Some((b0, b1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            candle_core::bail!("add-layer-norm: contiguous inputs only");
+        };
+        let h = self.gamma.len();
+        if l1.shape() != l2.shape() || l1.shape().dims().last() != Some(&h) {
+            candle_core::bail!("add-layer-norm: shapes {:?} and {:?} for width {h}", l1.shape(), l2.shape());
+        }
+        let (a, b) = (&a[a0..a1], &b[b0..b1]);
+        let mut out = vec![0f32; a.len()];
+        out.par_chunks_mut(h).zip(a.par_chunks(h).zip(b.par_chunks(h))).with_min_len(8).for_each(|(o, (x, r))| {
+            super::simd::add_layer_norm(o, x, r, &self.gamma, &self.beta, &[self.eps]);
+        });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 }
 
@@ -163,14 +210,14 @@ impl Encoder {
         let attention = Attention { heads, batch: b, seq: s, lens };
         for l in &self.layers {
             let ctx = l.qkv.forward(&x)?.apply_op1_no_bwd(&attention)?;
-            x = l.attn_norm.forward(&(l.attn_out.forward(&ctx)? + &x)?)?;
+            x = l.attn_norm.forward_residual(&l.attn_out.forward(&ctx)?, &x)?;
             let up = l.up.forward(&x)?;
             let up = match self.act {
                 HiddenAct::Gelu => up.apply_op1_no_bwd(&GeluErf)?,
                 HiddenAct::GeluApproximate => up.gelu()?,
                 HiddenAct::Relu => up.relu()?,
             };
-            x = l.out_norm.forward(&(l.down.forward(&up)? + &x)?)?;
+            x = l.out_norm.forward_residual(&l.down.forward(&up)?, &x)?;
         }
         x.reshape((b, s, h))
     }

@@ -124,6 +124,33 @@ multiversion! {
 }
 
 multiversion! {
+    /// One row of `layer_norm(x + r)` into `out` (`eps[0]` as in the checkpoint).
+    fn add_layer_norm(out: &mut [f32], x: &[f32], r: &[f32], gamma: &[f32], beta: &[f32], eps: &[f32]) {
+        for ((o, a), b) in out.iter_mut().zip(x).zip(r) {
+            *o = a + b;
+        }
+        let n = out.len() as f32;
+        let mean = sum(out) / n;
+        for o in out.iter_mut() {
+            *o -= mean;
+        }
+        let mut sq = [0f32; 16];
+        let chunks = out.chunks_exact(16);
+        let rest: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+        for c in chunks {
+            for (s, v) in sq.iter_mut().zip(c) {
+                *s += v * v;
+            }
+        }
+        let var = (sq.iter().sum::<f32>() + rest) / n;
+        let inv = 1.0 / (var + eps[0]).sqrt();
+        for ((o, g), b) in out.iter_mut().zip(gamma).zip(beta) {
+            *o = *o * inv * g + b;
+        }
+    }
+}
+
+multiversion! {
     /// Exact (erf) GELU, in place.
     fn gelu(xs: &mut [f32]) {
         for x in xs.iter_mut() {
