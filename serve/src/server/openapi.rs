@@ -6,19 +6,8 @@
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
 
+pub use super::error::{ErrorBody, ErrorDetail};
 use super::routes;
-
-#[derive(Serialize, ToSchema)]
-pub struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct ErrorDetail {
-    /// Stable machine-readable code, e.g. `collection_not_found`.
-    code: String,
-    message: String,
-}
 
 #[derive(Serialize, ToSchema)]
 pub struct CollectionName {
