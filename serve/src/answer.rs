@@ -14,7 +14,7 @@ use crate::metrics::METRICS;
 
 pub const NOT_IN_CORPUS: &str = "The documents in this collection do not contain an answer to this question.";
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Citation {
     /// The passage number the answer cites (`[n]`).
     pub n: usize,
@@ -25,7 +25,7 @@ pub struct Citation {
     pub page: Option<u32>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AnswerKind {
     /// Written by the generator from the passages.
@@ -36,7 +36,8 @@ pub enum AnswerKind {
     NotInCorpus,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// A grounded answer: the body of `/ask`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Answer {
     pub answer: String,
     pub kind: AnswerKind,
