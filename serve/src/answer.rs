@@ -110,6 +110,14 @@ impl Answerer {
     }
 }
 
+/// Prompt tokens besides the question and the passages: the system prompt, the "Passages:" and
+/// "Answer with citations:" framing, and the chat template's role markers (~120 for SmolLM2's
+/// ChatML), with room to spare.
+const PROMPT_FRAME_TOKENS: usize = 160;
+/// Prompt tokens each passage costs besides its text: its `<passage n source>` delimiters
+/// (the source is a file name and page).
+const PASSAGE_FRAME_TOKENS: usize = 24;
+
 /// Keeps the best passages that fit the generator's context with the question and the answer.
 fn fit_passages<'a>(
     g: &dyn Generator,
@@ -117,10 +125,10 @@ fn fit_passages<'a>(
     passages: &'a [Hit],
     answer_tokens: usize,
 ) -> Result<Vec<&'a Hit>, kb_inference::ModelError> {
-    let mut budget = g.context_tokens().saturating_sub(answer_tokens + 160 + g.count_tokens(question)?);
+    let mut budget = g.context_tokens().saturating_sub(answer_tokens + PROMPT_FRAME_TOKENS + g.count_tokens(question)?);
     let mut kept = Vec::new();
     for p in passages {
-        let cost = g.count_tokens(&p.chunk.text)? + 24;
+        let cost = g.count_tokens(&p.chunk.text)? + PASSAGE_FRAME_TOKENS;
         if cost > budget {
             break;
         }

@@ -105,12 +105,9 @@ impl App {
             Engine::open(store, embedder, &config.index_dir(), index_config).await.context("opening the indexes")?,
         );
         let exe = std::env::current_exe().context("locating the kb executable for the PDF worker")?;
-        let pdf = PdfParser {
-            program: exe,
-            args: vec![PDF_WORKER_COMMAND.into()],
-            timeout: Duration::from_secs(config.pdf_timeout_secs),
-            memory_limit_bytes: config.pdf_memory_mb * 1024 * 1024,
-        };
+        let pdf = PdfParser::new(exe, vec![PDF_WORKER_COMMAND.into()])
+            .with_timeout(Duration::from_secs(config.pdf_timeout_secs))
+            .with_memory_limit(config.pdf_memory_mb * 1024 * 1024);
         let chunker = ChunkerConfig { target_tokens: config.chunk_tokens, overlap_tokens: config.chunk_overlap };
         let ingestor = Arc::new(Ingestor::new(engine.clone(), pdf, chunker));
         Ok(Self { config, engine, ingestor, deepseek })

@@ -2,6 +2,7 @@ use actix_multipart::Multipart;
 use actix_web::{delete, get, post, web, HttpResponse};
 use futures_util::TryStreamExt;
 use kb_index::store::{Access, Document, DocumentStatus};
+use kb_ingest::pipeline::Registered;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
@@ -164,13 +165,10 @@ pub async fn upload(
     let mut out = Vec::with_capacity(uploads.len());
     for u in uploads {
         // Every file becomes a job, even an empty one: its failure is recorded on the document.
-        let registered = state
-            .ingestor()
-            .register(&c, &u.filename, &u.hash, u.size as usize, DocumentStatus::Queued, None)
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let registered =
+            state.ingestor().register(&c, &u.filename, &u.hash, u.size as usize, DocumentStatus::Queued, None).await?;
         match registered {
-            Ok(doc) => {
+            Registered::New(doc) => {
                 let dest = state.config().upload_dir().join(format!("doc-{}", doc.id));
                 tokio::fs::rename(&u.path, &dest)
                     .await
@@ -188,7 +186,7 @@ pub async fn upload(
                     duplicate: None,
                 });
             }
-            Err(existing) => {
+            Registered::Duplicate(existing) => {
                 let _ = tokio::fs::remove_file(&u.path).await;
                 let job = state.engine().store().latest_job(existing.id).await?;
                 out.push(AcceptedDocument {
