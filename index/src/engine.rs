@@ -18,9 +18,12 @@ use crate::store::{ChunkRow, ChunkText, Collection, Store};
 use crate::vector::{HnswParams, VectorIndex};
 use crate::{IndexError, Result};
 
+/// How the indexes are built and searched.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct IndexConfig {
+    /// HNSW build and search parameters.
     pub hnsw: HnswParams,
+    /// How hybrid search fuses the two result lists.
     pub fusion: Fusion,
     /// Rebuild a vector index when this share of its points is deleted.
     pub rebuild_deleted_share: f64,
@@ -45,11 +48,15 @@ impl Default for IndexConfig {
     }
 }
 
+/// Which index a search asks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SearchMode {
+    /// BM25 over the chunk text only.
     Keyword,
+    /// Nearest neighbours of the query embedding only.
     Vector,
+    /// Both, fused (the default).
     #[default]
     Hybrid,
 }
@@ -66,18 +73,25 @@ impl std::str::FromStr for SearchMode {
     }
 }
 
+/// One search of one collection.
 #[derive(Debug, Clone)]
 pub struct SearchRequest {
+    /// The query text.
     pub query: String,
+    /// Hits wanted at most.
     pub top_k: usize,
+    /// Which index to ask.
     pub mode: SearchMode,
     /// At most one hit (the best chunk) per document.
     pub distinct_documents: bool,
 }
 
+/// A search result: a stored chunk and its score.
 #[derive(Debug, Clone)]
 pub struct Hit {
+    /// The chunk, as the database holds it.
     pub chunk: ChunkRow,
+    /// Higher is better; the scale depends on the mode (cosine, BM25 or fused).
     pub score: f32,
 }
 
@@ -123,11 +137,13 @@ impl CollectionIndexes {
                 || since.is_some_and(|t| t.elapsed() >= Duration::from_secs(config.save_every_secs)))
     }
 
+    /// The collection these indexes belong to.
     pub fn collection(&self) -> &Collection {
         &self.collection
     }
 }
 
+/// The store, the embedder and every collection's open indexes: kb's retrieval core.
 pub struct Engine {
     store: Store,
     embedder: Arc<dyn Embedder>,
@@ -213,18 +229,22 @@ impl Engine {
         Ok(switched)
     }
 
+    /// The metadata store.
     pub fn store(&self) -> &Store {
         &self.store
     }
 
+    /// The embedder of passages and queries.
     pub fn embedder(&self) -> &Arc<dyn Embedder> {
         &self.embedder
     }
 
+    /// The index configuration.
     pub fn config(&self) -> &IndexConfig {
         &self.config
     }
 
+    /// Creates an empty collection recorded as built by the configured embedder.
     pub async fn create_collection(&self, name: &str) -> Result<Collection> {
         let c = self.store.create_collection(name, self.embedder.id()).await?;
         // A directory left by an earlier collection of the same name must not leak into this one.
@@ -247,6 +267,7 @@ impl Engine {
         Ok(c)
     }
 
+    /// Deletes a collection with its documents, chunks and index files.
     pub async fn delete_collection(&self, name: &str) -> Result<()> {
         let c = self.store.require_collection(name).await?;
         self.store.delete_collection(c.id).await?;

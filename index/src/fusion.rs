@@ -9,11 +9,17 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "lowercase", tag = "method")]
 pub enum Fusion {
     /// Reciprocal-rank fusion: `sum 1 / (k + rank)`. Ignores scores entirely.
-    Rrf { k: f32 },
+    Rrf {
+        /// The rank constant: larger flattens the difference between ranks.
+        k: f32,
+    },
     /// Convex combination of scores normalised per query: BM25 divided by the query's best
     /// BM25 score, cosine similarity mapped from [-1, 1] to [0, 1] scaled by the best.
     /// `alpha` weighs the vector side. Uses how much better the best hit is, which RRF throws away.
-    Convex { alpha: f32 },
+    Convex {
+        /// The vector side's weight, 0 to 1; the keyword side gets 1 - alpha.
+        alpha: f32,
+    },
 }
 
 impl Default for Fusion {

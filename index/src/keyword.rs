@@ -20,6 +20,7 @@ use crate::{IndexError, Result};
 
 const WRITER_HEAP: usize = 64 * 1024 * 1024;
 
+/// A collection's BM25 index over chunk text with its title and headings.
 pub struct KeywordIndex {
     index: Index,
     reader: IndexReader,
@@ -75,6 +76,7 @@ impl KeywordIndex {
         Ok(())
     }
 
+    /// Removes these chunks and commits.
     pub fn remove(&self, ids: &[i64]) -> Result<()> {
         let mut writer = self.writer.lock().map_err(|_| IndexError::Task("keyword writer poisoned".into()))?;
         for id in ids {
@@ -143,10 +145,12 @@ impl KeywordIndex {
         Ok(out)
     }
 
+    /// Chunks the index holds.
     pub fn num_chunks(&self) -> u64 {
         self.reader.searcher().num_docs()
     }
 
+    /// The tantivy index itself.
     pub fn index(&self) -> &Index {
         &self.index
     }

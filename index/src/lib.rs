@@ -1,6 +1,8 @@
 //! kb's retrieval core: the metadata store (the source of truth) and the two indexes derived
 //! from it — HNSW vectors and BM25 keywords — searched alone or fused.
 
+#![warn(missing_docs)]
+
 mod engine;
 mod error;
 pub mod fusion;

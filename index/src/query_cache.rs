@@ -4,9 +4,12 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
+/// The cached embeddings by query, and the queries in insertion order (for eviction).
+type Entries = (HashMap<String, Arc<Vec<f32>>>, VecDeque<String>);
+
 pub struct QueryCache {
     capacity: usize,
-    inner: Mutex<(HashMap<String, Arc<Vec<f32>>>, VecDeque<String>)>,
+    inner: Mutex<Entries>,
 }
 
 impl QueryCache {

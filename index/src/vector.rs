@@ -27,6 +27,7 @@ static SAVE_SEQ: AtomicU64 = AtomicU64::new(0);
 pub struct HnswParams {
     /// Links per node (M).
     pub m: usize,
+    /// Candidate list size while building.
     pub ef_construction: usize,
     /// Candidate list size at search time (at least k).
     pub ef_search: usize,
@@ -47,6 +48,7 @@ struct Meta {
     deleted: Vec<i64>,
 }
 
+/// A collection's HNSW graph over chunk embeddings (cosine), with the chunk ids it holds.
 pub struct VectorIndex {
     hnsw: Hnsw<'static, f32, DistCosine>,
     dim: usize,
@@ -62,6 +64,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IndexError + '_ {
 }
 
 impl VectorIndex {
+    /// An empty index of `dim`-wide vectors, to be saved in `dir`.
     pub fn new(dir: &Path, dim: usize, params: HnswParams, expected_points: usize) -> Self {
         let hnsw = Hnsw::new(params.m, expected_points.max(10_000), 16, params.ef_construction, DistCosine {});
         Self { hnsw, dim, params, applied: Mutex::default(), deleted: RwLock::default(), dir: dir.to_owned() }
@@ -146,6 +149,7 @@ impl VectorIndex {
         Ok(())
     }
 
+    /// Marks these chunks deleted: searches skip them until a rebuild drops them.
     pub fn remove(&self, ids: &[i64]) {
         let applied = lock(&self.applied);
         let mut deleted = write(&self.deleted);
@@ -168,10 +172,12 @@ impl VectorIndex {
         }
     }
 
+    /// Chunks the index holds, deleted ones not counted.
     pub fn len(&self) -> usize {
         lock(&self.applied).len() - read(&self.deleted).len()
     }
 
+    /// Whether it holds no chunk.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

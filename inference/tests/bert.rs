@@ -54,6 +54,7 @@ fn encoder_matches_candle_transformers_bert() {
 
     let dir = model_dir();
     let config: Config = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    // SAFETY: the file is mapped read-only and not modified while the test runs.
     let vb = unsafe {
         candle_nn::VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &Device::Cpu)
             .unwrap()

@@ -30,6 +30,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The document this outcome is about.
     pub fn document_id(&self) -> i64 {
         match self {
             Self::Indexed { document_id, .. } | Self::Unchanged { document_id } | Self::Failed { document_id, .. } => {
@@ -37,6 +38,15 @@ impl Outcome {
             }
         }
     }
+}
+
+/// What [`Ingestor::register`] found for a file's bytes.
+#[derive(Debug)]
+pub enum Registered {
+    /// A new document row, to be processed.
+    New(Document),
+    /// The collection's document with the same bytes; nothing was added.
+    Duplicate(Document),
 }
 
 /// A document row waiting for its bytes to be processed.
@@ -144,6 +154,7 @@ impl Ingestor {
 
     /// Registers a file as a document of `c`, or recognises bytes the collection already has.
     /// `source_path` is where a service upload waits for its job.
+    /// `Err` is a store failure; a duplicate is [`Registered::Duplicate`].
     pub async fn register(
         &self,
         c: &Collection,
@@ -152,10 +163,10 @@ impl Ingestor {
         size: usize,
         status: DocumentStatus,
         source_path: Option<&str>,
-    ) -> Result<Result<Document, Document>, IngestError> {
+    ) -> Result<Registered, IngestError> {
         let store = self.engine.store();
         if let Some(existing) = store.document_by_hash(c.id, bytes_hash).await? {
-            return Ok(Err(existing));
+            return Ok(Registered::Duplicate(existing));
         }
         let doc = store
             .insert_document(&NewDocument {
@@ -167,7 +178,7 @@ impl Ingestor {
                 source_path,
             })
             .await?;
-        Ok(Ok(doc))
+        Ok(Registered::New(doc))
     }
 
     /// Ingests files given as (name, bytes): the command line's path.
@@ -182,12 +193,12 @@ impl Ingestor {
         for (name, bytes) in files {
             let hash = content_hash(&bytes);
             match self.register(c, &name, &hash, bytes.len(), DocumentStatus::Running, None).await? {
-                Ok(document) => {
+                Registered::New(document) => {
                     slots.push(outcomes.len());
                     outcomes.push(None);
                     pending.push(Pending { document, bytes });
                 }
-                Err(existing) => outcomes.push(Some(Outcome::Unchanged { document_id: existing.id })),
+                Registered::Duplicate(existing) => outcomes.push(Some(Outcome::Unchanged { document_id: existing.id })),
             }
         }
         for (slot, outcome) in slots.into_iter().zip(self.run(c, pending).await?) {

@@ -63,13 +63,14 @@ fn main() {
     }
 }
 
-fn post(agent: &ureq::Agent, url: &str, key: &Option<String>, body: Value) -> Result<ureq::Response, ureq::Error> {
+/// The response, or the error boxed (ureq's is large and only ever counted).
+fn post(agent: &ureq::Agent, url: &str, key: &Option<String>, body: Value) -> Result<ureq::Response, Box<ureq::Error>> {
     let req = agent.post(url);
     let req = match key {
         Some(k) => req.set("Authorization", &format!("Bearer {k}")),
         None => req,
     };
-    req.send_json(body)
+    req.send_json(body).map_err(Box::new)
 }
 
 fn search(url: &str, collection: &str, queries: &[String], clients: usize, seconds: u64, key: Option<String>) {

@@ -14,7 +14,7 @@ use crate::metrics::METRICS;
 
 pub const NOT_IN_CORPUS: &str = "The documents in this collection do not contain an answer to this question.";
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Citation {
     /// The passage number the answer cites (`[n]`).
     pub n: usize,
@@ -25,7 +25,7 @@ pub struct Citation {
     pub page: Option<u32>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum AnswerKind {
     /// Written by the generator from the passages.
@@ -36,7 +36,8 @@ pub enum AnswerKind {
     NotInCorpus,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// A grounded answer: the body of `/ask`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Answer {
     pub answer: String,
     pub kind: AnswerKind,
@@ -109,6 +110,14 @@ impl Answerer {
     }
 }
 
+/// Prompt tokens besides the question and the passages: the system prompt, the "Passages:" and
+/// "Answer with citations:" framing, and the chat template's role markers (~120 for SmolLM2's
+/// ChatML), with room to spare.
+const PROMPT_FRAME_TOKENS: usize = 160;
+/// Prompt tokens each passage costs besides its text: its `<passage n source>` delimiters
+/// (the source is a file name and page).
+const PASSAGE_FRAME_TOKENS: usize = 24;
+
 /// Keeps the best passages that fit the generator's context with the question and the answer.
 fn fit_passages<'a>(
     g: &dyn Generator,
@@ -116,10 +125,10 @@ fn fit_passages<'a>(
     passages: &'a [Hit],
     answer_tokens: usize,
 ) -> Result<Vec<&'a Hit>, kb_inference::ModelError> {
-    let mut budget = g.context_tokens().saturating_sub(answer_tokens + 160 + g.count_tokens(question)?);
+    let mut budget = g.context_tokens().saturating_sub(answer_tokens + PROMPT_FRAME_TOKENS + g.count_tokens(question)?);
     let mut kept = Vec::new();
     for p in passages {
-        let cost = g.count_tokens(&p.chunk.text)? + 24;
+        let cost = g.count_tokens(&p.chunk.text)? + PASSAGE_FRAME_TOKENS;
         if cost > budget {
             break;
         }

@@ -13,7 +13,7 @@ use kb_ingest::parse::PdfParser;
 use kb_ingest::pipeline::Ingestor;
 use kb_ingest::ChunkerConfig;
 
-use crate::config::Config;
+use crate::config::{Config, EmbedderKind, FusionKind, GeneratorKind};
 use crate::metrics::TimedEmbedder;
 
 pub struct App {
@@ -61,15 +61,15 @@ impl App {
         let store = Store::open(&config.database_url())
             .await
             .with_context(|| format!("opening the database {}", config.describe_database()))?;
-        let deepseek = if config.generator == "deepseek" || config.embedder == "deepseek" {
+        let deepseek = if config.generator == GeneratorKind::Deepseek || config.embedder == EmbedderKind::Deepseek {
             Some(DeepSeek::load(&config.deepseek).await?)
         } else {
             None
         };
         let inner: Arc<dyn Embedder> = match &deepseek {
-            Some(ds) if config.embedder == "deepseek" => {
+            Some(ds) if config.embedder == EmbedderKind::Deepseek => {
                 let d = &config.deepseek;
-                let pooling: Pooling = d.pooling.parse()?;
+                let pooling: Pooling = d.pooling.into();
                 Arc::new(DeepSeekEmbedder::new(
                     &ds.name,
                     ds.model.clone(),
@@ -87,10 +87,9 @@ impl App {
             }
         };
         let embedder: Arc<dyn Embedder> = Arc::new(TimedEmbedder(inner));
-        let fusion = match config.fusion.as_str() {
-            "rrf" => Fusion::Rrf { k: config.rrf_k },
-            "convex" => Fusion::Convex { alpha: config.fusion_alpha },
-            other => anyhow::bail!("unknown fusion {other:?}: expected convex or rrf"),
+        let fusion = match config.fusion {
+            FusionKind::Rrf => Fusion::Rrf { k: config.rrf_k },
+            FusionKind::Convex => Fusion::Convex { alpha: config.fusion_alpha },
         };
         let index_config = IndexConfig {
             hnsw: HnswParams {
@@ -108,12 +107,9 @@ impl App {
             Engine::open(store, embedder, &config.index_dir(), index_config).await.context("opening the indexes")?,
         );
         let exe = std::env::current_exe().context("locating the kb executable for the PDF worker")?;
-        let pdf = PdfParser {
-            program: exe,
-            args: vec![PDF_WORKER_COMMAND.into()],
-            timeout: Duration::from_secs(config.pdf_timeout_secs),
-            memory_limit_bytes: config.pdf_memory_mb * 1024 * 1024,
-        };
+        let pdf = PdfParser::new(exe, vec![PDF_WORKER_COMMAND.into()])
+            .with_timeout(Duration::from_secs(config.pdf_timeout_secs))
+            .with_memory_limit(config.pdf_memory_mb * 1024 * 1024);
         let chunker = ChunkerConfig { target_tokens: config.chunk_tokens, overlap_tokens: config.chunk_overlap };
         let ingestor = Arc::new(Ingestor::new(engine.clone(), pdf, chunker));
         Ok(Self { config, engine, ingestor, deepseek })
@@ -123,9 +119,9 @@ impl App {
 impl App {
     /// The answer generator the configuration names; `None` means extractive answers.
     pub async fn load_generator(&self) -> anyhow::Result<Option<Arc<dyn Generator>>> {
-        match self.config.generator.as_str() {
-            "none" => Ok(None),
-            "smollm2" => {
+        match self.config.generator {
+            GeneratorKind::None => Ok(None),
+            GeneratorKind::Smollm2 => {
                 let path = self.config.models_dir.join("smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
                 if !path.is_file() {
                     tracing::warn!(path = %path.display(), "generator model missing (scripts/fetch-models.sh): answers will be extractive");
@@ -134,7 +130,7 @@ impl App {
                 let g = tokio::task::spawn_blocking(move || SmolLmGenerator::load(&path)).await??;
                 Ok(Some(Arc::new(g)))
             }
-            "deepseek" => {
+            GeneratorKind::Deepseek => {
                 let ds = self.deepseek.clone().context("DeepSeek model not loaded")?;
                 let d = &self.config.deepseek;
                 let scheduler = SchedulerConfig {
@@ -149,7 +145,6 @@ impl App {
                 let g = DeepSeekGenerator::batched(ds.name, ds.model, ds.tokenizer, context, scheduler)?;
                 Ok(Some(Arc::new(g)))
             }
-            other => anyhow::bail!("unknown generator {other:?}: expected smollm2, deepseek or none"),
         }
     }
 }

@@ -25,12 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the REST API and the web UI.
-    Serve {
-        /// Address to listen on.
-        #[arg(long, env = "KB_ADDR")]
-        addr: Option<std::net::SocketAddr>,
-    },
+    /// Serve the REST API and the web UI (on `--addr`).
+    Serve,
     /// Ingest files and directories (recursively) into a collection, creating it if needed.
     Ingest {
         #[arg(long, short)]
@@ -126,15 +122,12 @@ fn main() -> anyhow::Result<()> {
         // Before anything else: the worker must stay small and talk only through its pipes.
         std::process::exit(kb_ingest::parse::pdf_worker_main());
     }
-    let mut config = Config::load(&cli.config)?;
-    if let Command::Serve { addr: Some(addr) } = &cli.command {
-        config.addr = *addr;
-    }
+    let config = Config::load(&cli.config)?;
     init_tracing(config.log_json);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve { .. } => server::run(config).await,
+            Command::Serve => server::run(config).await,
             Command::Ingest { collection, paths } => commands::ingest::run(config, &collection, &paths).await,
             Command::Search { collection, mode, top_k, distinct, query } => {
                 commands::search::run(config, &collection, mode, top_k, distinct, &query).await
@@ -156,4 +149,14 @@ fn main() -> anyhow::Result<()> {
             Command::PdfWorker => unreachable!("handled above"),
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

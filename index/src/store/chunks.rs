@@ -6,33 +6,51 @@ use crate::Result;
 /// A chunk to store, with its embedding.
 #[derive(Debug, Clone)]
 pub struct NewChunk {
+    /// The chunk text.
     pub text: String,
+    /// The headings it sits under, outermost first.
     pub heading_path: Vec<String>,
+    /// Its page, in paged formats (PDF).
     pub page: Option<u32>,
+    /// Byte offset of its start in the parsed document text.
     pub start: usize,
+    /// Byte offset of its end in the parsed document text.
     pub end: usize,
+    /// Its unit-length embedding.
     pub embedding: Vec<f32>,
 }
 
 /// A stored chunk as search results show it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChunkRow {
+    /// The chunk id.
     pub id: i64,
+    /// The document it belongs to.
     pub document_id: i64,
+    /// That document's file name.
     pub filename: String,
+    /// That document's title, when it has one.
     pub title: Option<String>,
+    /// The chunk text.
     pub text: String,
+    /// The headings it sits under, outermost first.
     pub heading_path: Vec<String>,
+    /// Its page, in paged formats (PDF).
     pub page: Option<u32>,
 }
 
 /// What the keyword index needs of a chunk.
 #[derive(Debug, Clone)]
 pub struct ChunkText {
+    /// The chunk id.
     pub id: i64,
+    /// The document it belongs to.
     pub document_id: i64,
+    /// That document's title, when it has one.
     pub title: Option<String>,
+    /// The headings it sits under, outermost first.
     pub heading_path: Vec<String>,
+    /// The chunk text.
     pub text: String,
 }
 

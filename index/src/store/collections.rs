@@ -5,18 +5,25 @@ use sqlx::Row;
 use super::{now_ms, Store};
 use crate::{IndexError, Result};
 
+/// A named set of documents, searched together.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Collection {
+    /// The collection id (its index directory's name).
     pub id: i64,
+    /// Its unique name.
     pub name: String,
     /// The embedder that built this collection's vectors (`Embedder::id`).
     pub embedder: String,
 }
 
+/// A collection with its counts, for listings.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CollectionSummary {
+    /// The collection's name.
     pub name: String,
+    /// Documents it holds.
     pub documents: i64,
+    /// Chunks it holds.
     pub chunks: i64,
 }
 
@@ -44,6 +51,7 @@ pub fn validate_name(name: &str) -> Result<()> {
 }
 
 impl Store {
+    /// Creates an empty collection built by `embedder`; refuses a taken or invalid name.
     pub async fn create_collection(&self, name: &str, embedder: &str) -> Result<Collection> {
         validate_name(name)?;
         let inserted = sqlx::query(
@@ -61,6 +69,7 @@ impl Store {
         }
     }
 
+    /// The collection of this name, if any.
     pub async fn collection(&self, name: &str) -> Result<Option<Collection>> {
         let row = sqlx::query("SELECT id, name, embedder FROM collections WHERE name = $1")
             .bind(name)
@@ -69,6 +78,7 @@ impl Store {
         row.as_ref().map(from_row).transpose()
     }
 
+    /// The collection of this id, if any.
     pub async fn collection_by_id(&self, id: i64) -> Result<Option<Collection>> {
         let row = sqlx::query("SELECT id, name, embedder FROM collections WHERE id = $1")
             .bind(id)
@@ -82,12 +92,14 @@ impl Store {
         self.collection(name).await?.ok_or_else(|| IndexError::CollectionNotFound(name.into()))
     }
 
+    /// Every collection.
     pub async fn all_collections(&self) -> Result<Vec<Collection>> {
         let rows =
             sqlx::query("SELECT id, name, embedder FROM collections ORDER BY name").fetch_all(&self.pool).await?;
         rows.iter().map(from_row).collect()
     }
 
+    /// Every collection with its document and chunk counts, by name.
     pub async fn collection_summaries(&self) -> Result<Vec<CollectionSummary>> {
         let rows = sqlx::query(
             "SELECT c.name,
@@ -102,6 +114,7 @@ impl Store {
             .collect()
     }
 
+    /// Records the embedder that built the collection's vectors.
     pub async fn set_collection_embedder(&self, id: i64, embedder: &str) -> Result<()> {
         sqlx::query("UPDATE collections SET embedder = $1 WHERE id = $2")
             .bind(embedder)

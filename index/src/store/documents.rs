@@ -5,29 +5,47 @@ use sqlx::Row;
 use super::{now_ms, DocumentStatus, Store};
 use crate::Result;
 
+/// One ingested (or queued) file of a collection.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Document {
+    /// The document id.
     pub id: i64,
+    /// The collection it belongs to.
     pub collection_id: i64,
+    /// The file name it was uploaded or ingested under.
     pub filename: String,
+    /// Its title, when parsing found one.
     pub title: Option<String>,
+    /// SHA-256 of its bytes, hex: the same bytes are one document.
     pub content_hash: String,
+    /// Its size in bytes.
     pub size_bytes: i64,
+    /// The detected format, once parsed.
     pub format: Option<String>,
+    /// Where its ingestion stands.
     pub status: DocumentStatus,
+    /// Why its ingestion failed.
     pub error: Option<String>,
+    /// Chunks it was cut into.
     pub chunks: i64,
     /// Where the uploaded bytes wait until their job has run (service uploads only).
     pub source_path: Option<String>,
 }
 
+/// A document row to insert.
 #[derive(Debug, Clone)]
 pub struct NewDocument<'a> {
+    /// The collection it joins.
     pub collection_id: i64,
+    /// Its file name.
     pub filename: &'a str,
+    /// SHA-256 of its bytes, hex.
     pub content_hash: &'a str,
+    /// Its size in bytes.
     pub size_bytes: i64,
+    /// Its first status.
     pub status: DocumentStatus,
+    /// Where its bytes wait for their job (service uploads).
     pub source_path: Option<&'a str>,
 }
 
@@ -51,6 +69,7 @@ fn from_row(r: &AnyRow) -> Result<Document> {
 }
 
 impl Store {
+    /// Inserts a document row and returns it.
     pub async fn insert_document(&self, doc: &NewDocument<'_>) -> Result<Document> {
         let now = now_ms();
         let row = sqlx::query(&format!(
@@ -69,6 +88,7 @@ impl Store {
         from_row(&row)
     }
 
+    /// The document of this id, if any.
     pub async fn document(&self, id: i64) -> Result<Option<Document>> {
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM documents WHERE id = $1"))
             .bind(id)
@@ -77,6 +97,7 @@ impl Store {
         row.as_ref().map(from_row).transpose()
     }
 
+    /// The documents of a collection.
     pub async fn documents(&self, collection_id: i64) -> Result<Vec<Document>> {
         let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM documents WHERE collection_id = $1 ORDER BY id"))
             .bind(collection_id)
@@ -111,6 +132,7 @@ impl Store {
         rows.iter().map(from_row).collect()
     }
 
+    /// Sets a document's status and error.
     pub async fn set_document_status(&self, id: i64, status: DocumentStatus, error: Option<&str>) -> Result<()> {
         sqlx::query("UPDATE documents SET status = $1, error = $2, updated_at = $3 WHERE id = $4")
             .bind(status.as_str())
@@ -122,6 +144,7 @@ impl Store {
         Ok(())
     }
 
+    /// Sets (or clears) where a document's uploaded bytes wait.
     pub async fn set_document_source(&self, id: i64, source_path: Option<&str>) -> Result<()> {
         sqlx::query("UPDATE documents SET source_path = $1 WHERE id = $2")
             .bind(source_path)

@@ -8,10 +8,15 @@ use crate::Result;
 /// One document's ingestion, run by the worker pool.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Job {
+    /// The job id.
     pub id: i64,
+    /// The document it ingests.
     pub document_id: i64,
+    /// Where it stands.
     pub status: JobStatus,
+    /// Why it failed.
     pub error: Option<String>,
+    /// Times it was claimed (a transient database conflict runs it again).
     pub attempts: i64,
 }
 
@@ -28,6 +33,7 @@ fn from_row(r: &AnyRow) -> Result<Job> {
 }
 
 impl Store {
+    /// Queues a job that ingests the document.
     pub async fn create_job(&self, document_id: i64) -> Result<Job> {
         let now = now_ms();
         let row = sqlx::query(&format!(
@@ -40,6 +46,7 @@ impl Store {
         from_row(&row)
     }
 
+    /// The job of this id, if any.
     pub async fn job(&self, id: i64) -> Result<Option<Job>> {
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM jobs WHERE id = $1"))
             .bind(id)
@@ -74,6 +81,7 @@ impl Store {
         Ok(jobs)
     }
 
+    /// Records how a job ended (or queues it again with `Queued`).
     pub async fn finish_job(&self, id: i64, status: JobStatus, error: Option<&str>) -> Result<()> {
         sqlx::query("UPDATE jobs SET status = $1, error = $2, updated_at = $3 WHERE id = $4")
             .bind(status.as_str())
@@ -100,6 +108,7 @@ impl Store {
         Ok(done.rows_affected())
     }
 
+    /// Jobs with this status, for the metrics.
     pub async fn count_jobs(&self, status: JobStatus) -> Result<i64> {
         Ok(sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE status = $1")
             .bind(status.as_str())

@@ -7,14 +7,18 @@ use sqlx::Row;
 use super::{now_ms, Store};
 use crate::{IndexError, Result};
 
+/// What a key may do with a collection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Access {
+    /// Search, ask, chat and list.
     Read,
+    /// Also upload and delete documents.
     Write,
 }
 
 impl Access {
+    /// The name stored in the database.
     pub fn as_str(self) -> &'static str {
         match self {
             Access::Read => "read",
@@ -23,17 +27,25 @@ impl Access {
     }
 }
 
+/// A right on one collection.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Grant {
+    /// The collection's name.
     pub collection: String,
+    /// What the key may do there.
     pub access: Access,
 }
 
+/// An API key as stored: its name and rights, never the secret.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ApiKey {
+    /// The key id.
     pub id: i64,
+    /// Its unique name.
     pub name: String,
+    /// Every right on every collection, including creating and deleting them.
     pub admin: bool,
+    /// Its rights on named collections.
     pub grants: Vec<Grant>,
 }
 
@@ -124,6 +136,7 @@ impl Store {
         Ok(ApiKey { id, name, admin, grants })
     }
 
+    /// Every API key with its grants, by name.
     pub async fn api_keys(&self) -> Result<Vec<ApiKey>> {
         let rows = sqlx::query("SELECT id, name, admin FROM api_keys ORDER BY name").fetch_all(&self.pool).await?;
         let mut out = Vec::with_capacity(rows.len());

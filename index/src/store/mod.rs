@@ -27,12 +27,16 @@ use crate::Result;
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 
+/// Which database the store talks to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
+    /// A SQLite file (the default).
     Sqlite,
+    /// A PostgreSQL server.
     Postgres,
 }
 
+/// The database behind kb: every collection, document, chunk, job and API key.
 #[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
@@ -76,14 +80,17 @@ impl Store {
         Ok(Self { pool, backend })
     }
 
+    /// Which database this is.
     pub fn backend(&self) -> Backend {
         self.backend
     }
 
+    /// The connection pool.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
     }
 
+    /// Closes every connection.
     pub async fn close(&self) {
         self.pool.close().await;
     }

@@ -24,6 +24,7 @@ impl Store {
         Ok(ids.into_iter().collect())
     }
 
+    /// Stores new vectors of a collection's chunks from `embedder` beside the current ones, until the switch.
     pub async fn stage_embeddings(
         &self,
         collection_id: i64,

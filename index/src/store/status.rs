@@ -6,13 +6,18 @@ use serde::Serialize;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
+    /// Waiting for a worker.
     Queued,
+    /// Being ingested.
     Running,
+    /// Ingested: its chunks are searchable.
     Done,
+    /// Ingestion failed; the error says why.
     Failed,
 }
 
 impl DocumentStatus {
+    /// The name stored in the database and shown by the API.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Queued => "queued",
@@ -22,6 +27,7 @@ impl DocumentStatus {
         }
     }
 
+    /// The status a stored name stands for (an unknown one reads as failed).
     pub fn parse(s: &str) -> Self {
         match s {
             "queued" => Self::Queued,
@@ -32,5 +38,7 @@ impl DocumentStatus {
     }
 }
 
+/// A document's ingestion status.
 pub type DocumentStatus = Status;
+/// An ingest job's status.
 pub type JobStatus = Status;

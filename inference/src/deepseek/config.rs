@@ -169,7 +169,7 @@ impl DeepSeekV2Config {
                 let (Some(n_group), Some(topk_group)) = (raw.n_group, raw.topk_group) else {
                     return Err(bad("group_limited_greedy needs n_group and topk_group".into()));
                 };
-                if n_group == 0 || n_routed % n_group != 0 || topk_group == 0 || topk_group > n_group {
+                if n_group == 0 || !n_routed.is_multiple_of(n_group) || topk_group == 0 || topk_group > n_group {
                     return Err(bad(format!(
                         "n_group {n_group} / topk_group {topk_group} do not divide {n_routed} experts"
                     )));
@@ -193,7 +193,7 @@ impl DeepSeekV2Config {
                 return Err(bad(format!("{name} must be positive")));
             }
         }
-        if raw.qk_rope_head_dim == 0 || raw.qk_rope_head_dim % 2 != 0 {
+        if raw.qk_rope_head_dim == 0 || !raw.qk_rope_head_dim.is_multiple_of(2) {
             return Err(bad(format!("qk_rope_head_dim {} must be even and positive", raw.qk_rope_head_dim)));
         }
 
@@ -268,7 +268,7 @@ impl DeepSeekV2Config {
 
     /// Whether layer `i` is a mixture of experts (else a dense MLP).
     pub fn is_moe_layer(&self, i: usize) -> bool {
-        self.n_routed_experts > 0 && i >= self.first_k_dense_replace && i % self.moe_layer_freq == 0
+        self.n_routed_experts > 0 && i >= self.first_k_dense_replace && i.is_multiple_of(self.moe_layer_freq)
     }
 
     pub fn qk_head_dim(&self) -> usize {

@@ -32,7 +32,7 @@ struct WindowConsts {
 
 #[cfg(feature = "cuda")]
 struct Graph(candle_core::cuda_backend::cudarc::driver::CudaGraph);
-// The graph is only launched from `&mut FixedDecoder`, one thread at a time.
+// SAFETY: the graph is only launched from `&mut FixedDecoder`, one thread at a time.
 #[cfg(feature = "cuda")]
 unsafe impl Send for Graph {}
 

@@ -1,6 +1,6 @@
 //! Rotary embedding of the decoupled rope part of MLA, with DeepSeek's YaRN scaling.
 //!
-//! DeepSeek rotates interleaved pairs (x[2i], x[2i+1]) — its reference permutes the rope
+//! DeepSeek rotates interleaved pairs (`x[2i]`, `x[2i+1]`) — its reference permutes the rope
 //! features into halves and uses `rotate_half`, transformers multiplies complex pairs; both are
 //! `rope_i`. Query and key get the same rotation, so either order gives the same scores.
 

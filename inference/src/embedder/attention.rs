@@ -28,6 +28,7 @@ pub struct Attention {
 struct SendPtr(*mut f32);
 // SAFETY: tasks write disjoint (rows, head columns) blocks of the output through it.
 unsafe impl Sync for SendPtr {}
+// SAFETY: as above; the pointer is only shared with tasks of the call that owns the buffer.
 unsafe impl Send for SendPtr {}
 
 impl CustomOp1 for Attention {

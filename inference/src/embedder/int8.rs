@@ -240,6 +240,7 @@ impl Int8Linear {
 struct SendPtr(*mut f32);
 // SAFETY: tasks write disjoint cells of the output through it (see `panel`).
 unsafe impl Sync for SendPtr {}
+// SAFETY: as above; the pointer is only shared with tasks of the call that owns the buffer.
 unsafe impl Send for SendPtr {}
 
 /// The reference kernel: `b` packed in steps of 1 (16 columns per step).
@@ -268,33 +269,41 @@ mod x86 {
     /// `k_pad * 32` bytes.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub unsafe fn vnni(rows: usize, a: *const u8, k_pad: usize, b: *const i8, tile: &mut [[i32; 32]; 8]) {
-        match rows {
-            8 => vnni_rows::<8>(a, k_pad, b, tile),
-            7 => vnni_rows::<7>(a, k_pad, b, tile),
-            6 => vnni_rows::<6>(a, k_pad, b, tile),
-            5 => vnni_rows::<5>(a, k_pad, b, tile),
-            4 => vnni_rows::<4>(a, k_pad, b, tile),
-            3 => vnni_rows::<3>(a, k_pad, b, tile),
-            2 => vnni_rows::<2>(a, k_pad, b, tile),
-            _ => vnni_rows::<1>(a, k_pad, b, tile),
+        // SAFETY: the caller's contract, passed on unchanged.
+        unsafe {
+            match rows {
+                8 => vnni_rows::<8>(a, k_pad, b, tile),
+                7 => vnni_rows::<7>(a, k_pad, b, tile),
+                6 => vnni_rows::<6>(a, k_pad, b, tile),
+                5 => vnni_rows::<5>(a, k_pad, b, tile),
+                4 => vnni_rows::<4>(a, k_pad, b, tile),
+                3 => vnni_rows::<3>(a, k_pad, b, tile),
+                2 => vnni_rows::<2>(a, k_pad, b, tile),
+                _ => vnni_rows::<1>(a, k_pad, b, tile),
+            }
         }
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn vnni_rows<const R: usize>(a: *const u8, k_pad: usize, b: *const i8, tile: &mut [[i32; 32]; 8]) {
-        let mut acc = [[_mm512_setzero_si512(); 2]; R];
-        for step in 0..k_pad / 4 {
-            let b0 = _mm512_loadu_si512(b.add(step * 128) as *const _);
-            let b1 = _mm512_loadu_si512(b.add(step * 128 + 64) as *const _);
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_epi32((a.add(r * k_pad + step * 4) as *const i32).read_unaligned());
-                acc[0] = _mm512_dpbusd_epi32(acc[0], av, b0);
-                acc[1] = _mm512_dpbusd_epi32(acc[1], av, b1);
+        // SAFETY: the CPU features are enabled on this function and its caller checked them;
+        // reads stay in `a` (R rows of k_pad bytes) and `b` (k_pad/4 steps of 128 bytes) as
+        // `vnni` requires, writes in `tile`.
+        unsafe {
+            let mut acc = [[_mm512_setzero_si512(); 2]; R];
+            for step in 0..k_pad / 4 {
+                let b0 = _mm512_loadu_si512(b.add(step * 128) as *const _);
+                let b1 = _mm512_loadu_si512(b.add(step * 128 + 64) as *const _);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_epi32((a.add(r * k_pad + step * 4) as *const i32).read_unaligned());
+                    acc[0] = _mm512_dpbusd_epi32(acc[0], av, b0);
+                    acc[1] = _mm512_dpbusd_epi32(acc[1], av, b1);
+                }
             }
-        }
-        for (r, acc) in acc.iter().enumerate() {
-            _mm512_storeu_si512(tile[r].as_mut_ptr() as *mut _, acc[0]);
-            _mm512_storeu_si512(tile[r].as_mut_ptr().add(16) as *mut _, acc[1]);
+            for (r, acc) in acc.iter().enumerate() {
+                _mm512_storeu_si512(tile[r].as_mut_ptr() as *mut _, acc[0]);
+                _mm512_storeu_si512(tile[r].as_mut_ptr().add(16) as *mut _, acc[1]);
+            }
         }
     }
 
@@ -305,31 +314,37 @@ mod x86 {
     /// The CPU must have AVX2; `a` must hold `rows` rows of `k_pad` values and `b` `k_pad * 16`.
     #[target_feature(enable = "avx2")]
     pub unsafe fn avx2(rows: usize, a: *const i16, k_pad: usize, b: *const i16, tile: &mut [[i32; 32]; 8]) {
-        match rows {
-            6 => avx2_rows::<6>(a, k_pad, b, tile),
-            5 => avx2_rows::<5>(a, k_pad, b, tile),
-            4 => avx2_rows::<4>(a, k_pad, b, tile),
-            3 => avx2_rows::<3>(a, k_pad, b, tile),
-            2 => avx2_rows::<2>(a, k_pad, b, tile),
-            _ => avx2_rows::<1>(a, k_pad, b, tile),
+        // SAFETY: the caller's contract, passed on unchanged.
+        unsafe {
+            match rows {
+                6 => avx2_rows::<6>(a, k_pad, b, tile),
+                5 => avx2_rows::<5>(a, k_pad, b, tile),
+                4 => avx2_rows::<4>(a, k_pad, b, tile),
+                3 => avx2_rows::<3>(a, k_pad, b, tile),
+                2 => avx2_rows::<2>(a, k_pad, b, tile),
+                _ => avx2_rows::<1>(a, k_pad, b, tile),
+            }
         }
     }
 
     #[target_feature(enable = "avx2")]
     unsafe fn avx2_rows<const R: usize>(a: *const i16, k_pad: usize, b: *const i16, tile: &mut [[i32; 32]; 8]) {
-        let mut acc = [[_mm256_setzero_si256(); 2]; R];
-        for step in 0..k_pad / 2 {
-            let b0 = _mm256_loadu_si256(b.add(step * 32) as *const __m256i);
-            let b1 = _mm256_loadu_si256(b.add(step * 32 + 16) as *const __m256i);
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let av = _mm256_set1_epi32((a.add(r * k_pad + step * 2) as *const i32).read_unaligned());
-                acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(av, b0));
-                acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(av, b1));
+        // SAFETY: as for `vnni_rows`, with k_pad/2 steps of 16 columns × 2 i16 in `b`.
+        unsafe {
+            let mut acc = [[_mm256_setzero_si256(); 2]; R];
+            for step in 0..k_pad / 2 {
+                let b0 = _mm256_loadu_si256(b.add(step * 32) as *const __m256i);
+                let b1 = _mm256_loadu_si256(b.add(step * 32 + 16) as *const __m256i);
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let av = _mm256_set1_epi32((a.add(r * k_pad + step * 2) as *const i32).read_unaligned());
+                    acc[0] = _mm256_add_epi32(acc[0], _mm256_madd_epi16(av, b0));
+                    acc[1] = _mm256_add_epi32(acc[1], _mm256_madd_epi16(av, b1));
+                }
             }
-        }
-        for (r, acc) in acc.iter().enumerate() {
-            _mm256_storeu_si256(tile[r].as_mut_ptr() as *mut __m256i, acc[0]);
-            _mm256_storeu_si256(tile[r].as_mut_ptr().add(8) as *mut __m256i, acc[1]);
+            for (r, acc) in acc.iter().enumerate() {
+                _mm256_storeu_si256(tile[r].as_mut_ptr() as *mut __m256i, acc[0]);
+                _mm256_storeu_si256(tile[r].as_mut_ptr().add(8) as *mut __m256i, acc[1]);
+            }
         }
     }
 }
@@ -368,7 +383,7 @@ mod tests {
                     .map(|_| {
                         s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
                         let u = ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0;
-                        if (s >> 20) % 97 == 0 {
+                        if (s >> 20).is_multiple_of(97) {
                             u * 8.0
                         } else {
                             u

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 enum Backend {
     /// The model and its one preallocated sequence cache; a request holds it throughout.
-    Single(Mutex<FixedDecoder>),
+    Single(Box<Mutex<FixedDecoder>>),
     /// Each request joins the running batch.
     Batched(Scheduler),
 }
@@ -52,7 +52,7 @@ impl DeepSeekGenerator {
             id: id.into(),
             tokenizer,
             context_tokens: context_tokens.min(decoder.capacity()),
-            backend: Backend::Single(Mutex::new(decoder)),
+            backend: Backend::Single(Box::new(Mutex::new(decoder))),
             // The repeat penalty is off by default: DeepSeek's own generation config uses none.
             repeat: RepeatPenalty { penalty: 1.0, last_n: 64 },
         })

@@ -1,9 +1,20 @@
 //! The one place where errors become HTTP answers: `{"error": {"code", "message"}}`.
+//!
+//! [`ApiError::entry`] is the table: every variant of kb's own errors and of the library
+//! errors it carries ([`IndexError`], [`IngestError`], [`ModelError`]) has its row, in one
+//! match with no catch-all arm, so a variant added to a library fails to compile here until
+//! someone decides its status and code (instead of silently becoming a 500).
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
 use kb_index::IndexError;
-use serde_json::json;
+use kb_inference::ModelError;
+use kb_ingest::IngestError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Seconds a client is told to wait when the generator's own queue or cache is full.
+const GENERATOR_BUSY_RETRY_SECS: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -22,22 +33,59 @@ pub enum ApiError {
     TooLarge { limit: u64 },
     #[error(transparent)]
     Index(#[from] IndexError),
+    /// One document's ingest error; `From` unwraps the store's and the model's errors it
+    /// carries into [`ApiError::Index`] and [`ApiError::Model`], so they keep their rows.
+    #[error(transparent)]
+    Ingest(IngestError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
     #[error("internal error: {0}")]
     Internal(String),
 }
 
-impl From<kb_inference::ModelError> for ApiError {
-    fn from(e: kb_inference::ModelError) -> Self {
-        use kb_inference::ModelError as M;
+impl From<IngestError> for ApiError {
+    fn from(e: IngestError) -> Self {
         match e {
-            // The generator's queue or cache is full: a moment later it may not be.
-            M::Busy(message) => {
-                Self::Unavailable { message: format!("the generator is busy: {message}"), retry_after: 2 }
-            }
-            e @ (M::ContextOverflow { .. } | M::InvalidInput(_)) => Self::bad_request("invalid_request", e.to_string()),
-            other => Self::Internal(other.to_string()),
+            IngestError::Index(e) => Self::Index(e),
+            IngestError::Embed(e) => Self::Model(e),
+            e @ (IngestError::UnsupportedFormat { .. }
+            | IngestError::Empty
+            | IngestError::Undecodable
+            | IngestError::Pdf { .. }
+            | IngestError::PdfTimeout { .. }
+            | IngestError::NoText
+            | IngestError::Io(_)
+            | IngestError::Task(_)) => Self::Ingest(e),
         }
     }
+}
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code, e.g. `collection_not_found`.
+    pub code: String,
+    pub message: String,
+}
+
+/// The error responses every `/v1` route may give, for the OpenAPI document; a route lists
+/// its own others (409, 413, 503) beside it.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // Never built: its variants describe responses `ApiError` makes.
+pub enum ErrorResponses {
+    #[response(status = 400, description = "Bad request")]
+    BadRequest(ErrorBody),
+    #[response(status = 401, description = "API key missing or unknown")]
+    Unauthorized(ErrorBody),
+    #[response(status = 403, description = "The key lacks the right")]
+    Forbidden(ErrorBody),
+    #[response(status = 404, description = "No such collection (or not visible to the key)")]
+    NotFound(ErrorBody),
 }
 
 impl ApiError {
@@ -45,46 +93,91 @@ impl ApiError {
         Self::BadRequest { code, message: message.into() }
     }
 
-    fn code(&self) -> &'static str {
+    /// The table: each error's HTTP status and stable code.
+    #[deny(clippy::wildcard_enum_match_arm)]
+    fn entry(&self) -> (StatusCode, &'static str) {
+        use StatusCode as S;
+        const INTERNAL: (StatusCode, &str) = (StatusCode::INTERNAL_SERVER_ERROR, "internal");
         match self {
-            Self::BadRequest { code, .. } => code,
-            Self::NotFound(_) => "not_found",
-            Self::Unauthorized(_) => "unauthorized",
-            Self::Forbidden(_) => "forbidden",
-            Self::Unavailable { .. } => "unavailable",
-            Self::TooLarge { .. } => "payload_too_large",
-            Self::Index(e) => match e {
-                IndexError::CollectionNotFound(_) => "collection_not_found",
-                IndexError::DocumentNotFound(_) => "document_not_found",
-                IndexError::CollectionExists(_) => "collection_exists",
-                IndexError::InvalidName { .. } => "invalid_name",
-                IndexError::EmbedderMismatch { .. } => "embedder_mismatch",
-                IndexError::KeyExists(_) => "key_exists",
-                _ => "internal",
-            },
-            Self::Internal(_) => "internal",
+            Self::BadRequest { code, .. } => (S::BAD_REQUEST, *code),
+            Self::NotFound(_) => (S::NOT_FOUND, "not_found"),
+            Self::Unauthorized(_) => (S::UNAUTHORIZED, "unauthorized"),
+            Self::Forbidden(_) => (S::FORBIDDEN, "forbidden"),
+            Self::Unavailable { .. } => (S::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::TooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::Internal(_) => INTERNAL,
+
+            Self::Index(IndexError::CollectionNotFound(_)) => (S::NOT_FOUND, "collection_not_found"),
+            Self::Index(IndexError::DocumentNotFound(_)) => (S::NOT_FOUND, "document_not_found"),
+            Self::Index(IndexError::CollectionExists(_)) => (S::CONFLICT, "collection_exists"),
+            Self::Index(IndexError::InvalidName { .. }) => (S::BAD_REQUEST, "invalid_name"),
+            Self::Index(IndexError::KeyExists(_)) => (S::CONFLICT, "key_exists"),
+            Self::Index(IndexError::EmbedderMismatch { .. }) => (S::CONFLICT, "embedder_mismatch"),
+            Self::Index(IndexError::ReembedIncomplete { .. }) => (S::CONFLICT, "reembed_incomplete"),
+            Self::Index(
+                IndexError::Database(_)
+                | IndexError::Migration(_)
+                | IndexError::Keyword(_)
+                | IndexError::Vector(_)
+                | IndexError::Embed(_)
+                | IndexError::Io { .. }
+                | IndexError::Task(_),
+            ) => INTERNAL,
+
+            Self::Ingest(IngestError::UnsupportedFormat { .. }) => (S::UNSUPPORTED_MEDIA_TYPE, "unsupported_format"),
+            Self::Ingest(IngestError::Empty) => (S::BAD_REQUEST, "empty_document"),
+            Self::Ingest(IngestError::Undecodable) => (S::UNSUPPORTED_MEDIA_TYPE, "undecodable"),
+            Self::Ingest(IngestError::Pdf { .. }) => (S::UNPROCESSABLE_ENTITY, "invalid_pdf"),
+            Self::Ingest(IngestError::PdfTimeout { .. }) => (S::UNPROCESSABLE_ENTITY, "pdf_timeout"),
+            Self::Ingest(IngestError::NoText) => (S::UNPROCESSABLE_ENTITY, "no_text"),
+            // `From<IngestError>` moves these two into `Index` and `Model`.
+            Self::Ingest(IngestError::Index(_) | IngestError::Embed(_)) => INTERNAL,
+            Self::Ingest(IngestError::Io(_) | IngestError::Task(_)) => INTERNAL,
+
+            // The generator's queue or cache is full: a moment later it may not be.
+            Self::Model(ModelError::Busy(_)) => (S::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::Model(ModelError::ContextOverflow { .. } | ModelError::InvalidInput(_)) => {
+                (S::BAD_REQUEST, "invalid_request")
+            }
+            Self::Model(
+                ModelError::MissingFile { .. }
+                | ModelError::Config { .. }
+                | ModelError::Unsupported(_)
+                | ModelError::Tokenizer(_)
+                | ModelError::Candle(_)
+                | ModelError::MissingTensor { .. }
+                | ModelError::ShapeMismatch { .. }
+                | ModelError::Checkpoint { .. }
+                | ModelError::Io { .. },
+            ) => INTERNAL,
         }
+    }
+
+    /// The stable machine-readable code of the body.
+    pub fn code(&self) -> &'static str {
+        self.entry().1
+    }
+
+    /// Seconds after which a retry may succeed, sent as `Retry-After`.
+    fn retry_after(&self) -> Option<u32> {
+        if let Self::Unavailable { retry_after, .. } = self {
+            return Some(*retry_after);
+        }
+        if let Self::Model(ModelError::Busy(_)) = self {
+            return Some(GENERATOR_BUSY_RETRY_SECS);
+        }
+        None
+    }
+
+    /// The response body.
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody { error: ErrorDetail { code: self.code().to_owned(), message: self.to_string() } }
     }
 }
 
 impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
-        match self {
-            Self::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            Self::NotFound(_) => StatusCode::NOT_FOUND,
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Index(e) => match e {
-                IndexError::CollectionNotFound(_) | IndexError::DocumentNotFound(_) => StatusCode::NOT_FOUND,
-                IndexError::CollectionExists(_) => StatusCode::CONFLICT,
-                IndexError::InvalidName { .. } => StatusCode::BAD_REQUEST,
-                IndexError::EmbedderMismatch { .. } | IndexError::KeyExists(_) => StatusCode::CONFLICT,
-                _ => StatusCode::INTERNAL_SERVER_ERROR,
-            },
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.entry().0
     }
 
     fn error_response(&self) -> HttpResponse {
@@ -92,16 +185,13 @@ impl ResponseError for ApiError {
             tracing::error!(error = %self, "request failed");
         }
         let mut response = HttpResponse::build(self.status_code());
-        match self {
-            Self::Unauthorized(_) => {
-                response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
-            }
-            Self::Unavailable { retry_after, .. } => {
-                response.insert_header((header::RETRY_AFTER, retry_after.to_string()));
-            }
-            _ => {}
+        if let Self::Unauthorized(_) = self {
+            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
-        response.json(json!({"error": {"code": self.code(), "message": self.to_string()}}))
+        if let Some(seconds) = self.retry_after() {
+            response.insert_header((header::RETRY_AFTER, seconds.to_string()));
+        }
+        response.json(self.body())
     }
 }
 
@@ -111,7 +201,35 @@ pub fn json_error(err: actix_web::error::JsonPayloadError, _: &actix_web::HttpRe
     let api = match &err {
         J::ContentType => ApiError::bad_request("unsupported_content_type", "expected Content-Type: application/json"),
         J::Deserialize(e) if e.is_data() => ApiError::BadRequest { code: "invalid_request", message: e.to_string() },
+        // Not an enum this service owns (and `#[non_exhaustive]`): the rest are malformed bodies.
         _ => ApiError::bad_request("malformed_json", err.to_string()),
     };
     api.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn library_errors_keep_their_rows_through_ingest() {
+        let e = ApiError::from(IngestError::Index(IndexError::CollectionNotFound("c".into())));
+        assert_eq!((e.status_code(), e.code()), (StatusCode::NOT_FOUND, "collection_not_found"));
+        let e = ApiError::from(IngestError::Embed(ModelError::Busy("full".into())));
+        assert_eq!(
+            (e.status_code(), e.code(), e.retry_after()),
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable", Some(2))
+        );
+        let e = ApiError::from(IngestError::UnsupportedFormat { detected: "zip".into() });
+        assert_eq!(e.status_code(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    }
+
+    #[test]
+    fn the_body_is_the_error_shape() {
+        let body = serde_json::to_value(ApiError::from(IndexError::CollectionExists("c".into())).body()).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"error": {"code": "collection_exists", "message": "collection already exists: c"}})
+        );
+    }
 }

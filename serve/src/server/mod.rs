@@ -22,6 +22,10 @@ use crate::app::App;
 use crate::config::Config;
 use jobs::JobQueue;
 
+/// The largest JSON request body: questions, search queries and chat histories are far
+/// smaller; uploads are multipart and limited by `max_upload_bytes` instead.
+const JSON_BODY_LIMIT_BYTES: usize = 1 << 20;
+
 /// What every request handler sees.
 pub struct State {
     app: App,
@@ -112,7 +116,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let server = HttpServer::new(move || {
         HttpApp::new()
             .app_data(data.clone())
-            .app_data(web::JsonConfig::default().limit(1 << 20).error_handler(error::json_error))
+            .app_data(web::JsonConfig::default().limit(JSON_BODY_LIMIT_BYTES).error_handler(error::json_error))
             .wrap(middleware::from_fn(observe::observe))
             .configure(routes)
     })

@@ -1,124 +1,11 @@
 //! The OpenAPI 3 document served at `/openapi.json`, generated from the route annotations and
-//! the types below (the shapes the handlers return).
+//! the response types the handlers return (declared beside them). `docs/openapi.json` is
+//! this document committed; a test fails when they differ (`KB_UPDATE_OPENAPI=1` rewrites it).
 
-#![allow(dead_code)] // The response types exist to describe the JSON the handlers build.
+use utoipa::OpenApi;
 
-use serde::Serialize;
-use utoipa::{OpenApi, ToSchema};
-
+use super::error::{ErrorBody, ErrorDetail};
 use super::routes;
-
-#[derive(Serialize, ToSchema)]
-pub struct ErrorBody {
-    error: ErrorDetail,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct ErrorDetail {
-    /// Stable machine-readable code, e.g. `collection_not_found`.
-    code: String,
-    message: String,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct CollectionName {
-    name: String,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct CollectionList {
-    collections: Vec<CollectionInfo>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct CollectionInfo {
-    name: String,
-    documents: i64,
-    chunks: i64,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct Accepted {
-    documents: Vec<AcceptedDocument>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct AcceptedDocument {
-    id: i64,
-    filename: String,
-    job_id: Option<i64>,
-    /// `queued`; for bytes the collection already holds, that document's status.
-    status: String,
-    /// Present and true when the same bytes were already in the collection.
-    duplicate: Option<bool>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct JobInfo {
-    id: i64,
-    document_id: i64,
-    /// `queued`, `running`, `done` or `failed`.
-    status: String,
-    error: Option<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct DocumentList {
-    documents: Vec<DocumentInfo>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct DocumentInfo {
-    id: i64,
-    filename: String,
-    title: Option<String>,
-    status: String,
-    chunks: i64,
-    error: Option<String>,
-    size: i64,
-    format: Option<String>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct SearchHits {
-    hits: Vec<SearchHit>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct SearchHit {
-    chunk_id: i64,
-    document_id: i64,
-    filename: String,
-    score: f32,
-    text: String,
-    page: Option<u32>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct AnswerBody {
-    answer: String,
-    /// `generated`, `extractive` (no generator configured) or `not_in_corpus`.
-    kind: String,
-    citations: Vec<CitationInfo>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct CitationInfo {
-    /// The passage number the answer cites as `[n]`.
-    n: usize,
-    chunk_id: i64,
-    document_id: i64,
-    filename: String,
-    text: String,
-    page: Option<u32>,
-}
-
-#[derive(Serialize, ToSchema)]
-pub struct Upload {
-    /// One or more files.
-    #[schema(value_type = Vec<String>, format = Binary)]
-    file: Vec<Vec<u8>>,
-}
 
 #[derive(OpenApi)]
 #[openapi(
@@ -165,4 +52,27 @@ impl utoipa::Modify for BearerAuth {
 #[actix_web::get("/openapi.json")]
 pub async fn document() -> actix_web::HttpResponse {
     actix_web::HttpResponse::Ok().json(ApiDoc::openapi())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The committed document, for clients and reviewers: a changed response shows in the diff.
+    const COMMITTED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openapi.json");
+
+    #[test]
+    fn the_committed_openapi_document_is_current() {
+        let generated = ApiDoc::openapi().to_pretty_json().expect("OpenAPI document as JSON") + "\n";
+        if std::env::var_os("KB_UPDATE_OPENAPI").is_some() {
+            std::fs::write(COMMITTED, &generated).expect("writing docs/openapi.json");
+            return;
+        }
+        let committed = std::fs::read_to_string(COMMITTED).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "docs/openapi.json differs from the document the code generates; if the change is \
+             meant, run `KB_UPDATE_OPENAPI=1 cargo test -p kb --bin kb openapi` and commit the file"
+        );
+    }
 }

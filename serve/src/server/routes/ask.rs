@@ -6,7 +6,7 @@ use serde_json::json;
 use super::{answer_whole, stream_answer};
 use crate::answer::Answer;
 use crate::server::auth::Caller;
-use crate::server::error::ApiError;
+use crate::server::error::{ApiError, ErrorBody, ErrorResponses};
 use crate::server::State;
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -22,15 +22,12 @@ fn default_top_k() -> usize {
     5
 }
 
-fn answer_json(a: &Answer) -> serde_json::Value {
-    json!({"answer": a.answer, "kind": a.kind, "citations": a.citations})
-}
-
-fn sse(event: &str, data: &serde_json::Value) -> web::Bytes {
+fn sse(event: &str, data: &impl serde::Serialize) -> web::Bytes {
+    let data = serde_json::to_string(data).unwrap_or_default();
     web::Bytes::from(format!("event: {event}\ndata: {data}\n\n"))
 }
 
-#[utoipa::path(post, path = "/v1/collections/{name}/ask", tag = "search", params(("name" = String, Path)), request_body = AskBody, responses((status = 200, description = "The answer; with stream: true, text/event-stream events token, citations, done", body = crate::server::openapi::AnswerBody), (status = 503, description = "Too many answers in progress (Retry-After)", body = crate::server::openapi::ErrorBody), (status = 400, description = "Bad request", body = crate::server::openapi::ErrorBody), (status = 401, description = "API key missing or unknown", body = crate::server::openapi::ErrorBody), (status = 403, description = "The key lacks the right", body = crate::server::openapi::ErrorBody), (status = 404, description = "No such collection (or not visible to the key)", body = crate::server::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/collections/{name}/ask", tag = "search", params(("name" = String, Path)), request_body = AskBody, responses((status = 200, description = "The answer; with stream: true, text/event-stream events token, citations, done", body = Answer), (status = 503, description = "Too many answers in progress (Retry-After)", body = ErrorBody), ErrorResponses))]
 #[post("/v1/collections/{name}/ask")]
 pub async fn ask(
     state: web::Data<State>,
@@ -52,7 +49,7 @@ pub async fn ask(
 
     if !body.stream {
         let answer = answer_whole(state2, question, passages).await?;
-        return Ok(HttpResponse::Ok().json(answer_json(&answer)));
+        return Ok(HttpResponse::Ok().json(answer));
     }
 
     stream_answer(
@@ -62,7 +59,7 @@ pub async fn ask(
         None,
         |piece| sse("token", &json!({"text": piece})),
         |result| match result {
-            Ok(a) => vec![sse("citations", &answer_json(&a)), sse("done", &json!({}))],
+            Ok(a) => vec![sse("citations", &a), sse("done", &json!({}))],
             Err(e) => {
                 let e = ApiError::from(e);
                 vec![sse("error", &json!({"error": {"code": "generation_failed", "message": e.to_string()}}))]

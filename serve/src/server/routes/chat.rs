@@ -3,12 +3,13 @@
 
 use actix_web::{post, web, HttpResponse};
 use kb_index::store::Access;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{answer_whole, stream_answer};
+use crate::answer::Citation;
 use crate::server::auth::Caller;
-use crate::server::error::ApiError;
+use crate::server::error::{ApiError, ErrorBody, ErrorResponses};
 use crate::server::State;
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -25,6 +26,33 @@ pub struct ChatMessageIn {
     /// OpenAI allows a string or an array of content parts; text parts are joined.
     #[schema(value_type = Object)]
     content: serde_json::Value,
+}
+
+/// An OpenAI `chat.completion`, with the answer's citations beside its one choice.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ChatCompletion {
+    id: String,
+    /// Always `chat.completion`.
+    object: &'static str,
+    created: u64,
+    model: String,
+    choices: Vec<ChatChoice>,
+    citations: Vec<Citation>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ChatChoice {
+    index: usize,
+    message: ChatMessageOut,
+    /// Always `stop`.
+    finish_reason: &'static str,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ChatMessageOut {
+    /// Always `assistant`.
+    role: &'static str,
+    content: String,
 }
 
 fn text_of(content: &serde_json::Value) -> String {
@@ -49,7 +77,7 @@ fn chunk(id: &str, model: &str, delta: serde_json::Value, finish: Option<&str>) 
     web::Bytes::from(format!("data: {body}\n\n"))
 }
 
-#[utoipa::path(post, path = "/v1/chat/completions", tag = "search", request_body = ChatRequest, responses((status = 200, description = "OpenAI chat.completion (or chat.completion.chunk events with stream: true)", body = serde_json::Value), (status = 503, description = "Too many answers in progress (Retry-After)", body = crate::server::openapi::ErrorBody), (status = 400, description = "Bad request", body = crate::server::openapi::ErrorBody), (status = 401, description = "API key missing or unknown", body = crate::server::openapi::ErrorBody), (status = 403, description = "The key lacks the right", body = crate::server::openapi::ErrorBody), (status = 404, description = "No such collection (or not visible to the key)", body = crate::server::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/chat/completions", tag = "search", request_body = ChatRequest, responses((status = 200, description = "OpenAI chat.completion (or chat.completion.chunk events with stream: true)", body = ChatCompletion), (status = 503, description = "Too many answers in progress (Retry-After)", body = ErrorBody), ErrorResponses))]
 #[post("/v1/chat/completions")]
 pub async fn completions(
     state: web::Data<State>,
@@ -76,11 +104,15 @@ pub async fn completions(
 
     if !body.stream {
         let answer = answer_whole(state2, question, passages).await?;
-        return Ok(HttpResponse::Ok().json(json!({
-            "id": id, "object": "chat.completion", "created": now(), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.answer}, "finish_reason": "stop"}],
-            "citations": answer.citations,
-        })));
+        let message = ChatMessageOut { role: "assistant", content: answer.answer };
+        return Ok(HttpResponse::Ok().json(ChatCompletion {
+            id,
+            object: "chat.completion",
+            created: now(),
+            model,
+            choices: vec![ChatChoice { index: 0, message, finish_reason: "stop" }],
+            citations: answer.citations,
+        }));
     }
 
     let (id2, model2) = (id.clone(), model.clone());

@@ -1,17 +1,41 @@
 use actix_web::{delete, get, post, web, HttpResponse};
-use serde::Deserialize;
-use serde_json::json;
+use kb_index::store::CollectionSummary;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::server::auth::Caller;
-use crate::server::error::ApiError;
+use crate::server::error::{ApiError, ErrorBody, ErrorResponses};
 use crate::server::State;
 
-#[derive(Deserialize, utoipa::ToSchema)]
+#[derive(Deserialize, ToSchema)]
 pub struct CreateCollection {
     name: String,
 }
 
-#[utoipa::path(post, path = "/v1/collections", tag = "collections", request_body = CreateCollection, responses((status = 201, body = crate::server::openapi::CollectionName), (status = 409, description = "It exists", body = crate::server::openapi::ErrorBody), (status = 400, description = "Bad request", body = crate::server::openapi::ErrorBody), (status = 401, description = "API key missing or unknown", body = crate::server::openapi::ErrorBody), (status = 403, description = "The key lacks the right", body = crate::server::openapi::ErrorBody), (status = 404, description = "No such collection (or not visible to the key)", body = crate::server::openapi::ErrorBody)))]
+#[derive(Serialize, ToSchema)]
+pub struct CollectionName {
+    name: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CollectionList {
+    collections: Vec<CollectionInfo>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct CollectionInfo {
+    name: String,
+    documents: i64,
+    chunks: i64,
+}
+
+impl From<CollectionSummary> for CollectionInfo {
+    fn from(c: CollectionSummary) -> Self {
+        Self { name: c.name, documents: c.documents, chunks: c.chunks }
+    }
+}
+
+#[utoipa::path(post, path = "/v1/collections", tag = "collections", request_body = CreateCollection, responses((status = 201, body = CollectionName), (status = 409, description = "It exists", body = ErrorBody), ErrorResponses))]
 #[post("/v1/collections")]
 pub async fn create(
     state: web::Data<State>,
@@ -20,18 +44,18 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     caller.require_admin()?;
     let c = state.engine().create_collection(&body.name).await?;
-    Ok(HttpResponse::Created().json(json!({"name": c.name})))
+    Ok(HttpResponse::Created().json(CollectionName { name: c.name }))
 }
 
-#[utoipa::path(get, path = "/v1/collections", tag = "collections", responses((status = 200, body = crate::server::openapi::CollectionList), (status = 400, description = "Bad request", body = crate::server::openapi::ErrorBody), (status = 401, description = "API key missing or unknown", body = crate::server::openapi::ErrorBody), (status = 403, description = "The key lacks the right", body = crate::server::openapi::ErrorBody), (status = 404, description = "No such collection (or not visible to the key)", body = crate::server::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/collections", tag = "collections", responses((status = 200, body = CollectionList), ErrorResponses))]
 #[get("/v1/collections")]
 pub async fn list(state: web::Data<State>, caller: Caller) -> Result<HttpResponse, ApiError> {
-    let mut all = state.engine().store().collection_summaries().await?;
-    all.retain(|c| caller.sees(&c.name));
-    Ok(HttpResponse::Ok().json(json!({"collections": all})))
+    let all = state.engine().store().collection_summaries().await?;
+    let collections = all.into_iter().filter(|c| caller.sees(&c.name)).map(CollectionInfo::from).collect();
+    Ok(HttpResponse::Ok().json(CollectionList { collections }))
 }
 
-#[utoipa::path(delete, path = "/v1/collections/{name}", tag = "collections", params(("name" = String, Path)), responses((status = 204, description = "Deleted with its documents"), (status = 400, description = "Bad request", body = crate::server::openapi::ErrorBody), (status = 401, description = "API key missing or unknown", body = crate::server::openapi::ErrorBody), (status = 403, description = "The key lacks the right", body = crate::server::openapi::ErrorBody), (status = 404, description = "No such collection (or not visible to the key)", body = crate::server::openapi::ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/collections/{name}", tag = "collections", params(("name" = String, Path)), responses((status = 204, description = "Deleted with its documents"), ErrorResponses))]
 #[delete("/v1/collections/{name}")]
 pub async fn remove(
     state: web::Data<State>,

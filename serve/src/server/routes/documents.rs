@@ -1,13 +1,14 @@
 use actix_multipart::Multipart;
 use actix_web::{delete, get, post, web, HttpResponse};
 use futures_util::TryStreamExt;
-use kb_index::store::{Access, DocumentStatus};
-use serde_json::json;
+use kb_index::store::{Access, Document, DocumentStatus};
+use kb_ingest::pipeline::Registered;
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::server::auth::Caller;
-use crate::server::error::ApiError;
+use crate::server::error::{ApiError, ErrorBody, ErrorResponses};
 use crate::server::State;
 
 /// A client-given file name reduced to a plain name: no directories, no control characters,
@@ -20,6 +21,65 @@ pub fn sanitize_filename(raw: &str) -> Option<String> {
         return None;
     }
     Some(cleaned.chars().take(200).collect())
+}
+
+/// The multipart request body (for the OpenAPI document).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Never built: `receive` streams the parts.
+pub struct UploadForm {
+    /// One or more files.
+    #[schema(value_type = Vec<String>, format = Binary)]
+    file: Vec<Vec<u8>>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Accepted {
+    documents: Vec<AcceptedDocument>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct AcceptedDocument {
+    id: i64,
+    filename: String,
+    job_id: Option<i64>,
+    /// `queued`; for bytes the collection already holds, that document's status.
+    status: String,
+    /// Present and true when the same bytes were already in the collection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duplicate: Option<bool>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DocumentList {
+    documents: Vec<DocumentInfo>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DocumentInfo {
+    id: i64,
+    filename: String,
+    title: Option<String>,
+    /// `queued`, `running`, `done` or `failed`.
+    status: String,
+    chunks: i64,
+    error: Option<String>,
+    size: i64,
+    format: Option<String>,
+}
+
+impl From<Document> for DocumentInfo {
+    fn from(d: Document) -> Self {
+        Self {
+            id: d.id,
+            filename: d.filename,
+            title: d.title,
+            status: d.status.as_str().to_owned(),
+            chunks: d.chunks,
+            error: d.error,
+            size: d.size_bytes,
+            format: d.format,
+        }
+    }
 }
 
 struct Upload {
@@ -91,7 +151,7 @@ async fn receive(state: &State, mut payload: Multipart) -> Result<Vec<Upload>, A
     Ok(uploads)
 }
 
-#[utoipa::path(post, path = "/v1/collections/{name}/documents", tag = "documents", params(("name" = String, Path)), request_body(content = crate::server::openapi::Upload, content_type = "multipart/form-data"), responses((status = 202, description = "Queued for ingestion", body = crate::server::openapi::Accepted), (status = 413, description = "Larger than the upload limit", body = crate::server::openapi::ErrorBody), (status = 400, description = "Bad request", body = crate::server::openapi::ErrorBody), (status = 401, description = "API key missing or unknown", body = crate::server::openapi::ErrorBody), (status = 403, description = "The key lacks the right", body = crate::server::openapi::ErrorBody), (status = 404, description = "No such collection (or not visible to the key)", body = crate::server::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/collections/{name}/documents", tag = "documents", params(("name" = String, Path)), request_body(content = UploadForm, content_type = "multipart/form-data"), responses((status = 202, description = "Queued for ingestion", body = Accepted), (status = 413, description = "Larger than the upload limit", body = ErrorBody), ErrorResponses))]
 #[post("/v1/collections/{name}/documents")]
 pub async fn upload(
     state: web::Data<State>,
@@ -105,13 +165,10 @@ pub async fn upload(
     let mut out = Vec::with_capacity(uploads.len());
     for u in uploads {
         // Every file becomes a job, even an empty one: its failure is recorded on the document.
-        let registered = state
-            .ingestor()
-            .register(&c, &u.filename, &u.hash, u.size as usize, DocumentStatus::Queued, None)
-            .await
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let registered =
+            state.ingestor().register(&c, &u.filename, &u.hash, u.size as usize, DocumentStatus::Queued, None).await?;
         match registered {
-            Ok(doc) => {
+            Registered::New(doc) => {
                 let dest = state.config().upload_dir().join(format!("doc-{}", doc.id));
                 tokio::fs::rename(&u.path, &dest)
                     .await
@@ -120,49 +177,41 @@ pub async fn upload(
                 store.set_document_source(doc.id, Some(&dest.to_string_lossy())).await?;
                 let job = store.create_job(doc.id).await?;
                 state.jobs().notify();
-                out.push(json!({"id": doc.id, "filename": doc.filename, "job_id": job.id, "status": "queued"}));
+                let status = DocumentStatus::Queued.as_str().to_owned();
+                out.push(AcceptedDocument {
+                    id: doc.id,
+                    filename: doc.filename,
+                    job_id: Some(job.id),
+                    status,
+                    duplicate: None,
+                });
             }
-            Err(existing) => {
+            Registered::Duplicate(existing) => {
                 let _ = tokio::fs::remove_file(&u.path).await;
                 let job = state.engine().store().latest_job(existing.id).await?;
-                out.push(json!({
-                    "id": existing.id,
-                    "filename": existing.filename,
-                    "job_id": job.map(|j| j.id),
-                    "status": existing.status,
-                    "duplicate": true,
-                }));
+                out.push(AcceptedDocument {
+                    id: existing.id,
+                    filename: existing.filename,
+                    job_id: job.map(|j| j.id),
+                    status: existing.status.as_str().to_owned(),
+                    duplicate: Some(true),
+                });
             }
         }
     }
-    Ok(HttpResponse::Accepted().json(json!({"documents": out})))
+    Ok(HttpResponse::Accepted().json(Accepted { documents: out }))
 }
 
-#[utoipa::path(get, path = "/v1/collections/{name}/documents", tag = "documents", params(("name" = String, Path)), responses((status = 200, body = crate::server::openapi::DocumentList), (status = 400, description = "Bad request", body = crate::server::openapi::ErrorBody), (status = 401, description = "API key missing or unknown", body = crate::server::openapi::ErrorBody), (status = 403, description = "The key lacks the right", body = crate::server::openapi::ErrorBody), (status = 404, description = "No such collection (or not visible to the key)", body = crate::server::openapi::ErrorBody)))]
+#[utoipa::path(get, path = "/v1/collections/{name}/documents", tag = "documents", params(("name" = String, Path)), responses((status = 200, body = DocumentList), ErrorResponses))]
 #[get("/v1/collections/{name}/documents")]
 pub async fn list(state: web::Data<State>, caller: Caller, name: web::Path<String>) -> Result<HttpResponse, ApiError> {
     caller.require(&name, Access::Read)?;
     let c = state.engine().store().require_collection(&name).await?;
     let docs = state.engine().store().documents(c.id).await?;
-    let docs: Vec<_> = docs
-        .into_iter()
-        .map(|d| {
-            json!({
-                "id": d.id,
-                "filename": d.filename,
-                "title": d.title,
-                "status": d.status,
-                "chunks": d.chunks,
-                "error": d.error,
-                "size": d.size_bytes,
-                "format": d.format,
-            })
-        })
-        .collect();
-    Ok(HttpResponse::Ok().json(json!({"documents": docs})))
+    Ok(HttpResponse::Ok().json(DocumentList { documents: docs.into_iter().map(DocumentInfo::from).collect() }))
 }
 
-#[utoipa::path(delete, path = "/v1/collections/{name}/documents/{id}", tag = "documents", params(("name" = String, Path), ("id" = i64, Path)), responses((status = 204, description = "Deleted; its chunks left both indexes"), (status = 400, description = "Bad request", body = crate::server::openapi::ErrorBody), (status = 401, description = "API key missing or unknown", body = crate::server::openapi::ErrorBody), (status = 403, description = "The key lacks the right", body = crate::server::openapi::ErrorBody), (status = 404, description = "No such collection (or not visible to the key)", body = crate::server::openapi::ErrorBody)))]
+#[utoipa::path(delete, path = "/v1/collections/{name}/documents/{id}", tag = "documents", params(("name" = String, Path), ("id" = i64, Path)), responses((status = 204, description = "Deleted; its chunks left both indexes"), ErrorResponses))]
 #[delete("/v1/collections/{name}/documents/{id}")]
 pub async fn remove(
     state: web::Data<State>,

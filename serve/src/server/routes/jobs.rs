@@ -1,11 +1,28 @@
 use actix_web::{get, web, HttpResponse};
-use serde_json::json;
+use kb_index::store::Job;
+use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::server::auth::Caller;
-use crate::server::error::ApiError;
+use crate::server::error::{ApiError, ErrorResponses};
 use crate::server::State;
 
-#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "documents", params(("id" = i64, Path)), responses((status = 200, body = crate::server::openapi::JobInfo), (status = 400, description = "Bad request", body = crate::server::openapi::ErrorBody), (status = 401, description = "API key missing or unknown", body = crate::server::openapi::ErrorBody), (status = 403, description = "The key lacks the right", body = crate::server::openapi::ErrorBody), (status = 404, description = "No such collection (or not visible to the key)", body = crate::server::openapi::ErrorBody)))]
+#[derive(Serialize, ToSchema)]
+pub struct JobInfo {
+    id: i64,
+    document_id: i64,
+    /// `queued`, `running`, `done` or `failed`.
+    status: String,
+    error: Option<String>,
+}
+
+impl From<Job> for JobInfo {
+    fn from(j: Job) -> Self {
+        Self { id: j.id, document_id: j.document_id, status: j.status.as_str().to_owned(), error: j.error }
+    }
+}
+
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "documents", params(("id" = i64, Path)), responses((status = 200, body = JobInfo), ErrorResponses))]
 #[get("/v1/jobs/{id}")]
 pub async fn get(state: web::Data<State>, caller: Caller, id: web::Path<i64>) -> Result<HttpResponse, ApiError> {
     let store = state.engine().store();
@@ -17,6 +34,5 @@ pub async fn get(state: web::Data<State>, caller: Caller, id: web::Path<i64>) ->
     if !caller.sees(&c.name) {
         return Err(not_found());
     }
-    Ok(HttpResponse::Ok()
-        .json(json!({"id": job.id, "document_id": job.document_id, "status": job.status, "error": job.error})))
+    Ok(HttpResponse::Ok().json(JobInfo::from(job)))
 }

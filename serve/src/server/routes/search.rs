@@ -1,14 +1,15 @@
 use actix_web::{post, web, HttpResponse};
 use kb_index::store::Access;
+use kb_index::Hit;
 use kb_index::{SearchMode, SearchRequest};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
 
 use crate::server::auth::Caller;
-use crate::server::error::ApiError;
+use crate::server::error::{ApiError, ErrorResponses};
 use crate::server::State;
 
-#[derive(Deserialize, utoipa::ToSchema)]
+#[derive(Deserialize, ToSchema)]
 pub struct SearchBody {
     query: String,
     #[serde(default = "default_top_k")]
@@ -23,6 +24,34 @@ pub struct SearchBody {
     distinct_documents: bool,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct SearchHits {
+    hits: Vec<SearchHit>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SearchHit {
+    chunk_id: i64,
+    document_id: i64,
+    filename: String,
+    score: f32,
+    text: String,
+    page: Option<u32>,
+}
+
+impl From<Hit> for SearchHit {
+    fn from(h: Hit) -> Self {
+        Self {
+            chunk_id: h.chunk.id,
+            document_id: h.chunk.document_id,
+            filename: h.chunk.filename,
+            score: h.score,
+            text: h.chunk.text,
+            page: h.chunk.page,
+        }
+    }
+}
+
 fn default_top_k() -> usize {
     10
 }
@@ -30,7 +59,7 @@ fn default_top_k() -> usize {
 /// The most hits one search may ask for.
 const MAX_TOP_K: usize = 1000;
 
-#[utoipa::path(post, path = "/v1/collections/{name}/search", tag = "search", params(("name" = String, Path)), request_body = SearchBody, responses((status = 200, body = crate::server::openapi::SearchHits), (status = 400, description = "Bad request", body = crate::server::openapi::ErrorBody), (status = 401, description = "API key missing or unknown", body = crate::server::openapi::ErrorBody), (status = 403, description = "The key lacks the right", body = crate::server::openapi::ErrorBody), (status = 404, description = "No such collection (or not visible to the key)", body = crate::server::openapi::ErrorBody)))]
+#[utoipa::path(post, path = "/v1/collections/{name}/search", tag = "search", params(("name" = String, Path)), request_body = SearchBody, responses((status = 200, body = SearchHits), ErrorResponses))]
 #[post("/v1/collections/{name}/search")]
 pub async fn search(
     state: web::Data<State>,
@@ -53,18 +82,5 @@ pub async fn search(
         distinct_documents: body.distinct_documents,
     };
     let hits = state.engine().search(&c, &req).await?;
-    let hits: Vec<_> = hits
-        .into_iter()
-        .map(|h| {
-            json!({
-                "chunk_id": h.chunk.id,
-                "document_id": h.chunk.document_id,
-                "filename": h.chunk.filename,
-                "score": h.score,
-                "text": h.chunk.text,
-                "page": h.chunk.page,
-            })
-        })
-        .collect();
-    Ok(HttpResponse::Ok().json(json!({"hits": hits})))
+    Ok(HttpResponse::Ok().json(SearchHits { hits: hits.into_iter().map(SearchHit::from).collect() }))
 }
