@@ -11,6 +11,7 @@ pub mod generator;
 pub use embedder::{
     bert::BertEmbedder,
     deepseek::{DeepSeekEmbedder, Pooling},
+    sentence::{SentenceConfig, SentencePooling},
     Embedder,
 };
 pub use error::ModelError;
