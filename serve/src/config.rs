@@ -51,6 +51,11 @@ pub struct Config {
     /// Sentence-encoder directory name under `models_dir`, or `deepseek` for the DeepSeek
     /// embedding head (the generator's model, pooled).
     pub embedder: String,
+    /// Put before every query and every passage the sentence encoder embeds; unset, the
+    /// model directory's own prompts (`config_sentence_transformers.json`). e5 models want
+    /// "query: " and "passage: ".
+    pub embedder_query_prefix: Option<String>,
+    pub embedder_passage_prefix: Option<String>,
     /// `smollm2` (CPU default), `deepseek`, or `none` (extractive answers only).
     pub generator: String,
     /// The DeepSeek model, for `generator = "deepseek"` and `embedder = "deepseek"`.
@@ -136,6 +141,8 @@ impl Default for Config {
             models_dir: PathBuf::from("./models"),
             database_url: None,
             embedder: "all-MiniLM-L6-v2".into(),
+            embedder_query_prefix: None,
+            embedder_passage_prefix: None,
             generator: "smollm2".into(),
             deepseek: DeepSeekConfig::default(),
             chunk_tokens: 200,

@@ -130,4 +130,7 @@ impl Embedder for TimedEmbedder {
     fn embed_query(&self, text: &str) -> Result<Vec<f32>, ModelError> {
         Self::timed("query", || self.0.embed_query(text))
     }
+    fn coverage(&self, text: &str) -> f32 {
+        self.0.coverage(text)
+    }
 }
