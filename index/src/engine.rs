@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use kb_inference::Embedder;
 use serde::{Deserialize, Serialize};
 
-use crate::fusion::{fuse, Fusion};
+use crate::fusion::{fuse_for_coverage, Fusion};
 use crate::keyword::KeywordIndex;
 use crate::query_batcher::QueryBatcher;
 use crate::query_cache::QueryCache;
@@ -540,7 +540,9 @@ impl Engine {
         let ranked = match req.mode {
             SearchMode::Keyword => keyword,
             SearchMode::Vector => vector,
-            SearchMode::Hybrid => fuse(self.config.fusion, &keyword, &vector),
+            SearchMode::Hybrid => {
+                fuse_for_coverage(self.config.fusion, self.embedder.coverage(&req.query), &keyword, &vector)
+            }
         };
         self.resolve(ranked, top_k, req.distinct_documents).await
     }

@@ -30,16 +30,42 @@ impl Default for Fusion {
 
 /// Fuses `keyword` (BM25 scores) and `vector` (cosine similarities) lists, best first.
 pub fn fuse(fusion: Fusion, keyword: &[(i64, f32)], vector: &[(i64, f32)]) -> Vec<(i64, f32)> {
+    fuse_weighted(fusion, 1.0, keyword, vector)
+}
+
+/// How far hybrid search trusts the vector side for a query the embedder reads with
+/// `coverage` ([`kb_inference::Embedder::coverage`]): fully from three quarters of the query
+/// read in real word pieces, not at all below a quarter, linearly between; the middle is where
+/// most of the query stops being readable. An embedder that reads a query one character at a
+/// time, or not at all, places its vector by noise, and fusing that noise in can only push
+/// the keyword side's good hits down.
+pub fn vector_trust(coverage: f32) -> f32 {
+    ((coverage - 0.25) / 0.5).clamp(0.0, 1.0)
+}
+
+/// [`fuse`] for a query the embedder reads with `coverage`: the vector side weighs in by
+/// [`vector_trust`], so with no trust hybrid ranks as keyword search does.
+pub fn fuse_for_coverage(
+    fusion: Fusion,
+    coverage: f32,
+    keyword: &[(i64, f32)],
+    vector: &[(i64, f32)],
+) -> Vec<(i64, f32)> {
+    fuse_weighted(fusion, vector_trust(coverage), keyword, vector)
+}
+
+fn fuse_weighted(fusion: Fusion, trust: f32, keyword: &[(i64, f32)], vector: &[(i64, f32)]) -> Vec<(i64, f32)> {
     let mut scores: HashMap<i64, f32> = HashMap::with_capacity(keyword.len() + vector.len());
     match fusion {
         Fusion::Rrf { k } => {
-            for list in [keyword, vector] {
+            for (list, weight) in [(keyword, 1.0), (vector, trust)] {
                 for (rank, (id, _)) in list.iter().enumerate() {
-                    *scores.entry(*id).or_default() += 1.0 / (k + rank as f32 + 1.0);
+                    *scores.entry(*id).or_default() += weight / (k + rank as f32 + 1.0);
                 }
             }
         }
         Fusion::Convex { alpha } => {
+            let alpha = alpha * trust;
             let max_kw = keyword.first().map_or(1.0, |(_, s)| s.max(f32::EPSILON));
             for (id, s) in keyword {
                 *scores.entry(*id).or_default() += (1.0 - alpha) * s / max_kw;
@@ -81,5 +107,21 @@ mod tests {
         assert_eq!(fused[0].0, 1);
         // With the vector side alone, 2 would win.
         assert_eq!(fuse(Fusion::Convex { alpha: 1.0 }, &kw, &vec)[0].0, 2);
+    }
+
+    #[test]
+    fn an_unreadable_query_ranks_as_keyword_search_does() {
+        let kw = [(1, 9.0), (2, 8.0), (3, 1.0)];
+        let vec = [(3, 0.9), (4, 0.8), (2, 0.7)];
+        for fusion in [Fusion::Rrf { k: 60.0 }, Fusion::Convex { alpha: 0.5 }] {
+            let ids = |f: Vec<(i64, f32)>| f.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+            // Not read at all: the keyword order, the vector-only hit last.
+            assert_eq!(ids(fuse_for_coverage(fusion, 0.1, &kw, &vec))[..3], [1, 2, 3]);
+            // Read well: the same as plain fusion.
+            assert_eq!(fuse_for_coverage(fusion, 0.9, &kw, &vec), fuse(fusion, &kw, &vec));
+        }
+        assert_eq!(vector_trust(0.0), 0.0);
+        assert_eq!(vector_trust(0.5), 0.5);
+        assert_eq!(vector_trust(1.0), 1.0);
     }
 }

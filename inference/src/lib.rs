@@ -12,6 +12,7 @@ pub use embedder::{
     bert::BertEmbedder,
     deepseek::{DeepSeekEmbedder, Pooling},
     encoder::Precision,
+    sentence::{SentenceConfig, SentencePooling},
     Embedder,
 };
 pub use error::ModelError;

@@ -6,6 +6,7 @@
 
 use std::ops::Range;
 
+use kb_index::is_cjk;
 use tokenizers::Tokenizer;
 
 use crate::parse::{Block, ParsedDocument};
@@ -100,9 +101,16 @@ struct Tokens {
 }
 
 impl Tokens {
-    /// A token that begins a word (follows a gap) is the preferred place to cut a sentence.
-    fn starts_word(&self, i: usize) -> bool {
-        i == 0 || self.starts[i] > self.ends[i - 1]
+    /// A token that begins a word (follows a gap, or meets CJK text, which has no gaps between
+    /// words) is the preferred place to cut a sentence.
+    fn starts_word(&self, text: &str, i: usize) -> bool {
+        if i == 0 || self.starts[i] > self.ends[i - 1] {
+            return true;
+        }
+        let at = self.starts[i];
+        let before = text.get(..at).and_then(|t| t.chars().next_back());
+        let after = text.get(at..).and_then(|t| t.chars().next());
+        before.is_some_and(is_cjk) || after.is_some_and(is_cjk)
     }
 }
 
@@ -191,7 +199,7 @@ impl Packer<'_> {
         while tok_end - start > size {
             let mut cut = start + size;
             let floor = start + (size / 2).max(1);
-            if let Some(k) = (floor..=cut).rev().find(|&k| self.toks.starts_word(k)) {
+            if let Some(k) = (floor..=cut).rev().find(|&k| self.toks.starts_word(self.text, k)) {
                 cut = k;
             }
             let end = ceil_boundary(self.text, self.toks.ends[cut - 1]);
@@ -279,7 +287,7 @@ impl Packer<'_> {
             };
             // Only from a word start, so the overlap reads (and re-tokenizes) cleanly.
             let first = last.tok.end - budget.min(last.tok.len());
-            let Some(from) = (first..last.tok.end).find(|&k| self.toks.starts_word(k)) else {
+            let Some(from) = (first..last.tok.end).find(|&k| self.toks.starts_word(self.text, k)) else {
                 return (Vec::new(), 0);
             };
             let start = floor_boundary(self.text, self.toks.starts[from]).max(last.start);
@@ -355,8 +363,9 @@ fn words(text: &str) -> Vec<(usize, usize)> {
 }
 
 /// Sentence spans of a block (relative, trimmed, never empty). A sentence ends at a line
-/// break, or at `.`/`!`/`?` (plus closing quotes/brackets) before whitespace and a word that
-/// is not lower-case, so "e.g. this" and "3.5" stay whole.
+/// break; at `。！？；…` (CJK text puts no space after them); or at `.`/`!`/`?` before CJK text,
+/// or before whitespace and a word that is not lower-case, so "e.g. this" and "3.5" stay
+/// whole. Closing quotes and brackets stay with the sentence they close.
 fn sentence_spans(text: &str) -> Vec<Range<usize>> {
     let chars: Vec<(usize, char)> = text.char_indices().collect();
     let mut spans = Vec::new();
@@ -367,17 +376,18 @@ fn sentence_spans(text: &str) -> Vec<Range<usize>> {
         if c == '\n' {
             push_trimmed(text, start, pos, &mut spans);
             start = pos + 1;
-        } else if matches!(c, '.' | '!' | '?' | '。' | '！' | '？') {
+        } else if is_terminator(c) {
             let mut j = i + 1;
-            while j < chars.len() && matches!(chars[j].1, '.' | '!' | '?' | '"' | '\'' | ')' | ']' | '”' | '’' | '»')
-            {
+            while j < chars.len() && (is_terminator(chars[j].1) || is_closer(chars[j].1)) {
                 j += 1;
             }
             let end = chars.get(j).map_or(text.len(), |&(p, _)| p);
-            let cjk = matches!(c, '。' | '！' | '？');
+            // An ellipsis ends a sentence the CJK way only in CJK text.
+            let cjk = matches!(c, '。' | '！' | '？' | '；' | '｡') || (c == '…' && i > 0 && is_cjk(chars[i - 1].1));
             let boundary = match chars.get(j) {
                 None => false,
                 Some(&(_, next)) if cjk => next != '\n',
+                Some(&(_, next)) if is_cjk(next) => c != '…',
                 Some(&(_, next)) if next.is_whitespace() => {
                     let word = chars[j..].iter().map(|&(_, c)| c).find(|c| !c.is_whitespace());
                     word.is_some_and(|w| !w.is_lowercase())
@@ -395,6 +405,14 @@ fn sentence_spans(text: &str) -> Vec<Range<usize>> {
     }
     push_trimmed(text, start, text.len(), &mut spans);
     spans
+}
+
+fn is_terminator(c: char) -> bool {
+    matches!(c, '.' | '!' | '?' | '。' | '！' | '？' | '；' | '…' | '｡')
+}
+
+fn is_closer(c: char) -> bool {
+    matches!(c, '"' | '\'' | ')' | ']' | '”' | '’' | '»' | '」' | '』' | '）' | '】' | '》' | '〉' | '〕' | '］')
 }
 
 fn push_trimmed(text: &str, start: usize, end: usize, spans: &mut Vec<Range<usize>>) {
@@ -443,6 +461,12 @@ mod tests {
         );
         assert_eq!(sentences("  \n "), Vec::<&str>::new());
         assert_eq!(sentences("第一句。第二句。"), ["第一句。", "第二句。"]);
+        assert_eq!(
+            sentences("他说：「好。」然后走了！真的？是的；不过……还有。Yes.中文"),
+            ["他说：「好。」", "然后走了！", "真的？", "是的；", "不过……", "还有。", "Yes.", "中文"]
+        );
+        // An English ellipsis keeps the English rule.
+        assert_eq!(sentences("Wait… and then. Go"), ["Wait… and then.", "Go"]);
     }
 
     #[test]

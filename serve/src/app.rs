@@ -81,9 +81,13 @@ impl App {
             }
             _ => {
                 let dir = config.embedder_dir();
-                Arc::new(BertEmbedder::load_with(&dir, config.embedder_precision).with_context(|| {
+                let embedder = BertEmbedder::load_with(&dir, config.embedder_precision).with_context(|| {
                     format!("loading the embedder from {} (run scripts/fetch-models.sh)", dir.display())
-                })?)
+                })?;
+                Arc::new(
+                    embedder
+                        .with_prefixes(config.embedder_query_prefix.clone(), config.embedder_passage_prefix.clone()),
+                )
             }
         };
         let embedder: Arc<dyn Embedder> = Arc::new(TimedEmbedder(inner));

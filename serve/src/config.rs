@@ -188,6 +188,12 @@ settings! {
         /// int8 activations: the same vectors within a cosine of about 0.999, several times
         /// faster on the CPU) or `f32`.
         embedder_precision: kb_inference::Precision = kb_inference::Precision::Int8, env "KB_EMBEDDER_PRECISION", flag "embedder-precision";
+        /// Put before every query the sentence encoder embeds; unset, the model directory's own
+        /// prompts (`config_sentence_transformers.json`). e5 models want "query: ".
+        embedder_query_prefix: Option<String> = None, env "KB_EMBEDDER_QUERY_PREFIX", flag "embedder-query-prefix";
+        /// Put before every passage the sentence encoder embeds (e5: "passage: "); unset, the
+        /// model directory's own prompts.
+        embedder_passage_prefix: Option<String> = None, env "KB_EMBEDDER_PASSAGE_PREFIX", flag "embedder-passage-prefix";
         /// Answer generator: `smollm2` (CPU), `deepseek`, or `none` (extractive answers only).
         generator: GeneratorKind = GeneratorKind::Smollm2, env "KB_GENERATOR", flag "generator";
         /// Target chunk length, in embedder tokens.

@@ -133,4 +133,7 @@ impl Embedder for TimedEmbedder {
     fn embed_queries(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ModelError> {
         Self::timed("query", || self.0.embed_queries(texts))
     }
+    fn coverage(&self, text: &str) -> f32 {
+        self.0.coverage(text)
+    }
 }

@@ -1,5 +1,6 @@
-//! BERT-family sentence encoders (all-MiniLM-L6-v2 by default): mean pooling over the
-//! attention mask, then L2 normalisation, as sentence-transformers does.
+//! BERT-family sentence encoders (all-MiniLM-L6-v2 by default), XLM-RoBERTa ones too
+//! ([`super::xlmr`]): pooling, sequence length and prompts as the sentence-transformers
+//! directory says ([`super::sentence`]), then L2 normalisation.
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +10,8 @@ use candle_transformers::models::bert::Config;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
 use super::encoder::{Encoder, Precision};
-use super::Embedder;
+use super::sentence::{pool, SentenceConfig, SentencePooling};
+use super::{xlmr, Embedder};
 use crate::ModelError;
 
 /// Inputs per forward pass. Batches are cut from length-sorted inputs, so padding stays small.
@@ -24,6 +26,9 @@ pub struct BertEmbedder {
     tokenizer: Tokenizer,
     dim: usize,
     max_tokens: usize,
+    pooling: SentencePooling,
+    query_prefix: String,
+    passage_prefix: String,
     device: Device,
 }
 
@@ -39,38 +44,62 @@ impl BertEmbedder {
         let weights = require(dir, "model.safetensors")?;
         let tokenizer_path = require(dir, "tokenizer.json")?;
         let text = read(&config_path)?;
-        let config: Config = serde_json::from_str(&text)
+        let mut config: Config = serde_json::from_str(&text)
             .map_err(|e| ModelError::Config { path: config_path.clone(), message: e.to_string() })?;
         let raw: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
         let dim = raw["hidden_size"].as_u64().unwrap_or(0) as usize;
-        let max_positions = raw["max_position_embeddings"].as_u64().unwrap_or(512) as usize;
-        // sentence-transformers trains and evaluates at this length, shorter than the positions.
-        let max_tokens = std::fs::read_to_string(dir.join("sentence_bert_config.json"))
-            .ok()
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
-            .and_then(|v| v["max_seq_length"].as_u64())
-            .map(|n| n as usize)
-            .unwrap_or(max_positions)
-            .min(max_positions);
+        let sentence = SentenceConfig::read(dir)?;
 
         let device = Device::Cpu;
-        // SAFETY: the file is mapped read-only and not modified while the model lives.
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device)? };
+        let vb = if xlmr::is_roberta(&raw) {
+            xlmr::weights(&weights, &mut config, &device)?
+        } else {
+            // SAFETY: the file is mapped read-only and not modified while the model lives.
+            unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device)? }
+        };
         let model = Encoder::load(vb, &config, precision)?;
+        let max_positions = config.max_position_embeddings;
+        // sentence-transformers trains and evaluates at this length, shorter than the positions.
+        let max_tokens = sentence.max_seq_length.unwrap_or(max_positions).min(max_positions);
 
         let mut tokenizer = Tokenizer::from_file(&tokenizer_path)
             .map_err(|e| ModelError::Tokenizer(format!("{}: {e}", tokenizer_path.display())))?;
         tokenizer.with_padding(None);
         tokenizer.with_truncation(None).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
         let mut encoder_tokenizer = tokenizer.clone();
-        encoder_tokenizer
-            .with_padding(Some(PaddingParams { strategy: PaddingStrategy::BatchLongest, ..Default::default() }));
+        let pad_id = config.pad_token_id as u32;
+        let pad_token = tokenizer.id_to_token(pad_id).unwrap_or_else(|| "[PAD]".into());
+        encoder_tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            pad_id,
+            pad_token,
+            ..Default::default()
+        }));
         encoder_tokenizer
             .with_truncation(Some(TruncationParams { max_length: max_tokens, ..Default::default() }))
             .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
 
         let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or("bert");
-        Ok(Self { id: format!("bert:{name}"), model, encoder_tokenizer, tokenizer, dim, max_tokens, device })
+        Ok(Self {
+            id: format!("bert:{name}"),
+            model,
+            encoder_tokenizer,
+            tokenizer,
+            dim,
+            max_tokens,
+            pooling: sentence.pooling,
+            query_prefix: sentence.query_prefix,
+            passage_prefix: sentence.passage_prefix,
+            device,
+        })
+    }
+
+    /// Replaces the directory's query and passage prompts (e5 models want "query: " and
+    /// "passage: " but do not say so in their directory).
+    pub fn with_prefixes(mut self, query: Option<String>, passage: Option<String>) -> Self {
+        self.query_prefix = query.unwrap_or(self.query_prefix);
+        self.passage_prefix = passage.unwrap_or(self.passage_prefix);
+        self
     }
 
     fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ModelError> {
@@ -88,11 +117,24 @@ impl BertEmbedder {
         let mask = Tensor::from_vec(flat(&|e| e.get_attention_mask()), (n, len), &self.device)?;
 
         let hidden = self.model.forward(&ids, &type_ids, &mask)?; // (n, len, dim)
-        let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-        let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
-        let counts = mask.sum(1)?.clamp(1e-9, f64::INFINITY)?;
-        let mean = summed.broadcast_div(&counts)?;
-        super::unit_rows(&mean)
+        super::unit_rows(&pool(&hidden, &mask, self.pooling)?)
+    }
+
+    /// Embeds `texts`, each after `prefix`.
+    fn embed_prefixed(&self, texts: &[&str], prefix: &str) -> Result<Vec<Vec<f32>>, ModelError> {
+        let prefixed: Vec<String> = texts.iter().map(|t| format!("{prefix}{t}")).collect();
+        let texts: Vec<&str> = prefixed.iter().map(String::as_str).collect();
+        // Sort by length so each batch pads to about its own length, then restore the order.
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&i| texts[i].len());
+        let mut out = vec![Vec::new(); texts.len()];
+        for batch in order.chunks(BATCH_SIZE) {
+            let inputs: Vec<&str> = batch.iter().map(|&i| texts[i]).collect();
+            for (&i, v) in batch.iter().zip(self.embed_batch(&inputs)?) {
+                out[i] = v;
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -114,22 +156,15 @@ impl Embedder for BertEmbedder {
     }
 
     fn embed_passages(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ModelError> {
-        // Sort by length so each batch pads to about its own length, then restore the order.
-        let mut order: Vec<usize> = (0..texts.len()).collect();
-        order.sort_by_key(|&i| texts[i].len());
-        let mut out = vec![Vec::new(); texts.len()];
-        for batch in order.chunks(BATCH_SIZE) {
-            let inputs: Vec<&str> = batch.iter().map(|&i| texts[i]).collect();
-            for (&i, v) in batch.iter().zip(self.embed_batch(&inputs)?) {
-                out[i] = v;
-            }
-        }
-        Ok(out)
+        self.embed_prefixed(texts, &self.passage_prefix)
+    }
+
+    fn embed_query(&self, text: &str) -> Result<Vec<f32>, ModelError> {
+        Ok(self.embed_prefixed(&[text], &self.query_prefix)?.remove(0))
     }
 
     fn embed_queries(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, ModelError> {
-        // A symmetric model: queries are passages.
-        self.embed_passages(texts)
+        self.embed_prefixed(texts, &self.query_prefix)
     }
 }
 
