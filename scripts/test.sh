@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs kb's whole test suite on a fresh machine: fetches the models, makes sure a PostgreSQL
+# Runs kb's whole test suite on a fresh machine: fetches the models, installs Tesseract and
+# poppler when missing, makes sure a PostgreSQL
 # server is reachable (installing and starting one if needed), runs every Rust test, then the
 # web UI's browser tests (installing Chromium and playwright-core if needed) against the kb
 # binary the Rust tests built.
@@ -8,6 +9,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
 bash scripts/fetch-models.sh
+bash scripts/ensure-tools.sh
 source scripts/ensure-postgres.sh
 
 log="$(mktemp)"

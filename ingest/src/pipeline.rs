@@ -40,6 +40,7 @@ struct Prepared {
     document: Document,
     title: Option<String>,
     format: &'static str,
+    extractor: Option<String>,
     chunks: Vec<crate::Chunk>,
 }
 
@@ -63,12 +64,7 @@ pub fn content_hash(bytes: &[u8]) -> String {
 }
 
 fn format_name(f: detect::Format) -> &'static str {
-    match f {
-        detect::Format::Pdf => "pdf",
-        detect::Format::Markdown => "markdown",
-        detect::Format::Html => "html",
-        detect::Format::Text => "text",
-    }
+    f.name()
 }
 
 impl Ingestor {
@@ -190,6 +186,7 @@ impl Ingestor {
                     text: k.text.clone(),
                     heading_path: k.heading_path.clone(),
                     page: k.page,
+                    location: k.location.clone(),
                     start: k.start,
                     end: k.end,
                     embedding: vectors.next().unwrap_or_default(),
@@ -197,6 +194,9 @@ impl Ingestor {
                 .collect();
             let (ids, old) = store.store_chunks(p.document.id, c.id, p.title.as_deref(), p.format, &new_chunks).await?;
             removed.extend(old);
+            if let Some(extractor) = &p.extractor {
+                store.set_document_extractor(p.document.id, extractor).await?;
+            }
             for (id, k) in ids.into_iter().zip(new_chunks) {
                 let text = ChunkText {
                     id,
@@ -231,7 +231,8 @@ impl Ingestor {
             if chunks.is_empty() {
                 return Err(IngestError::NoText);
             }
-            Ok(Prepared { document: p.document, title: doc.title, format: format_name(format), chunks })
+            let extractor = doc.extractor;
+            Ok(Prepared { document: p.document, title: doc.title, format: format_name(format), extractor, chunks })
         })
         .await
         .map_err(|e| IngestError::Task(format!("parsing: {e}")))?

@@ -68,6 +68,11 @@ pub struct Config {
     pub fusion_alpha: f32,
     pub rrf_k: f32,
     pub max_upload_bytes: u64,
+    /// Largest upload request (all its files together); one that declares more in its
+    /// Content-Length gets 413 before its body is read.
+    pub max_request_bytes: u64,
+    /// An upload whose body sends nothing for this long is cut off (408).
+    pub upload_idle_secs: u64,
     pub ingest_workers: usize,
     /// The longest generated answer, in tokens.
     pub answer_max_tokens: usize,
@@ -84,6 +89,22 @@ pub struct Config {
     pub shutdown_grace_secs: u64,
     /// Serve the web UI from this directory instead of the copy built into the binary.
     pub web_dir: Option<PathBuf>,
+    /// Folders `kb serve` keeps collections in sync with (`[[sources]]`).
+    pub sources: Vec<SourceConfig>,
+}
+
+/// A folder a collection mirrors: `kb serve` runs `kb sync` on it every `interval_secs`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub collection: String,
+    pub path: PathBuf,
+    #[serde(default = "default_source_interval")]
+    pub interval_secs: u64,
+}
+
+fn default_source_interval() -> u64 {
+    300
 }
 
 /// The DeepSeek-V2 model: one copy, shared by the generator and the embedding head.
@@ -148,6 +169,8 @@ impl Default for Config {
             fusion_alpha: 0.5,
             rrf_k: 60.0,
             max_upload_bytes: 64 * 1024 * 1024,
+            max_request_bytes: 256 * 1024 * 1024,
+            upload_idle_secs: 30,
             ingest_workers: 2,
             max_pending_answers: 32,
             answer_max_tokens: 256,
@@ -157,6 +180,7 @@ impl Default for Config {
             log_json: false,
             shutdown_grace_secs: 20,
             web_dir: None,
+            sources: Vec::new(),
         }
     }
 }

@@ -20,6 +20,9 @@ pub enum ApiError {
     Unavailable { message: String, retry_after: u32 },
     #[error("upload larger than the limit of {limit} bytes")]
     TooLarge { limit: u64 },
+    /// The client stopped sending its request body.
+    #[error("{0}")]
+    Timeout(String),
     #[error(transparent)]
     Index(#[from] IndexError),
     #[error("internal error: {0}")]
@@ -53,6 +56,7 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::Unavailable { .. } => "unavailable",
             Self::TooLarge { .. } => "payload_too_large",
+            Self::Timeout(_) => "request_timeout",
             Self::Index(e) => match e {
                 IndexError::CollectionNotFound(_) => "collection_not_found",
                 IndexError::DocumentNotFound(_) => "document_not_found",
@@ -76,6 +80,7 @@ impl ResponseError for ApiError {
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             Self::Index(e) => match e {
                 IndexError::CollectionNotFound(_) | IndexError::DocumentNotFound(_) => StatusCode::NOT_FOUND,
                 IndexError::CollectionExists(_) => StatusCode::CONFLICT,

@@ -6,6 +6,7 @@ mod jobs;
 mod observe;
 pub mod openapi;
 mod routes;
+pub mod sources;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub struct State {
     jobs: Arc<JobQueue>,
     ready: AtomicBool,
     answer_slots: Arc<Semaphore>,
+    sources: Arc<sources::Sources>,
 }
 
 impl State {
@@ -49,6 +51,9 @@ impl State {
     }
     pub fn answer_slots(&self) -> Arc<Semaphore> {
         self.answer_slots.clone()
+    }
+    pub fn sources(&self) -> &sources::Sources {
+        &self.sources
     }
     pub fn ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
@@ -71,6 +76,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(routes::search::search)
         .service(routes::ask::ask)
         .service(routes::chat::completions)
+        .service(routes::sources::list)
         // Last: it answers every path the API does not.
         .service(routes::ui::asset);
 }
@@ -91,12 +97,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         Answerer::new(app.engine.clone(), generator, app.config.answer_max_tokens, app.config.answer_min_relevance);
     let jobs = JobQueue::new(workers);
     tokio::spawn(jobs.clone().run(app.ingestor.clone()));
+    let source_state = Arc::new(sources::Sources::default());
+    sources::spawn(&app.config.sources, app.ingestor.clone(), source_state.clone());
     let state = web::Data::new(State {
         answer_slots: Arc::new(Semaphore::new(app.config.max_pending_answers.max(1))),
         app,
         answerer,
         jobs,
         ready: AtomicBool::new(false),
+        sources: source_state,
     });
     let data = state.clone();
     let server = HttpServer::new(move || {

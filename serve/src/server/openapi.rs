@@ -76,7 +76,11 @@ pub struct DocumentInfo {
     chunks: i64,
     error: Option<String>,
     size: i64,
+    /// pdf, markdown, html, text, docx, pptx, xlsx, csv, email or image.
     format: Option<String>,
+    /// What produced the text: pdf-extract, pdftotext, tesseract, or a PDF's extractor with
+    /// "+tesseract" when some pages were read by OCR.
+    extractor: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -92,6 +96,9 @@ pub struct SearchHit {
     score: f32,
     text: String,
     page: Option<u32>,
+    /// Where the hit is: "page 2", "slide 3", "sheet Costs, rows 2–9", or the heading path.
+    location: Option<String>,
+    heading_path: Vec<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -111,6 +118,8 @@ pub struct CitationInfo {
     filename: String,
     text: String,
     page: Option<u32>,
+    /// Where the passage is: "page 2", "slide 3", "sheet Costs, rows 2–9", or the heading path.
+    location: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -137,6 +146,7 @@ pub struct Upload {
         routes::search::search,
         routes::ask::ask,
         routes::chat::completions,
+        routes::sources::list,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth),

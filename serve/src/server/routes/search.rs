@@ -63,6 +63,8 @@ pub async fn search(
                 "score": h.score,
                 "text": h.chunk.text,
                 "page": h.chunk.page,
+                "location": h.chunk.location_label(),
+                "heading_path": h.chunk.heading_path,
             })
         })
         .collect();
