@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Runs kb's whole test suite on a fresh machine: the house rules first (scripts/lint.sh:
 # cargo fmt --check, clippy and rustdoc with warnings as errors, the links of the maps), then
-# fetches the models, makes sure a PostgreSQL server is reachable (installing and starting one
-# if needed), runs every Rust test, then the web UI's browser tests (installing Chromium and
-# playwright-core if needed) against the kb binary the Rust tests built.
+# fetches the models, installs Tesseract and poppler when missing, makes sure a PostgreSQL
+# server is reachable (installing and starting one if needed), runs every Rust test, then the
+# web UI's browser tests (installing Chromium and playwright-core if needed) against the kb
+# binary the Rust tests built.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 
 bash scripts/lint.sh
 bash scripts/fetch-models.sh
+bash scripts/ensure-tools.sh
 source scripts/ensure-postgres.sh
 
 log="$(mktemp)"

@@ -33,6 +33,8 @@ pub struct Chunk {
     pub start: usize,
     pub end: usize,
     pub page: Option<u32>,
+    /// The block's citation location when it is not a page (slide, sheet rows).
+    pub location: Option<String>,
     pub heading_path: Vec<String>,
     pub tokens: usize,
 }
@@ -58,7 +60,11 @@ pub fn chunk_document(doc: &ParsedDocument, tokenizer: &Tokenizer, config: &Chun
         // subsection's first chunk instead of standing alone.
         if !leftover.is_empty() {
             match sections.get(i + 1) {
-                Some(next) if next.page == section.page && next.heading_path.starts_with(section.heading_path) => {
+                Some(next)
+                    if next.page == section.page
+                        && next.location == section.location
+                        && next.heading_path.starts_with(section.heading_path) =>
+                {
                     pending_headings = leftover
                 }
                 _ => packer.emit(&leftover, section),
@@ -77,6 +83,7 @@ struct Section<'a> {
     /// Indices into the valid blocks.
     blocks: Range<usize>,
     page: Option<u32>,
+    location: Option<&'a str>,
     heading_path: &'a [String],
 }
 
@@ -84,10 +91,20 @@ fn sections<'a>(blocks: &[&'a Block]) -> Vec<Section<'a>> {
     let mut out: Vec<Section<'a>> = Vec::new();
     for (i, b) in blocks.iter().enumerate() {
         match out.last_mut() {
-            Some(s) if !b.is_heading && s.page == b.page && s.heading_path == b.heading_path.as_slice() => {
+            Some(s)
+                if !b.is_heading
+                    && s.page == b.page
+                    && s.location == b.location.as_deref()
+                    && s.heading_path == b.heading_path.as_slice() =>
+            {
                 s.blocks.end = i + 1
             }
-            _ => out.push(Section { blocks: i..i + 1, page: b.page, heading_path: &b.heading_path }),
+            _ => out.push(Section {
+                blocks: i..i + 1,
+                page: b.page,
+                location: b.location.as_deref(),
+                heading_path: &b.heading_path,
+            }),
         }
     }
     out
@@ -312,6 +329,7 @@ impl Packer<'_> {
             start: first.start,
             end: last.end,
             page: section.page,
+            location: section.location.map(str::to_owned),
             heading_path: section.heading_path.to_vec(),
             tokens: pieces.iter().map(|p| p.tok.len()).sum(),
         });

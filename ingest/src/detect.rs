@@ -12,6 +12,52 @@ pub enum Format {
     Markdown,
     Html,
     Text,
+    /// Word (Office Open XML).
+    Docx,
+    /// PowerPoint (Office Open XML).
+    Pptx,
+    /// Excel (Office Open XML).
+    Xlsx,
+    /// Comma- or tab-separated values.
+    Csv,
+    /// An RFC 5322 message (.eml) with its MIME parts.
+    Email,
+    /// A PNG, JPEG or TIFF image, read by OCR.
+    Image,
+}
+
+impl Format {
+    /// The name stored on the document.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Pdf => "pdf",
+            Format::Markdown => "markdown",
+            Format::Html => "html",
+            Format::Text => "text",
+            Format::Docx => "docx",
+            Format::Pptx => "pptx",
+            Format::Xlsx => "xlsx",
+            Format::Csv => "csv",
+            Format::Email => "email",
+            Format::Image => "image",
+        }
+    }
+
+    /// The name in messages.
+    pub fn label(self) -> &'static str {
+        match self {
+            Format::Pdf => "PDF",
+            Format::Markdown => "Markdown",
+            Format::Html => "HTML",
+            Format::Text => "text",
+            Format::Docx => "DOCX",
+            Format::Pptx => "PPTX",
+            Format::Xlsx => "XLSX",
+            Format::Csv => "CSV",
+            Format::Email => "e-mail",
+            Format::Image => "image",
+        }
+    }
 }
 
 /// Acrobat accepts a PDF header anywhere in the first KiB, and so do we.
@@ -23,10 +69,20 @@ pub fn detect_format(bytes: &[u8], filename: &str) -> Result<Format, IngestError
     if bytes.is_empty() {
         return Err(IngestError::Empty);
     }
+    let ext = extension(filename);
     if is_pdf(bytes) {
         return Ok(Format::Pdf);
     }
+    if let Some(format) = crate::archive::detect_office(bytes)? {
+        return Ok(format);
+    }
     if let Some(kind) = binary_kind(bytes) {
+        if matches!(kind, "PNG image" | "JPEG image" | "TIFF image") && !names_another_format(ext.as_deref()) {
+            return Ok(Format::Image);
+        }
+        if let Some(ext) = ext.as_deref().filter(|e| names_another_format(Some(*e))) {
+            return Err(IngestError::UnsupportedFormat { detected: format!("a {kind} named .{ext}") });
+        }
         return Err(IngestError::UnsupportedFormat { detected: kind.to_string() });
     }
     let text = decode_text(bytes)?;
@@ -36,10 +92,12 @@ pub fn detect_format(bytes: &[u8], filename: &str) -> Result<Format, IngestError
     if looks_like_rtf(&text) {
         return Err(IngestError::UnsupportedFormat { detected: "RTF document".into() });
     }
-    let ext = extension(filename);
     let format = match ext.as_deref() {
         Some("md" | "markdown" | "mdown" | "mkd") => Format::Markdown,
         Some("html" | "htm" | "xhtml") => Format::Html,
+        Some("csv" | "tsv") => Format::Csv,
+        Some("eml") => Format::Email,
+        _ if sniff_email(&text) => Format::Email,
         _ if sniff_html(&text) => Format::Html,
         _ => Format::Text,
     };
@@ -173,6 +231,47 @@ fn zip_kind(b: &[u8]) -> &'static str {
     }
 }
 
+/// An extension that promises a format other than an image: bytes that are an image anyway
+/// are a mislabelled file, refused rather than read by OCR.
+fn names_another_format(ext: Option<&str>) -> bool {
+    matches!(
+        ext,
+        Some(
+            "pdf"
+                | "docx"
+                | "docm"
+                | "pptx"
+                | "pptm"
+                | "xlsx"
+                | "xlsm"
+                | "doc"
+                | "xls"
+                | "ppt"
+                | "eml"
+                | "csv"
+                | "tsv"
+                | "md"
+                | "html"
+                | "htm"
+                | "txt"
+        )
+    )
+}
+
+/// A message without an .eml name: it opens with header lines and has a From and a Date or
+/// Subject before the first blank line.
+fn sniff_email(text: &str) -> bool {
+    let head: Vec<&str> = text.lines().take_while(|l| !l.trim().is_empty()).take(200).collect();
+    let is_header = |l: &&str| {
+        l.starts_with([' ', '\t'])
+            || l.split_once(':').is_some_and(|(name, _)| {
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            })
+    };
+    let has = |name: &str| head.iter().any(|l| l.len() > name.len() && l[..name.len()].eq_ignore_ascii_case(name));
+    head.len() >= 2 && head.iter().all(is_header) && has("from:") && (has("date:") || has("subject:"))
+}
+
 fn looks_like_rtf(text: &str) -> bool {
     text.trim_start().starts_with("{\\rtf")
 }
@@ -210,6 +309,13 @@ mod tests {
         assert_eq!(detect_format(b"%PDF-1.7\n...", "x.bin").unwrap(), Format::Pdf);
         assert_eq!(detect_format(b"\xff\x00junk%PDF-1.4\n", "x.bin").unwrap(), Format::Pdf);
         assert_eq!(detect_format(b"Files start with %PDF-1.7.", "a.md").unwrap(), Format::Markdown);
+        assert_eq!(detect_format(b"a,b\n1,2\n", "t.csv").unwrap(), Format::Csv);
+        let mail = b"From: A <a@example.org>\r\nTo: b@example.org\r\nSubject: Hi\r\n\r\nBody text.\r\n";
+        assert_eq!(detect_format(mail, "message").unwrap(), Format::Email);
+        assert_eq!(
+            detect_format(b"From: the desk of Ann\nDear all, the plan is ready.\n", "n.txt").unwrap(),
+            Format::Text
+        );
     }
 
     #[test]
@@ -218,8 +324,13 @@ mod tests {
         assert!(err.to_string().contains("PNG image"), "{err}");
         let err = detect_format(b"\x7fELF\x02\x01\x01\0", "a.txt").unwrap_err();
         assert!(err.to_string().contains("ELF"), "{err}");
-        let err = detect_format(b"PK\x03\x04\x14\0\0\0word/document.xml", "a.docx").unwrap_err();
-        assert!(err.to_string().contains("DOCX"), "{err}");
+        // A damaged Word package is still Word: its parser reports the damage.
+        assert_eq!(detect_format(b"PK\x03\x04\x14\0\0\0word/document.xml", "a.docx").unwrap(), Format::Docx);
+        let err = detect_format(b"PK\x03\x04\x14\0\0\0other/thing.bin", "a.zip").unwrap_err();
+        assert!(err.to_string().contains("ZIP archive"), "{err}");
+        let err = detect_format(&[0xFF, 0xD8, 0xFF, 0xE0, 0, 0x10], "slides.pptx").unwrap_err();
+        assert!(err.to_string().contains("JPEG image named .pptx"), "{err}");
+        assert_eq!(detect_format(&[0xFF, 0xD8, 0xFF, 0xE0, 0, 0x10], "photo.jpg").unwrap(), Format::Image);
         let err = detect_format(&[0x1F, 0x8B, 8, 0, 0, 0], "a.gz").unwrap_err();
         assert!(err.to_string().contains("gzip"), "{err}");
     }

@@ -3,6 +3,7 @@
 //! `detect` names the format from the bytes, `parse` turns a document into text blocks
 //! (pages and headings kept), `chunk` cuts blocks into token-aware chunks.
 
+pub mod archive;
 pub mod chunk;
 pub mod detect;
 mod error;

@@ -60,6 +60,7 @@ struct Prepared {
     document: Document,
     title: Option<String>,
     format: &'static str,
+    extractor: Option<String>,
     chunks: Vec<crate::Chunk>,
 }
 
@@ -112,12 +113,7 @@ fn lower_priority() {
 fn lower_priority() {}
 
 fn format_name(f: detect::Format) -> &'static str {
-    match f {
-        detect::Format::Pdf => "pdf",
-        detect::Format::Markdown => "markdown",
-        detect::Format::Html => "html",
-        detect::Format::Text => "text",
-    }
+    f.name()
 }
 
 impl Ingestor {
@@ -256,6 +252,7 @@ impl Ingestor {
                     text: k.text.clone(),
                     heading_path: k.heading_path.clone(),
                     page: k.page,
+                    location: k.location.clone(),
                     start: k.start,
                     end: k.end,
                     embedding: vectors.next().unwrap_or_default(),
@@ -270,6 +267,9 @@ impl Ingestor {
                     }
                 };
             removed.extend(old);
+            if let Some(extractor) = &p.extractor {
+                store.set_document_extractor(p.document.id, extractor).await?;
+            }
             for (id, k) in ids.into_iter().zip(new_chunks) {
                 let text =
                     ChunkText { id, document_id, title: p.title.clone(), heading_path: k.heading_path, text: k.text };
@@ -346,7 +346,8 @@ impl Ingestor {
             if chunks.is_empty() {
                 return Err(IngestError::NoText);
             }
-            Ok(Prepared { document: p.document, title: doc.title, format: format_name(format), chunks })
+            let extractor = doc.extractor;
+            Ok(Prepared { document: p.document, title: doc.title, format: format_name(format), extractor, chunks })
         })
         .await
         .map_err(|e| IngestError::Task(format!("parsing: {e}")))?

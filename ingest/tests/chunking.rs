@@ -21,6 +21,7 @@ fn doc(blocks: &[(&str, Option<u32>, &[&str], bool)]) -> ParsedDocument {
             start,
             end: d.text.len(),
             page,
+            location: None,
             heading_path: path.iter().map(|s| s.to_string()).collect(),
             is_heading,
         });
@@ -159,7 +160,7 @@ fn empty_and_odd_inputs() {
     assert!(chunk_document(&ParsedDocument::default(), &tok, &ChunkerConfig::default()).is_empty());
     // Blocks with offsets outside the text are ignored rather than trusted.
     let mut d = doc(&[("Real text here.", None, &[], false)]);
-    d.blocks.push(Block { start: 5, end: 500, page: None, heading_path: vec![], is_heading: false });
+    d.blocks.push(Block { start: 5, end: 500, page: None, location: None, heading_path: vec![], is_heading: false });
     let chunks = chunk_document(&d, &tok, &ChunkerConfig::default());
     assert_eq!(chunks.len(), 1);
     assert_eq!(chunks[0].text, "Real text here.");

@@ -23,6 +23,8 @@ pub struct Citation {
     pub filename: String,
     pub text: String,
     pub page: Option<u32>,
+    /// "page 2", "slide 3", "sheet Costs, rows 2–9", or the heading path.
+    pub location: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -144,9 +146,12 @@ fn quote(text: &str) -> String {
 }
 
 fn source(h: &Hit) -> String {
-    match h.chunk.page {
-        Some(p) => format!("{}, page {p}", h.chunk.filename),
-        None => h.chunk.filename.clone(),
+    // Heading paths stay out: the passage text is what the model should weigh.
+    match (&h.chunk.location, h.chunk.page) {
+        (Some(_), _) | (None, Some(_)) => {
+            format!("{}, {}", h.chunk.filename, h.chunk.location_label().unwrap_or_default())
+        }
+        (None, None) => h.chunk.filename.clone(),
     }
 }
 
@@ -193,6 +198,7 @@ fn citation(n: usize, h: &Hit) -> Citation {
         filename: h.chunk.filename.clone(),
         text: h.chunk.text.clone(),
         page: h.chunk.page,
+        location: h.chunk.location_label(),
     }
 }
 
@@ -335,6 +341,7 @@ mod tests {
                 text: text.into(),
                 heading_path: vec![],
                 page,
+                location: None,
             },
             score: 1.0,
         }

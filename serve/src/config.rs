@@ -121,6 +121,9 @@ macro_rules! settings {
         $(nested {
             $($(#[doc = $ndoc:literal])* $nkey:ident : $nty:ident / $nflags:ident;)*
         })?
+        $(file_only {
+            $($(#[doc = $fdoc:literal])* $fkey:ident : $fty:ty = $fdefault:expr;)*
+        })?
     ) => {
         $(#[$smeta])*
         #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,6 +131,7 @@ macro_rules! settings {
         pub struct $name {
             $($(#[doc = $doc])* pub $key: $ty,)*
             $($($(#[doc = $ndoc])* pub $nkey: $nty,)*)?
+            $($($(#[doc = $fdoc])* pub $fkey: $fty,)*)?
         }
 
         impl Default for $name {
@@ -135,6 +139,7 @@ macro_rules! settings {
                 Self {
                     $($key: $default,)*
                     $($($nkey: $nty::default(),)*)?
+                    $($($fkey: $fdefault,)*)?
                 }
             }
         }
@@ -216,6 +221,11 @@ settings! {
         rrf_k: f32 = 60.0, env "KB_RRF_K", flag "rrf-k";
         /// The largest upload, in bytes.
         max_upload_bytes: u64 = 64 * 1024 * 1024, env "KB_MAX_UPLOAD_BYTES", flag "max-upload-bytes";
+        /// Largest upload request (all its files together); one that declares more in its
+        /// Content-Length gets 413 before its body is read.
+        max_request_bytes: u64 = 256 * 1024 * 1024, env "KB_MAX_REQUEST_BYTES", flag "max-request-bytes";
+        /// An upload whose body sends nothing for this long is cut off (408).
+        upload_idle_secs: u64 = 30, env "KB_UPLOAD_IDLE_SECS", flag "upload-idle-secs";
         /// Ingest batches `kb serve` runs at once.
         ingest_workers: usize = 2, env "KB_INGEST_WORKERS", flag "ingest-workers";
         /// Queued documents claimed and embedded together as one ingest batch.
@@ -250,6 +260,27 @@ settings! {
         /// The DeepSeek model, for `generator = "deepseek"` and `embedder = "deepseek"`.
         deepseek: DeepSeekConfig / DeepSeekFlags;
     }
+    file_only {
+        /// Folders `kb serve` keeps collections in sync with (`[[sources]]`; file only).
+        sources: Vec<SourceConfig> = Vec::new();
+    }
+}
+
+/// A folder a collection mirrors: `kb serve` runs `kb sync` on it every `interval_secs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// The collection that mirrors the folder.
+    pub collection: String,
+    /// The folder.
+    pub path: PathBuf,
+    /// Seconds between syncs.
+    #[serde(default = "default_source_interval")]
+    pub interval_secs: u64,
+}
+
+fn default_source_interval() -> u64 {
+    300
 }
 
 settings! {

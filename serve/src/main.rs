@@ -34,6 +34,13 @@ enum Command {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
     },
+    /// Make a collection mirror a folder: new files ingested, changed ones replaced, removed
+    /// ones deleted. A run with nothing changed does nothing and says so.
+    Sync {
+        #[arg(long, short)]
+        collection: String,
+        dir: PathBuf,
+    },
     /// Search a collection.
     Search {
         #[arg(long, short)]
@@ -129,6 +136,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve => server::run(config).await,
             Command::Ingest { collection, paths } => commands::ingest::run(config, &collection, &paths).await,
+            Command::Sync { collection, dir } => commands::sync::run(config, &collection, &dir).await,
             Command::Search { collection, mode, top_k, distinct, query } => {
                 commands::search::run(config, &collection, mode, top_k, distinct, &query).await
             }

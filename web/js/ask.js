@@ -3,7 +3,7 @@
 // sessionStorage, so it survives a reload.
 
 import { ask } from './api.js';
-import { answerParts, citedRanges, claimsByCitation, clear, h, marked, sourceLabel, tidy } from './dom.js';
+import { answerParts, citedRanges, claimsByCitation, clear, h, marked, sourceLabel, tidy, whereLabel } from './dom.js';
 
 const EXTRACTIVE_PREFIX = /^Extractive answer \(quoted from the documents\):\s*/;
 
@@ -51,7 +51,7 @@ function answerBody(turn, open) {
         { class: 'refs' },
         part.refs.map((n) => {
           const c = cites.get(n);
-          return h('button', { type: 'button', class: 'ref', 'aria-label': `Source ${n}: ${sourceLabel(c.filename, c.page)}`, onclick: () => open(n) }, String(n));
+          return h('button', { type: 'button', class: 'ref', 'aria-label': `Source ${n}: ${sourceLabel(c.filename, c.page, c.location)}`, onclick: () => open(n) }, String(n));
         }),
       ),
     );
@@ -79,7 +79,7 @@ function sourceCards(turn, index) {
             {},
             h('span', { class: 'src-n' }, String(c.n)),
             h('span', { class: 'src-file' }, c.filename),
-            c.page !== null && c.page !== undefined ? h('span', { class: 'src-page' }, `page ${c.page}`) : null,
+            whereLabel(c.page, c.location) !== null ? h('span', { class: 'src-page' }, whereLabel(c.page, c.location)) : null,
             h('span', { class: 'src-preview' }, preview),
           ),
           h('blockquote', { class: 'passage' }, marked(passage, ranges)),
@@ -93,7 +93,7 @@ function sourceCards(turn, index) {
 function copyText(turn) {
   let text = shownAnswer(turn);
   if (turn.citations && turn.citations.length) {
-    text += '\n\nSources:\n' + turn.citations.map((c) => `[${c.n}] ${sourceLabel(c.filename, c.page).replace(' · ', ', ')}`).join('\n');
+    text += '\n\nSources:\n' + turn.citations.map((c) => `[${c.n}] ${sourceLabel(c.filename, c.page, c.location).replace(' · ', ', ')}`).join('\n');
   }
   return text;
 }

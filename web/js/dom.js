@@ -46,9 +46,16 @@ export function tidy(text) {
   return String(text).replace(/[ \t]*\n[ \t]*(?:\n\s*)+/g, '\n').trim();
 }
 
-/** "handbook.pdf · page 2" */
-export function sourceLabel(filename, page) {
-  return page === null || page === undefined ? filename : `${filename} · page ${page}`;
+/** Where a citation points, for people: the API's location ("page 2", "slide 3", "sheet Costs, rows 2–9"), else the page. */
+export function whereLabel(page, location) {
+  if (location !== null && location !== undefined && location !== '') return location;
+  return page === null || page === undefined ? null : `page ${page}`;
+}
+
+/** "handbook.pdf · page 2", "deck.pptx · slide 3" */
+export function sourceLabel(filename, page, location) {
+  const where = whereLabel(page, location);
+  return where === null ? filename : `${filename} · ${where}`;
 }
 
 /** `text` as text nodes, with the `[start, end)` ranges wrapped in <mark>. */

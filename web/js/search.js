@@ -51,7 +51,7 @@ export function renderSearch(root, ctx) {
               'div',
               { class: 'hit-head' },
               h('span', { class: 'hit-rank' }, `${i + 1}`),
-              h('span', { class: 'hit-source' }, sourceLabel(hit.filename, hit.page)),
+              h('span', { class: 'hit-source' }, sourceLabel(hit.filename, hit.page, hit.location)),
               h(
                 'span',
                 { class: 'hit-score', title: 'Score' },

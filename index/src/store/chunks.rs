@@ -12,6 +12,8 @@ pub struct NewChunk {
     pub heading_path: Vec<String>,
     /// Its page, in paged formats (PDF).
     pub page: Option<u32>,
+    /// A citation location that is not a page: "slide 3", "sheet Costs, rows 2–9".
+    pub location: Option<String>,
     /// Byte offset of its start in the parsed document text.
     pub start: usize,
     /// Byte offset of its end in the parsed document text.
@@ -37,6 +39,26 @@ pub struct ChunkRow {
     pub heading_path: Vec<String>,
     /// Its page, in paged formats (PDF).
     pub page: Option<u32>,
+    /// A citation location that is not a page: "slide 3", "sheet Costs, rows 2–9".
+    pub location: Option<String>,
+}
+
+impl ChunkRow {
+    /// Where a citation of this chunk points, for people: the stored location ("slide 3",
+    /// "sheet Costs, rows 2–9"), else the page, else the heading path.
+    pub fn location_label(&self) -> Option<String> {
+        let pages = |l: String| match self.page {
+            Some(p) if !l.contains("page") => format!("{l}, page {p}"),
+            _ => l,
+        };
+        if let Some(l) = &self.location {
+            return Some(pages(l.clone()));
+        }
+        if let Some(p) = self.page {
+            return Some(format!("page {p}"));
+        }
+        (!self.heading_path.is_empty()).then(|| self.heading_path.join(" › "))
+    }
 }
 
 /// What the keyword index needs of a chunk.
@@ -93,15 +115,15 @@ impl Store {
         let mut ids = vec![0i64; chunks.len()];
         for (batch_no, batch) in chunks.chunks(INSERT_BATCH).enumerate() {
             let mut sql = String::from(
-                "INSERT INTO chunks (document_id, collection_id, ordinal, text, heading_path, page, char_start, char_end, embedding) VALUES ",
+                "INSERT INTO chunks (document_id, collection_id, ordinal, text, heading_path, page, location, char_start, char_end, embedding) VALUES ",
             );
             for i in 0..batch.len() {
-                let p = i * 9;
+                let p = i * 10;
                 if i > 0 {
                     sql.push(',');
                 }
                 sql.push_str(&format!(
-                    "(${},${},${},${},${},${},${},${},${})",
+                    "(${},${},${},${},${},${},${},${},${},${})",
                     p + 1,
                     p + 2,
                     p + 3,
@@ -110,7 +132,8 @@ impl Store {
                     p + 6,
                     p + 7,
                     p + 8,
-                    p + 9
+                    p + 9,
+                    p + 10
                 ));
             }
             sql.push_str(" RETURNING id, ordinal");
@@ -123,6 +146,7 @@ impl Store {
                     .bind(c.text.as_str())
                     .bind(c.heading_path.join(HEADING_SEP))
                     .bind(c.page.map(i64::from))
+                    .bind(c.location.as_deref())
                     .bind(c.start as i64)
                     .bind(c.end as i64)
                     .bind(encode_vector(&c.embedding));
@@ -167,7 +191,7 @@ impl Store {
         }
         let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
         let rows = sqlx::query(&format!(
-            "SELECT k.id, k.document_id, d.filename, d.title, k.text, k.heading_path, k.page
+            "SELECT k.id, k.document_id, d.filename, d.title, k.text, k.heading_path, k.page, k.location
              FROM chunks k JOIN documents d ON d.id = k.document_id WHERE k.id IN ({list})"
         ))
         .fetch_all(&self.pool)
@@ -183,6 +207,7 @@ impl Store {
                 text: r.try_get(4)?,
                 heading_path: split_headings(&r.try_get::<String, _>(5)?),
                 page: page.map(|p| p as u32),
+                location: r.try_get(7)?,
             };
             found.insert(row.id, row);
         }

@@ -30,6 +30,9 @@ pub struct Document {
     pub chunks: i64,
     /// Where the uploaded bytes wait until their job has run (service uploads only).
     pub source_path: Option<String>,
+    /// What produced the text, where a format has several ways ("pdf-extract", "pdftotext",
+    /// "tesseract").
+    pub extractor: Option<String>,
 }
 
 /// A document row to insert.
@@ -50,7 +53,7 @@ pub struct NewDocument<'a> {
 }
 
 const COLUMNS: &str =
-    "id, collection_id, filename, title, content_hash, size_bytes, format, status, error, chunk_count, source_path";
+    "id, collection_id, filename, title, content_hash, size_bytes, format, status, error, chunk_count, source_path, extractor";
 
 fn from_row(r: &AnyRow) -> Result<Document> {
     Ok(Document {
@@ -65,10 +68,21 @@ fn from_row(r: &AnyRow) -> Result<Document> {
         error: r.try_get(8)?,
         chunks: r.try_get(9)?,
         source_path: r.try_get(10)?,
+        extractor: r.try_get(11)?,
     })
 }
 
 impl Store {
+    /// Records which extractor produced a document's text.
+    pub async fn set_document_extractor(&self, id: i64, extractor: &str) -> Result<()> {
+        sqlx::query("UPDATE documents SET extractor = $1 WHERE id = $2")
+            .bind(extractor)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Inserts a document row and returns it.
     pub async fn insert_document(&self, doc: &NewDocument<'_>) -> Result<Document> {
         let now = now_ms();

@@ -16,6 +16,18 @@ pub(crate) struct DocBuilder {
 impl DocBuilder {
     /// Appends one block; blank blocks are dropped so every block holds text.
     pub fn push(&mut self, text: &str, page: Option<u32>, heading_path: &[String], is_heading: bool) {
+        self.push_at(text, page, None, heading_path, is_heading);
+    }
+
+    /// `push` with a citation location other than a page (a slide, a sheet's rows).
+    pub fn push_at(
+        &mut self,
+        text: &str,
+        page: Option<u32>,
+        location: Option<&str>,
+        heading_path: &[String],
+        is_heading: bool,
+    ) {
         let text = text.trim();
         if text.is_empty() {
             return;
@@ -25,7 +37,14 @@ impl DocBuilder {
         }
         let start = self.text.len();
         self.text.push_str(text);
-        self.blocks.push(Block { start, end: self.text.len(), page, heading_path: heading_path.to_vec(), is_heading });
+        self.blocks.push(Block {
+            start,
+            end: self.text.len(),
+            page,
+            location: location.map(str::to_owned),
+            heading_path: heading_path.to_vec(),
+            is_heading,
+        });
     }
 
     /// The first non-blank line of the text so far, for formats without a better title.
@@ -35,7 +54,7 @@ impl DocBuilder {
 
     pub fn finish(self, title: Option<String>) -> ParsedDocument {
         let title = title.as_deref().and_then(clean_title).or_else(|| self.first_line());
-        ParsedDocument { title, text: self.text, blocks: self.blocks }
+        ParsedDocument { title, text: self.text, blocks: self.blocks, extractor: None }
     }
 }
 

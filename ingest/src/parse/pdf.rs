@@ -2,6 +2,12 @@
 //! loop forever on hostile files, and none of that may reach the service. The parent
 //! (`PdfParser`) feeds the bytes on stdin and reads JSON back; the child runs
 //! `pdf_worker_main`, which caps its own memory and CPU time first.
+//!
+//! The same worker parses the other formats that unpack untrusted archives or run external
+//! tools: Word, PowerPoint and Excel files (a ZIP bomb or a calamine bug meets the worker's
+//! memory limit, not the service's), and images through OCR. `FORMAT_ENV` says which; PDF
+//! pages without a text layer are read by OCR there too, and poppler's pdftotext stands in
+//! when pdf-extract fails or returns mostly non-words.
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -11,14 +17,16 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::builder::{clean_title, collapse_whitespace, DocBuilder};
-use super::ParsedDocument;
-use crate::IngestError;
+use super::{docx, ocr, pptx, sheet, ParsedDocument};
+use crate::{Format, IngestError};
 
 /// Env var carrying the worker's memory budget in bytes.
 pub const MEMORY_LIMIT_ENV: &str = "KB_PDF_WORKER_MEMORY_LIMIT";
 /// Env var carrying the worker's CPU-time limit in seconds: a backstop should the parent die
 /// and never kill it.
 pub const CPU_LIMIT_ENV: &str = "KB_PDF_WORKER_CPU_LIMIT";
+/// Env var naming the format the worker parses (`Format::name`); PDF when unset.
+pub const FORMAT_ENV: &str = "KB_WORKER_FORMAT";
 
 /// The worker's reply sits on the last stdout line after this marker, so stray prints from
 /// libraries (or a host binary's logging) cannot corrupt it.
@@ -39,8 +47,20 @@ const EXIT_PANIC: i32 = 101;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "status", rename_all = "lowercase")]
 enum Reply {
-    Ok { title: Option<String>, pages: Vec<PageText>, warnings: Vec<String> },
-    Error { message: String },
+    Ok {
+        title: Option<String>,
+        pages: Vec<PageText>,
+        warnings: Vec<String>,
+        #[serde(default)]
+        extractor: Option<String>,
+    },
+    /// A format other than PDF, parsed whole in the worker.
+    Parsed {
+        doc: ParsedDocument,
+    },
+    Error {
+        message: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -88,15 +108,29 @@ impl PdfParser {
 
     /// Parses a PDF into one block per paragraph, each with its page number.
     pub fn parse(&self, bytes: &[u8]) -> Result<ParsedDocument, IngestError> {
-        let (title, pages) = self.extract(bytes)?;
-        Ok(build_document(title, &pages))
+        self.parse_isolated(bytes, Format::Pdf)
     }
 
-    /// Runs the worker on `bytes` and returns the title and per-page text.
-    fn extract(&self, bytes: &[u8]) -> Result<(Option<String>, Vec<PageText>), IngestError> {
+    /// Parses `bytes` as `format` in the worker process.
+    pub fn parse_isolated(&self, bytes: &[u8], format: Format) -> Result<ParsedDocument, IngestError> {
+        match self.extract(bytes, format)? {
+            Reply::Ok { title, pages, extractor, .. } => {
+                let mut doc = build_document(title, &pages);
+                doc.extractor = extractor.or_else(|| Some("pdf-extract".into()));
+                Ok(doc)
+            }
+            Reply::Parsed { doc } => Ok(doc),
+            Reply::Error { message } => Err(worker_error(format, message)),
+        }
+    }
+
+    /// Runs the worker on `bytes` and returns its successful reply.
+    fn extract(&self, bytes: &[u8], format: Format) -> Result<Reply, IngestError> {
+        let pdf_error = |message: String| worker_error(format, message);
         let started = Instant::now();
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args)
+            .env(FORMAT_ENV, format.name())
             .env(MEMORY_LIMIT_ENV, self.memory_limit_bytes.to_string())
             .env(CPU_LIMIT_ENV, (self.timeout.as_secs() + 5).to_string())
             .stdin(Stdio::piped())
@@ -110,7 +144,7 @@ impl PdfParser {
         }
         let mut child = cmd.spawn().map_err(|e| {
             tracing::error!(program = %self.program.display(), error = %e, "cannot start PDF worker");
-            pdf_error(format!("could not start the PDF parser ({}): {e}", self.program.display()))
+            pdf_error(format!("could not start the {} parser ({}): {e}", format.label(), self.program.display()))
         })?;
         let run = self.supervise(&mut child, bytes);
         tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, bytes = bytes.len(), "PDF worker done");
@@ -119,7 +153,11 @@ impl PdfParser {
             Some(status) => status,
             None => {
                 tracing::warn!(seconds = self.timeout.as_secs_f64(), "PDF worker timed out, killed");
-                return Err(IngestError::PdfTimeout { seconds: self.timeout.as_secs_f64().ceil() as u64 });
+                let seconds = self.timeout.as_secs_f64().ceil() as u64;
+                if format != Format::Pdf {
+                    return Err(pdf_error(format!("parsing took longer than {seconds} s and was stopped")));
+                }
+                return Err(IngestError::PdfTimeout { seconds });
             }
         };
         let stderr = String::from_utf8_lossy(&stderr);
@@ -127,14 +165,15 @@ impl PdfParser {
             return Err(pdf_error(format!("the PDF parser produced more than {} MiB of text", MAX_STDOUT_BYTES >> 20)));
         }
         match parse_reply(&stdout) {
-            Some(Reply::Ok { title, pages, warnings }) if status.success() => {
-                for w in warnings {
+            Some(Reply::Ok { title, pages, warnings, extractor }) if status.success() => {
+                for w in &warnings {
                     tracing::warn!(warning = %w, "PDF partly unreadable");
                 }
-                Ok((title, pages))
+                Ok(Reply::Ok { title, pages, warnings, extractor })
             }
+            Some(Reply::Parsed { doc }) if status.success() => Ok(Reply::Parsed { doc }),
             Some(Reply::Error { message }) => Err(pdf_error(message)),
-            _ => Err(pdf_error(self.describe_failure(status, &stderr))),
+            _ => Err(pdf_error(self.describe_failure(format, status, &stderr))),
         }
     }
 
@@ -145,7 +184,7 @@ impl PdfParser {
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
             kill(child);
-            return Err(pdf_error("could not connect to the PDF parser process".into()));
+            return Err(IngestError::Task("could not connect to the parser process".into()));
         };
         let deadline = Instant::now() + self.timeout;
         std::thread::scope(|s| {
@@ -173,27 +212,28 @@ impl PdfParser {
         })
     }
 
-    fn describe_failure(&self, status: ExitStatus, stderr: &str) -> String {
+    fn describe_failure(&self, format: Format, status: ExitStatus, stderr: &str) -> String {
+        let label = format.label();
         if let Some(panic) = stderr.lines().rev().find_map(|l| l.split_once(PANIC_MARKER)) {
-            return format!("the PDF parser crashed on this file: {}", truncate(panic.1.trim(), 500));
+            return format!("the {label} parser crashed on this file: {}", truncate(panic.1.trim(), 500));
         }
         if stderr.contains("memory allocation of") {
             return format!(
-                "the PDF needs more than the {} of memory allowed for parsing",
+                "the {label} needs more than the {} of memory allowed for parsing",
                 human_bytes(self.memory_limit_bytes)
             );
         }
         let tail = stderr_tail(stderr);
         let what = match status_signal(status) {
-            Some(sig) => format!("the PDF parser was killed by signal {sig} ({})", signal_name(sig)),
+            Some(sig) => format!("the {label} parser was killed by signal {sig} ({})", signal_name(sig)),
             None => match status.code() {
-                Some(code) => format!("the PDF parser failed with exit status {code}"),
-                None => "the PDF parser failed".to_string(),
+                Some(code) => format!("the {label} parser failed with exit status {code}"),
+                None => format!("the {label} parser failed"),
             },
         };
         if tail.is_empty() {
             if status.success() {
-                return "the PDF parser returned unreadable output".to_string();
+                return format!("the {label} parser returned unreadable output");
             }
             what
         } else {
@@ -209,8 +249,12 @@ struct Run {
     stdout_overflow: bool,
 }
 
-fn pdf_error(message: String) -> IngestError {
-    IngestError::Pdf { message }
+/// A worker's message as the error of a document of `format`.
+fn worker_error(format: Format, message: String) -> IngestError {
+    match format {
+        Format::Pdf => IngestError::Pdf { message },
+        other => IngestError::Parse { format: other.label().into(), message },
+    }
 }
 
 /// Polls the child until it exits or the deadline passes (then kills it: None).
@@ -357,6 +401,9 @@ fn build_document(title: Option<String>, pages: &[PageText]) -> ParsedDocument {
 // ---------------------------------------------------------------------------------------
 // The worker side.
 
+/// The last panic's message: pdf-extract panicking on its thread is recovered from.
+static LAST_PANIC: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
 /// Entry point of the PDF worker process: PDF bytes on stdin, reply on stdout. Returns the
 /// process exit code. Only ever call this in a dedicated process.
 pub fn pdf_worker_main() -> i32 {
@@ -368,7 +415,11 @@ pub fn pdf_worker_main() -> i32 {
             .or_else(|| payload.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "unknown panic".into());
         let location = info.location().map(|l| format!(" (at {}:{})", l.file(), l.line())).unwrap_or_default();
-        eprintln!("{PANIC_MARKER} {}{location}", message.replace('\n', " "));
+        let message = format!("{}{location}", message.replace('\n', " "));
+        eprintln!("{PANIC_MARKER} {message}");
+        if let Ok(mut last) = LAST_PANIC.lock() {
+            *last = Some(message);
+        }
     }));
     if let Err(e) = limit_resources() {
         eprintln!("kb-pdf-worker: cannot set resource limits: {e}");
@@ -379,7 +430,8 @@ pub fn pdf_worker_main() -> i32 {
         eprintln!("kb-pdf-worker: cannot read input: {e}");
         return EXIT_SETUP_ERROR;
     }
-    let (reply, code) = match std::panic::catch_unwind(|| extract_pages(&input)) {
+    let format = std::env::var(FORMAT_ENV).unwrap_or_default();
+    let (reply, code) = match std::panic::catch_unwind(|| parse_in_worker(&format, &input)) {
         Ok(Ok(reply)) => (reply, EXIT_OK),
         Ok(Err(message)) => (Reply::Error { message }, EXIT_PDF_ERROR),
         // The hook has printed the message.
@@ -399,7 +451,151 @@ pub fn pdf_worker_main() -> i32 {
     code
 }
 
-fn extract_pages(bytes: &[u8]) -> Result<Reply, String> {
+/// Parses `input` as the format named `format` (`Format::name`).
+fn parse_in_worker(format: &str, input: &[u8]) -> Result<Reply, String> {
+    let parsed = |doc: Result<ParsedDocument, String>| doc.map(|doc| Reply::Parsed { doc });
+    match format {
+        "docx" => parsed(docx::parse(input)),
+        "pptx" => parsed(pptx::parse(input)),
+        "xlsx" => parsed(sheet::parse_xlsx(input)),
+        "image" => parsed(ocr::image_document(input)),
+        "" | "pdf" => extract_pdf(input),
+        other => Err(format!("the worker does not parse {other:?}")),
+    }
+}
+
+/// How pdf-extract's attempt ended.
+enum Primary {
+    Read(Pages),
+    Failed(String),
+    Crashed(String),
+    TooSlow(Duration),
+}
+
+/// pdf-extract first, with half the time budget; poppler's pdftotext when it fails, crashes,
+/// is too slow or returns mostly non-words; Tesseract for pages with no text layer.
+fn extract_pdf(bytes: &[u8]) -> Result<Reply, String> {
+    let mut file = TempPdf::new(bytes);
+    let (title, mut pages, mut warnings, mut extractor) = match run_pdf_extract(bytes) {
+        Primary::Read((title, pages, warnings)) => {
+            let text = joined(&pages);
+            let better = if !ocr::lacks_text(&text) && ocr::mostly_not_words(&text) {
+                fallback_pages(&mut file).filter(|p| !ocr::mostly_not_words(&joined(p)))
+            } else {
+                None
+            };
+            match better {
+                Some(better) => (title, better, warnings, "pdftotext".to_string()),
+                None => (title, pages, warnings, "pdf-extract".to_string()),
+            }
+        }
+        failure => {
+            let message = match failure {
+                Primary::Failed(m) => m,
+                Primary::Crashed(m) => format!("the PDF parser crashed on this file: {m}"),
+                Primary::TooSlow(t) => format!("pdf-extract took longer than {} s", t.as_secs()),
+                Primary::Read(_) => unreachable!("matched above"),
+            };
+            match fallback_pages(&mut file) {
+                Some(pages) if !ocr::lacks_text(&joined(&pages)) => {
+                    (None, pages, vec![format!("pdf-extract: {message}")], "pdftotext".to_string())
+                }
+                _ => return Err(message),
+            }
+        }
+    };
+    let scanned: Vec<usize> = (0..pages.len()).filter(|&i| ocr::lacks_text(&pages[i].text)).collect();
+    if !scanned.is_empty() {
+        if !ocr::tesseract_available() {
+            if scanned.len() == pages.len() {
+                return Err(ocr::NO_TEXT_LAYER.to_string());
+            }
+            warnings.push(format!("{} page(s) without a text layer skipped: {}", scanned.len(), ocr::NO_TEXT_LAYER));
+        } else if let Some(path) = file.path() {
+            let mut read = 0;
+            for i in scanned {
+                match ocr::ocr_pdf_page(&path, pages[i].number) {
+                    Ok(text) => {
+                        read += 1;
+                        pages[i].text = text;
+                    }
+                    Err(e) => warnings.push(format!("page {}: OCR failed: {e}", pages[i].number)),
+                }
+            }
+            if read > 0 {
+                extractor.push_str("+tesseract");
+            }
+        }
+    }
+    Ok(Reply::Ok { title, pages, warnings, extractor: Some(extractor) })
+}
+
+fn joined(pages: &[PageText]) -> String {
+    pages.iter().map(|p| p.text.as_str()).collect::<Vec<_>>().join("\n")
+}
+
+/// Runs pdf-extract on a thread of its own so that a slow document (pdf-extract takes
+/// minutes on some books) leaves time for the fallback within the worker's budget.
+fn run_pdf_extract(bytes: &[u8]) -> Primary {
+    let budget = std::env::var(CPU_LIMIT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|cpu| Duration::from_secs(cpu.saturating_sub(5).max(2) / 2))
+        .unwrap_or(Duration::from_secs(15));
+    let outcome = |r: std::thread::Result<Result<Pages, String>>| match r {
+        Ok(Ok(pages)) => Primary::Read(pages),
+        Ok(Err(m)) => Primary::Failed(m),
+        Err(_) => Primary::Crashed(LAST_PANIC.lock().ok().and_then(|p| p.clone()).unwrap_or_default()),
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    let data = bytes.to_vec();
+    let spawned = std::thread::Builder::new().name("pdf-extract".into()).spawn(move || {
+        let _ = tx.send(std::panic::catch_unwind(|| extract_pages(&data)));
+    });
+    match spawned {
+        Ok(_) => match rx.recv_timeout(budget) {
+            Ok(r) => outcome(r),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Primary::TooSlow(budget),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                outcome(Err(Box::new(()) as Box<dyn std::any::Any + Send>))
+            }
+        },
+        // No room for a thread (a tight memory limit): run it here, without the deadline.
+        Err(_) => outcome(std::panic::catch_unwind(|| extract_pages(bytes))),
+    }
+}
+
+/// pdftotext's pages, numbered from 1; None when it is missing or fails.
+fn fallback_pages(file: &mut TempPdf) -> Option<Vec<PageText>> {
+    let pages = ocr::pdftotext_pages(&file.path()?).ok()?;
+    Some(pages.into_iter().zip(1..).map(|(text, number)| PageText { number, text }).collect())
+}
+
+/// The PDF written to a temporary file for the poppler tools on first use, removed on drop.
+struct TempPdf<'a> {
+    bytes: &'a [u8],
+    file: Option<tempfile::NamedTempFile>,
+}
+
+impl<'a> TempPdf<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes, file: None }
+    }
+
+    fn path(&mut self) -> Option<std::path::PathBuf> {
+        if self.file.is_none() {
+            let mut f = tempfile::Builder::new().prefix("kb-worker-").suffix(".pdf").tempfile().ok()?;
+            f.write_all(self.bytes).ok()?;
+            f.flush().ok()?;
+            self.file = Some(f);
+        }
+        self.file.as_ref().map(|f| f.path().to_owned())
+    }
+}
+
+type Pages = (Option<String>, Vec<PageText>, Vec<String>);
+
+fn extract_pages(bytes: &[u8]) -> Result<Pages, String> {
     let mut doc = pdf_extract::Document::load_mem(bytes).map_err(|e| format!("not a readable PDF ({e})"))?;
     if doc.is_encrypted() && doc.decrypt("").is_err() {
         return Err("the PDF is protected by a password".into());
@@ -425,7 +621,7 @@ fn extract_pages(bytes: &[u8]) -> Result<Reply, String> {
     if warnings.len() == pages.len() {
         return Err(format!("no page could be read ({})", warnings.join("; ")));
     }
-    Ok(Reply::Ok { title, pages, warnings })
+    Ok((title, pages, warnings))
 }
 
 /// The Title entry of the document information dictionary, if any.

@@ -6,3 +6,4 @@ pub mod ingest;
 pub mod keys;
 pub mod reembed;
 pub mod search;
+pub mod sync;

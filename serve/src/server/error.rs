@@ -31,6 +31,9 @@ pub enum ApiError {
     Unavailable { message: String, retry_after: u32 },
     #[error("upload larger than the limit of {limit} bytes")]
     TooLarge { limit: u64 },
+    /// The client stopped sending its request body.
+    #[error("{0}")]
+    Timeout(String),
     #[error(transparent)]
     Index(#[from] IndexError),
     /// One document's ingest error; `From` unwraps the store's and the model's errors it
@@ -52,6 +55,8 @@ impl From<IngestError> for ApiError {
             | IngestError::Empty
             | IngestError::Undecodable
             | IngestError::Pdf { .. }
+            | IngestError::Encrypted { .. }
+            | IngestError::Parse { .. }
             | IngestError::PdfTimeout { .. }
             | IngestError::NoText
             | IngestError::Io(_)
@@ -105,6 +110,7 @@ impl ApiError {
             Self::Forbidden(_) => (S::FORBIDDEN, "forbidden"),
             Self::Unavailable { .. } => (S::SERVICE_UNAVAILABLE, "unavailable"),
             Self::TooLarge { .. } => (S::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::Timeout(_) => (S::REQUEST_TIMEOUT, "request_timeout"),
             Self::Internal(_) => INTERNAL,
 
             Self::Index(IndexError::CollectionNotFound(_)) => (S::NOT_FOUND, "collection_not_found"),
@@ -128,6 +134,8 @@ impl ApiError {
             Self::Ingest(IngestError::Empty) => (S::BAD_REQUEST, "empty_document"),
             Self::Ingest(IngestError::Undecodable) => (S::UNSUPPORTED_MEDIA_TYPE, "undecodable"),
             Self::Ingest(IngestError::Pdf { .. }) => (S::UNPROCESSABLE_ENTITY, "invalid_pdf"),
+            Self::Ingest(IngestError::Encrypted { .. }) => (S::UNPROCESSABLE_ENTITY, "encrypted"),
+            Self::Ingest(IngestError::Parse { .. }) => (S::UNPROCESSABLE_ENTITY, "invalid_document"),
             Self::Ingest(IngestError::PdfTimeout { .. }) => (S::UNPROCESSABLE_ENTITY, "pdf_timeout"),
             Self::Ingest(IngestError::NoText) => (S::UNPROCESSABLE_ENTITY, "no_text"),
             // `From<IngestError>` moves these two into `Index` and `Model`.

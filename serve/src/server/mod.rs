@@ -6,6 +6,7 @@ mod jobs;
 mod observe;
 pub mod openapi;
 mod routes;
+pub mod sources;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub struct State {
     jobs: Arc<JobQueue>,
     ready: AtomicBool,
     answer_slots: Arc<Semaphore>,
+    sources: Arc<sources::Sources>,
 }
 
 impl State {
@@ -53,6 +55,9 @@ impl State {
     }
     pub fn answer_slots(&self) -> Arc<Semaphore> {
         self.answer_slots.clone()
+    }
+    pub fn sources(&self) -> &sources::Sources {
+        &self.sources
     }
     pub fn ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
@@ -75,6 +80,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(routes::search::search)
         .service(routes::ask::ask)
         .service(routes::chat::completions)
+        .service(routes::sources::list)
         // Last: it answers every path the API does not.
         .service(routes::ui::asset);
 }
@@ -105,12 +111,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             engine.maintain().await;
         }
     });
+    let source_state = Arc::new(sources::Sources::default());
+    sources::spawn(&app.config.sources, app.ingestor.clone(), source_state.clone());
     let state = web::Data::new(State {
         answer_slots: Arc::new(Semaphore::new(app.config.max_pending_answers.max(1))),
         app,
         answerer,
         jobs,
         ready: AtomicBool::new(false),
+        sources: source_state,
     });
     let data = state.clone();
     let server = HttpServer::new(move || {

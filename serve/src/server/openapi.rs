@@ -24,6 +24,7 @@ use super::routes;
         routes::search::search,
         routes::ask::ask,
         routes::chat::completions,
+        routes::sources::list,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth),

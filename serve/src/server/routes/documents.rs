@@ -1,5 +1,6 @@
 use actix_multipart::Multipart;
-use actix_web::{delete, get, post, web, HttpResponse};
+use actix_web::http::header;
+use actix_web::{delete, get, post, web, HttpRequest, HttpResponse};
 use futures_util::TryStreamExt;
 use kb_index::store::{Access, Document, DocumentStatus};
 use kb_ingest::pipeline::Registered;
@@ -65,6 +66,8 @@ pub struct DocumentInfo {
     error: Option<String>,
     size: i64,
     format: Option<String>,
+    /// Which extractor produced the text (PDF: pdf-extract, pdftotext, ocr).
+    extractor: Option<String>,
 }
 
 impl From<Document> for DocumentInfo {
@@ -78,6 +81,7 @@ impl From<Document> for DocumentInfo {
             error: d.error,
             size: d.size_bytes,
             format: d.format,
+            extractor: d.extractor,
         }
     }
 }
@@ -92,6 +96,8 @@ struct Upload {
 /// Streams each `file` part to disk, hashing as it goes; never holds a whole file in memory.
 async fn receive(state: &State, mut payload: Multipart) -> Result<Vec<Upload>, ApiError> {
     let limit = state.config().max_upload_bytes;
+    let idle = std::time::Duration::from_secs(state.config().upload_idle_secs.max(1));
+    let stalled = || ApiError::Timeout(format!("the upload sent nothing for {} s and was cut off", idle.as_secs()));
     let mut uploads: Vec<Upload> = Vec::new();
     let fail = |uploads: &[Upload], err: ApiError| {
         for u in uploads {
@@ -100,7 +106,8 @@ async fn receive(state: &State, mut payload: Multipart) -> Result<Vec<Upload>, A
         err
     };
     loop {
-        let field = match payload.try_next().await {
+        let next = tokio::time::timeout(idle, payload.try_next()).await.map_err(|_| fail(&uploads, stalled()))?;
+        let field = match next {
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(e) => return Err(fail(&uploads, ApiError::bad_request("invalid_multipart", e.to_string()))),
@@ -124,7 +131,8 @@ async fn receive(state: &State, mut payload: Multipart) -> Result<Vec<Upload>, A
         let mut size = 0u64;
         let mut field = field;
         loop {
-            let chunk = match field.try_next().await {
+            let next = tokio::time::timeout(idle, field.try_next()).await.map_err(|_| fail(&uploads, stalled()))?;
+            let chunk = match next {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
                 Err(e) => return Err(fail(&uploads, ApiError::bad_request("invalid_multipart", e.to_string()))),
@@ -157,9 +165,17 @@ pub async fn upload(
     state: web::Data<State>,
     caller: Caller,
     name: web::Path<String>,
+    req: HttpRequest,
     payload: Multipart,
 ) -> Result<HttpResponse, ApiError> {
     caller.require(&name, Access::Write)?;
+    // Refused before a byte of the body is read: a client declaring 50 GiB gets its answer
+    // at once instead of holding the request open.
+    let max_request = state.config().max_request_bytes;
+    let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_request) {
+        return Err(ApiError::TooLarge { limit: max_request });
+    }
     let c = state.engine().collection(&name).await?;
     let uploads = receive(&state, payload).await?;
     let mut out = Vec::with_capacity(uploads.len());

@@ -7,6 +7,7 @@ pub mod documents;
 pub mod health;
 pub mod jobs;
 pub mod search;
+pub mod sources;
 pub mod ui;
 
 use actix_web::web;

@@ -37,17 +37,23 @@ pub struct SearchHit {
     score: f32,
     text: String,
     page: Option<u32>,
+    /// Where in the document: the page, slide, sheet and rows, or the heading path.
+    location: Option<String>,
+    heading_path: Vec<String>,
 }
 
 impl From<Hit> for SearchHit {
     fn from(h: Hit) -> Self {
+        let location = h.chunk.location_label();
         Self {
             chunk_id: h.chunk.id,
             document_id: h.chunk.document_id,
             filename: h.chunk.filename,
             score: h.score,
+            location,
             text: h.chunk.text,
             page: h.chunk.page,
+            heading_path: h.chunk.heading_path,
         }
     }
 }
