@@ -2,7 +2,9 @@
 
 pub mod collections;
 pub mod eval;
+pub mod feedback;
 pub mod ingest;
 pub mod keys;
+pub mod qa;
 pub mod reembed;
 pub mod search;

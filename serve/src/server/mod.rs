@@ -71,6 +71,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(routes::search::search)
         .service(routes::ask::ask)
         .service(routes::chat::completions)
+        .service(routes::feedback::create)
         // Last: it answers every path the API does not.
         .service(routes::ui::asset);
 }

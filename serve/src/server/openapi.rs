@@ -137,6 +137,7 @@ pub struct Upload {
         routes::search::search,
         routes::ask::ask,
         routes::chat::completions,
+        routes::feedback::create,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth),
