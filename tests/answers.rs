@@ -132,7 +132,9 @@ fn generated_answers_cite_the_right_page() {
 
     let (status, a) = server.post_json("/v1/collections/docs/ask", &json!({"question": QUESTION, "top_k": 3}));
     assert_eq!(status, 200, "{a}");
-    assert_eq!(a["kind"], "generated", "{a}");
+    // The generator wrote a draft; what is shown is its supported sentences or, when none
+    // survived the check, the best evidence sentence quoted.
+    assert!(a["kind"] == "generated" || a["kind"] == "extractive", "{a}");
     assert!(!a["answer"].as_str().unwrap().trim().is_empty(), "{a}");
     assert_citation_shape(&a["citations"]);
     assert!(cites_handbook_page_2(&a["citations"]), "citations miss handbook.pdf page 2: {a:#}");
