@@ -140,7 +140,7 @@ describe('kb web UI', () => {
       console.log(`answer (${kind}) to ${JSON.stringify(q)}: ${text}`);
       assert.ok(['generated', 'extractive'].includes(kind), `an answer from the documents, not ${kind}`);
       if (kind === 'generated') assert.ok(asked.streamed.length >= 2, `the answer streamed in (text lengths seen: ${asked.streamed})`);
-      if (kind === 'extractive') assert.match(await answer.locator('.kind').innerText(), /Extractive/);
+      if (kind === 'extractive') assert.match(await answer.locator('.kind').innerText(), /Extractive/i);
       card = answer.locator('li.source').filter({ has: page.locator('.src-file', { hasText: 'handbook.pdf' }) }).filter({ has: page.locator('.src-page', { hasText: 'page 2' }) }).first();
       if (await card.count()) break;
     }

@@ -135,9 +135,9 @@ function feedbackView(turn, collection, onChange) {
     turn.feedback = { rating, sent: false };
     onChange();
   };
-  const up = h('button', { type: 'button', class: 'quiet thumb', 'aria-label': 'Good answer', 'aria-pressed': String(turn.feedback?.rating === 'up'), onclick: () => rate('up') }, '👍');
-  const down = h('button', { type: 'button', class: 'quiet thumb', 'aria-label': 'Bad answer', 'aria-pressed': String(turn.feedback?.rating === 'down'), onclick: () => rate('down') }, '👎');
-  box.append(up, down);
+  const up = h('button', { type: 'button', class: 'quiet thumb', 'aria-label': 'Good answer', 'aria-pressed': String(turn.feedback?.rating === 'up'), onclick: () => rate('up') }, 'Good answer');
+  const down = h('button', { type: 'button', class: 'quiet thumb', 'aria-label': 'Bad answer', 'aria-pressed': String(turn.feedback?.rating === 'down'), onclick: () => rate('down') }, 'Bad answer');
+  box.append(h('span', { class: 'feedback-ask' }, 'Was this right?'), up, down);
   if (turn.feedback && !turn.feedback.sent) {
     const comment = h('input', { type: 'text', class: 'feedback-comment', 'aria-label': 'Comment (optional)', placeholder: 'Comment (optional)', maxlength: 4000 });
     const status = h('span', { class: 'feedback-status', role: 'status' });
