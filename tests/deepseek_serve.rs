@@ -112,7 +112,8 @@ fn reembed_switches_a_collection_to_the_deepseek_head_and_answers_stream() {
     let (status, a) =
         server.post_json("/v1/collections/docs/ask", &json!({"question": "Which port does kb listen on?", "top_k": 2}));
     assert_eq!(status, 200, "{a}");
-    assert_eq!(a["kind"], "generated", "{a}");
+    // Random weights write no supported sentence: the checked answer falls back to quoting.
+    assert!(a["kind"] == "generated" || a["kind"] == "extractive", "{a}");
     assert!(a["answer"].is_string() && a["citations"].is_array(), "{a}");
 
     let r = server.call(

@@ -154,3 +154,45 @@ async fn a_deleted_document_leaves_all_three_modes() {
         assert!(hits.iter().all(|h| h.chunk.document_id != handbook), "{mode:?} after restart");
     }
 }
+
+/// Feedback on answers round-trips through both databases, oldest first, per collection.
+async fn feedback_round_trip(db: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = kb_index::Store::open(&common::database_url(db, dir.path()).await).await.unwrap();
+    use kb_index::store::{NewFeedback, Rating};
+    let cites = serde_json::json!([{"n": 1, "filename": "handbook.pdf", "page": 3}]);
+    let first = NewFeedback {
+        collection: "docs",
+        rating: Rating::Up,
+        comment: None,
+        question: "How often is the main bearing greased?",
+        answer: "Every 1,800 operating hours [1].",
+        citations: &cites,
+    };
+    let a = store.add_feedback(&first).await.unwrap();
+    let b = store
+        .add_feedback(&NewFeedback {
+            collection: "other",
+            rating: Rating::Down,
+            comment: Some("wrong"),
+            ..first.clone()
+        })
+        .await
+        .unwrap();
+    assert!(b > a);
+    let all = store.feedback(None).await.unwrap();
+    assert_eq!(all.iter().map(|f| f.id).collect::<Vec<_>>(), vec![a, b]);
+    assert_eq!((all[0].rating, all[0].comment.as_deref(), &all[0].citations), (Rating::Up, None, &cites));
+    let other = store.feedback(Some("other")).await.unwrap();
+    assert_eq!((other.len(), other[0].comment.as_deref()), (1, Some("wrong")));
+}
+
+#[tokio::test]
+async fn feedback_is_stored_in_sqlite() {
+    feedback_round_trip(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn feedback_is_stored_in_postgres() {
+    feedback_round_trip(Db::Postgres).await;
+}

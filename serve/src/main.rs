@@ -68,7 +68,10 @@ enum Command {
     /// Manage API keys. With none, the API is open and `kb serve` listens only on loopback.
     #[command(subcommand)]
     Keys(KeysArgs),
-    /// Measure retrieval quality and speed.
+    /// Feedback people gave on answers.
+    #[command(subcommand)]
+    Feedback(FeedbackCommand),
+    /// Measure retrieval and answer quality and speed.
     #[command(subcommand)]
     Eval(EvalCommand),
     /// Internal: parse one PDF from stdin in an isolated process.
@@ -98,6 +101,16 @@ enum KeysArgs {
 }
 
 #[derive(Subcommand)]
+enum FeedbackCommand {
+    /// Write every rating, comment, question, answer and citations as JSON lines to stdout.
+    Export {
+        /// Only this collection's feedback.
+        #[arg(long, short)]
+        collection: Option<String>,
+    },
+}
+
+#[derive(Subcommand)]
 enum EvalCommand {
     /// A BEIR-format dataset: corpus.jsonl, queries.jsonl, qrels/test.tsv.
     Beir {
@@ -109,6 +122,27 @@ enum EvalCommand {
         /// Documents per ingest batch.
         #[arg(long, default_value_t = 64)]
         batch: usize,
+    },
+    /// Answers on a SQuAD v1.1 JSON file: contains gold, faithful, citations retrieved,
+    /// refused, answer length, first-token and whole-answer latency.
+    Qa {
+        file: PathBuf,
+        #[arg(long, short, default_value = "squad")]
+        collection: String,
+        /// Questions asked (a seeded random sample).
+        #[arg(long, default_value_t = 300)]
+        limit: usize,
+        #[arg(long, default_value_t = 13)]
+        seed: u64,
+        /// Passages retrieved per question.
+        #[arg(long, default_value_t = 5)]
+        top_k: usize,
+        /// Questions the corpus does not answer, one a line: counts how many are refused.
+        #[arg(long)]
+        unanswerable: Option<PathBuf>,
+        /// Print each question, its gold answers and the answer.
+        #[arg(long)]
+        show: bool,
     },
 }
 
@@ -153,6 +187,13 @@ fn main() -> anyhow::Result<()> {
             }
             Command::Eval(EvalCommand::Beir { dir, collection, mode, batch }) => {
                 commands::eval::run(config, &dir, &collection, mode, batch).await
+            }
+            Command::Feedback(FeedbackCommand::Export { collection }) => {
+                commands::feedback::export(config, collection.as_deref(), &mut std::io::stdout().lock()).await
+            }
+            Command::Eval(EvalCommand::Qa { file, collection, limit, seed, top_k, unanswerable, show }) => {
+                let args = commands::qa::QaArgs { file, collection, limit, seed, top_k, unanswerable, show };
+                commands::qa::run(config, args).await
             }
             Command::PdfWorker => unreachable!("handled above"),
         }

@@ -140,7 +140,7 @@ describe('kb web UI', () => {
       console.log(`answer (${kind}) to ${JSON.stringify(q)}: ${text}`);
       assert.ok(['generated', 'extractive'].includes(kind), `an answer from the documents, not ${kind}`);
       if (kind === 'generated') assert.ok(asked.streamed.length >= 2, `the answer streamed in (text lengths seen: ${asked.streamed})`);
-      if (kind === 'extractive') assert.match(await answer.locator('.kind').innerText(), /Extractive/);
+      if (kind === 'extractive') assert.match(await answer.locator('.kind').innerText(), /Extractive/i);
       card = answer.locator('li.source').filter({ has: page.locator('.src-file', { hasText: 'handbook.pdf' }) }).filter({ has: page.locator('.src-page', { hasText: 'page 2' }) }).first();
       if (await card.count()) break;
     }
@@ -191,6 +191,39 @@ describe('kb web UI', () => {
     await docRow(page, 'guide.md').waitFor({ state: 'detached' });
     assert.equal(await docRow(page, 'handbook.pdf').count(), 1);
 
+    assert.deepEqual(problems, []);
+  });
+
+  test('a two-turn conversation: the follow-up leans on the first question; feedback on an answer', { timeout: 600_000 }, async () => {
+    await tab(page, 'Ask').click();
+    await page.getByRole('button', { name: 'Clear conversation' }).click();
+    const first = await askQuestion(page, 'How often is the main bearing greased?');
+    const firstText = await first.answer.locator('.answer-text').innerText();
+    console.log(`first answer: ${firstText}`);
+    assert.match(firstText, /1,800/);
+
+    const second = await askQuestion(page, 'what grease is used for it?');
+    const secondText = await second.answer.locator('.answer-text').innerText();
+    console.log(`follow-up answer: ${secondText} (${await second.answer.locator('.asked').innerText().catch(() => '')})`);
+    assert.match(secondText, /Lumora LX-7/);
+    assert.match(await second.answer.locator('.asked').innerText(), /Understood as: .*bearing/i);
+    const card = second.answer.locator('li.source').filter({ has: page.locator('.src-file', { hasText: 'handbook.pdf' }) }).filter({ has: page.locator('.src-page', { hasText: 'page 3' }) });
+    assert.equal(await card.count(), 1, 'a source card names handbook.pdf, page 3');
+
+    // Thumbs down with a comment, stored by the server and exported by `kb feedback export`.
+    await second.answer.getByRole('button', { name: 'Bad answer' }).click();
+    await second.answer.getByLabel('Comment (optional)').fill('Name the grease first.');
+    await second.answer.getByRole('button', { name: 'Send feedback' }).click();
+    await second.answer.getByText('Thanks for the feedback.').waitFor();
+    const exported = kb.cli('feedback', 'export');
+    assert.equal(exported.status, 0, exported.stderr);
+    const rows = exported.stdout.trim().split('\n').map((l) => JSON.parse(l));
+    const row = rows.find((r) => r.comment === 'Name the grease first.');
+    assert.ok(row, exported.stdout);
+    assert.equal(row.rating, 'down');
+    assert.equal(row.question, 'what grease is used for it?');
+    assert.match(row.answer, /Lumora LX-7/);
+    assert.ok(row.citations.some((c) => c.filename === 'handbook.pdf' && c.page === 3));
     assert.deepEqual(problems, []);
   });
 

@@ -105,6 +105,8 @@ export const api = {
   job: (id) => request('GET', `/v1/jobs/${seg(id)}`),
   search: (c, query, mode, topK) =>
     request('POST', `/v1/collections/${seg(c)}/search`, { query, mode, top_k: topK }).then((r) => r.hits),
+  /** `{rating: 'up'|'down', comment, question, answer, citations}` → `{id}`. */
+  feedback: (c, body) => request('POST', `/v1/collections/${seg(c)}/feedback`, body),
 };
 
 /**
@@ -139,11 +141,14 @@ export function uploadFile(collection, file, onProgress) {
 }
 
 /**
- * Asks a question with a streamed answer. `on.token(text)` gets each piece as it is
- * generated; resolves to the final `{answer, kind, citations}`. Throws ApiError.
+ * Asks a question with a streamed answer. `history` is the conversation before it
+ * (`[{question, answer}]`), so a follow-up can lean on it. `on.token(text)` gets each piece
+ * of the draft as it is generated; resolves to the verified `{answer, kind, citations,
+ * question}`, which replaces the draft. Throws ApiError.
  */
-export async function ask(collection, question, on, signal) {
-  const res = await send('POST', `/v1/collections/${seg(collection)}/ask`, { question, top_k: 5, stream: true }, signal);
+export async function ask(collection, question, history, on, signal) {
+  const body = { question, top_k: 5, stream: true, history };
+  const res = await send('POST', `/v1/collections/${seg(collection)}/ask`, body, signal);
   if (!res.ok) throw errorFrom(res.status, await res.text().catch(() => ''));
   let final = null;
   let failure = null;

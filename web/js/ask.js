@@ -1,8 +1,10 @@
-// Ask: a chat per collection. Answers stream in; their [n] markers link to source cards
-// showing the passage with the cited part highlighted. The conversation is kept in
-// sessionStorage, so it survives a reload.
+// Ask: a chat per collection. A draft answer streams in, then the server's verified answer
+// replaces it; its [n] markers link to source cards showing the passage with the cited part
+// highlighted. Each question is sent with the conversation before it, so follow-ups work.
+// Each answer takes a thumbs up or down with an optional comment. The conversation is kept
+// in sessionStorage, so it survives a reload.
 
-import { ask } from './api.js';
+import { api, ask } from './api.js';
 import { answerParts, citedRanges, claimsByCitation, clear, h, marked, sourceLabel, tidy, whereLabel } from './dom.js';
 
 const EXTRACTIVE_PREFIX = /^Extractive answer \(quoted from the documents\):\s*/;
@@ -113,6 +115,57 @@ async function copy(text) {
   }
 }
 
+/** The turns before `i` that got an answer, as the server takes them (the last few). */
+function historyBefore(turns, i) {
+  return turns
+    .slice(0, i)
+    .filter((t) => t.state === 'done')
+    .slice(-4)
+    .map((t) => ({ question: t.asked || t.q, answer: shownAnswer(t) }));
+}
+
+/** Thumbs up or down, then an optional comment; sent once. */
+function feedbackView(turn, collection, onChange) {
+  const box = h('div', { class: 'feedback', 'aria-label': 'Feedback on this answer' });
+  if (turn.feedback && turn.feedback.sent) {
+    box.append(h('p', { class: 'feedback-done' }, 'Thanks for the feedback.'));
+    return box;
+  }
+  const rate = (rating) => {
+    turn.feedback = { rating, sent: false };
+    onChange();
+  };
+  const up = h('button', { type: 'button', class: 'quiet thumb', 'aria-label': 'Good answer', 'aria-pressed': String(turn.feedback?.rating === 'up'), onclick: () => rate('up') }, 'Good answer');
+  const down = h('button', { type: 'button', class: 'quiet thumb', 'aria-label': 'Bad answer', 'aria-pressed': String(turn.feedback?.rating === 'down'), onclick: () => rate('down') }, 'Bad answer');
+  box.append(h('span', { class: 'feedback-ask' }, 'Was this right?'), up, down);
+  if (turn.feedback && !turn.feedback.sent) {
+    const comment = h('input', { type: 'text', class: 'feedback-comment', 'aria-label': 'Comment (optional)', placeholder: 'Comment (optional)', maxlength: 4000 });
+    const status = h('span', { class: 'feedback-status', role: 'status' });
+    const send = h('button', { type: 'submit', class: 'quiet' }, 'Send feedback');
+    const form = h('form', { class: 'feedback-form' }, comment, send, status);
+    form.addEventListener('submit', async (e) => {
+      e.preventDefault();
+      send.disabled = true;
+      try {
+        await api.feedback(collection, {
+          rating: turn.feedback.rating,
+          comment: comment.value.trim() || null,
+          question: turn.q,
+          answer: turn.answer,
+          citations: turn.citations || [],
+        });
+        turn.feedback.sent = true;
+        onChange();
+      } catch (err) {
+        send.disabled = false;
+        status.textContent = err.friendly || String(err);
+      }
+    });
+    box.append(form);
+  }
+  return box;
+}
+
 const LABELS = {
   generated: ['Answer', ''],
   extractive: ['Extractive answer', 'Sentences quoted from the documents; no model wrote this.'],
@@ -120,7 +173,7 @@ const LABELS = {
 };
 
 /** One question and its answer. */
-function turnView(turn, index) {
+function turnView(turn, index, collection, redraw) {
   const streaming = turn.state === 'streaming';
   const kind = turn.state === 'error' ? 'error' : streaming ? 'streaming' : turn.kind || 'generated';
   const open = (n) => {
@@ -134,7 +187,7 @@ function turnView(turn, index) {
     turn.state === 'error'
       ? ['No answer', '']
       : streaming
-        ? ['Answering…', '']
+        ? ['Draft', 'Checking each sentence against the sources…']
         : turn.state === 'interrupted'
           ? ['Stopped', 'The answer was cut off before it finished.']
           : LABELS[turn.kind] || LABELS.generated;
@@ -156,7 +209,9 @@ function turnView(turn, index) {
     streaming && !turn.answer ? h('p', { class: 'answer-text thinking' }, 'Finding passages and writing…') : null,
     streaming && turn.answer ? h('p', { class: 'answer-text' }, turn.answer) : null,
     !streaming && turn.answer ? answerBody(turn, open) : null,
+    !streaming && turn.asked && turn.asked !== turn.q ? h('p', { class: 'kind-note asked' }, `Understood as: ${turn.asked}`) : null,
     !streaming && turn.citations && turn.citations.length ? sourceCards(turn, index) : null,
+    turn.state === 'done' && turn.kind !== 'not_in_corpus' ? feedbackView(turn, collection, redraw) : null,
   );
   return h(
     'li',
@@ -186,7 +241,10 @@ export function renderAsk(root, ctx) {
   let controller = null;
   const items = [];
   function draw(i) {
-    const node = turnView(turns[i], i);
+    const node = turnView(turns[i], i, collection, () => {
+      save(collection, turns);
+      draw(i);
+    });
     if (items[i]) items[i].replaceWith(node);
     else log.append(node);
     items[i] = node;
@@ -217,6 +275,7 @@ export function renderAsk(root, ctx) {
       const final = await ask(
         collection,
         q,
+        historyBefore(turns, i),
         {
           token: (piece) => {
             turn.answer += piece;
@@ -232,7 +291,8 @@ export function renderAsk(root, ctx) {
         },
         controller.signal,
       );
-      Object.assign(turn, { answer: final.answer, kind: final.kind, citations: final.citations || [], state: 'done' });
+      // The verified answer replaces the draft.
+      Object.assign(turn, { answer: final.answer, kind: final.kind, citations: final.citations || [], asked: final.question || q, state: 'done' });
     } catch (err) {
       if (err.name === 'AbortError') turn.state = 'interrupted';
       else {

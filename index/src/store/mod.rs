@@ -1,10 +1,12 @@
-//! The metadata store: collections, documents, chunks (with their embeddings) and ingest jobs.
+//! The metadata store: collections, documents, chunks (with their embeddings), ingest jobs,
+//! API keys and feedback on answers.
 //! SQLite by default, PostgreSQL for a `postgres://` URL, through one sqlx `Any` code path;
 //! the schema differs only in `migrations/{sqlite,postgres}`.
 
 mod chunks;
 mod collections;
 mod documents;
+mod feedback;
 mod jobs;
 mod keys;
 mod reembed;
@@ -18,6 +20,7 @@ use sqlx::{AnyPool, Executor};
 pub use chunks::{ChunkRow, ChunkText, NewChunk};
 pub use collections::{Collection, CollectionSummary};
 pub use documents::{Document, NewDocument};
+pub use feedback::{Feedback, NewFeedback, Rating};
 pub use jobs::Job;
 pub use keys::{Access, ApiKey, Grant};
 pub use status::{DocumentStatus, JobStatus, Status};

@@ -81,6 +81,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(routes::ask::ask)
         .service(routes::chat::completions)
         .service(routes::sources::list)
+        .service(routes::feedback::create)
         // Last: it answers every path the API does not.
         .service(routes::ui::asset);
 }

@@ -25,6 +25,7 @@ use super::routes;
         routes::ask::ask,
         routes::chat::completions,
         routes::sources::list,
+        routes::feedback::create,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&BearerAuth),

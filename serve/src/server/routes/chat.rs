@@ -1,13 +1,15 @@
 //! OpenAI-compatible chat completions: `model` is `kb:<collection>`; the last user message is
-//! the question, answered from the collection like `/ask`, so OpenAI clients work unchanged.
+//! the question, the earlier user and assistant messages the conversation it may follow up
+//! on; it is answered from the collection like `/ask`, so OpenAI clients work unchanged.
+//! Streaming sends only the verified answer: an OpenAI client cannot take back a draft.
 
 use actix_web::{post, web, HttpResponse};
 use kb_index::store::Access;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{answer_whole, stream_answer};
-use crate::answer::Citation;
+use super::{answer_whole, standalone, stream_answer};
+use crate::answer::{Citation, Turn};
 use crate::server::auth::Caller;
 use crate::server::error::{ApiError, ErrorBody, ErrorResponses};
 use crate::server::State;
@@ -65,6 +67,29 @@ fn text_of(content: &serde_json::Value) -> String {
     }
 }
 
+/// The last user message's text and the turns before it (each user message with the
+/// assistant message that followed it). System messages are not part of the conversation.
+fn conversation(messages: &[ChatMessageIn]) -> Option<(String, Vec<Turn>)> {
+    let last = messages.iter().rposition(|m| m.role == "user")?;
+    let question = text_of(&messages[last].content);
+    if question.trim().is_empty() {
+        return None;
+    }
+    let mut history: Vec<Turn> = Vec::new();
+    for m in &messages[..last] {
+        match m.role.as_str() {
+            "user" => history.push(Turn { question: text_of(&m.content), answer: String::new() }),
+            "assistant" => {
+                if let Some(t) = history.last_mut() {
+                    t.answer = text_of(&m.content);
+                }
+            }
+            _ => {}
+        }
+    }
+    Some((question, history))
+}
+
 fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -87,16 +112,11 @@ pub async fn completions(
     let collection = body.model.strip_prefix("kb:").ok_or_else(|| {
         ApiError::bad_request("invalid_model", format!("model must be \"kb:<collection>\", not {:?}", body.model))
     })?;
-    let question = body
-        .messages
-        .iter()
-        .rev()
-        .find(|m| m.role == "user")
-        .map(|m| text_of(&m.content))
-        .filter(|q| !q.trim().is_empty())
+    let (question, history) = conversation(&body.messages)
         .ok_or_else(|| ApiError::bad_request("invalid_request", "messages must contain a user message with text"))?;
     caller.require(collection, Access::Read)?;
     let c = state.engine().collection(collection).await?;
+    let question = standalone(&state, question, history).await?;
     let passages = state.answerer().retrieve(&c, &question, 5).await?;
     let model = body.model.clone();
     let id = format!("chatcmpl-{}", uuid::Uuid::new_v4().simple());
@@ -121,12 +141,16 @@ pub async fn completions(
         question,
         passages,
         Some(chunk(&id, &model, json!({"role": "assistant", "content": ""}), None)),
-        move |piece| chunk(&id2, &model2, json!({"content": piece}), None),
+        |_| None,
         move |result| {
-            if let Err(e) = result {
-                tracing::error!(error = %e, "generation failed");
+            let mut out = Vec::new();
+            match result {
+                Ok(a) => out.push(chunk(&id2, &model2, json!({"content": a.answer}), None)),
+                Err(e) => tracing::error!(error = %e, "generation failed"),
             }
-            vec![chunk(&id, &model, json!({}), Some("stop")), web::Bytes::from_static(b"data: [DONE]\n\n")]
+            out.push(chunk(&id, &model, json!({}), Some("stop")));
+            out.push(web::Bytes::from_static(b"data: [DONE]\n\n"));
+            out
         },
     )
     .await

@@ -4,6 +4,7 @@ pub mod ask;
 pub mod chat;
 pub mod collections;
 pub mod documents;
+pub mod feedback;
 pub mod health;
 pub mod jobs;
 pub mod search;
@@ -16,7 +17,7 @@ use kb_index::Hit;
 use kb_inference::{Flow, ModelError};
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 
-use crate::answer::Answer;
+use crate::answer::{Answer, Turn};
 use crate::server::error::ApiError;
 use crate::server::State;
 
@@ -28,6 +29,18 @@ fn admit(state: &State) -> Result<OwnedSemaphorePermit, ApiError> {
         message: "too many answers are being generated; retry shortly".into(),
         retry_after: 5,
     })
+}
+
+/// `question` made standalone with the help of `history`, off the async executor (the
+/// generator may rewrite it).
+async fn standalone(state: &web::Data<State>, question: String, history: Vec<Turn>) -> Result<String, ApiError> {
+    if history.is_empty() {
+        return Ok(question);
+    }
+    let state = state.clone();
+    web::block(move || state.answerer().standalone(&question, &history))
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 /// Answers without streaming, off the async executor.
@@ -43,7 +56,7 @@ async fn answer_whole(state: web::Data<State>, question: String, passages: Vec<H
 }
 
 /// Streams an answer as server-sent events: `preamble`, then `piece(text)` per generated
-/// piece, then `end(result)`. The response starts only once the generator has produced
+/// piece of the draft (when it gives bytes), then `end(result)` with the verified answer. The response starts only once the generator has produced
 /// something or finished, so a generator that turns the request away (busy) yields a 503
 /// with Retry-After instead of a stream that opens and fails. When the client goes away the
 /// receiver is dropped, the next send fails, and generation stops, freeing its place.
@@ -52,7 +65,7 @@ async fn stream_answer(
     question: String,
     passages: Vec<Hit>,
     preamble: Option<web::Bytes>,
-    piece: impl Fn(&str) -> web::Bytes + Send + 'static,
+    piece: impl Fn(&str) -> Option<web::Bytes> + Send + 'static,
     end: impl FnOnce(Result<Answer, ModelError>) -> Vec<web::Bytes> + Send + 'static,
 ) -> Result<actix_web::HttpResponse, ApiError> {
     let permit = admit(&state)?;
@@ -68,7 +81,10 @@ async fn stream_answer(
             if let Some(s) = started_tx.take() {
                 let _ = s.send(Ok(()));
             }
-            match tx.blocking_send(piece(text)) {
+            let Some(bytes) = piece(text) else {
+                return if tx.is_closed() { Flow::Stop } else { Flow::Continue };
+            };
+            match tx.blocking_send(bytes) {
                 Ok(()) => Flow::Continue,
                 Err(_) => Flow::Stop,
             }

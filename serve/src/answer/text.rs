@@ -1,0 +1,202 @@
+//! Text pieces the answer code shares: sentences, content words, citation markers.
+
+/// Words that carry no content: an answer sentence is judged by the rest.
+const STOP: &[&str] = &[
+    "a", "an", "the", "of", "to", "in", "on", "at", "for", "by", "with", "and", "or", "but", "is", "are", "was",
+    "were", "be", "been", "being", "it", "its", "this", "that", "these", "those", "as", "from", "into", "than", "then",
+    "so", "such", "not", "no", "do", "does", "did", "has", "have", "had", "which", "who", "whom", "what", "when",
+    "where", "why", "how", "there", "their", "they", "them", "he", "she", "his", "her", "we", "our", "you", "your",
+    "i", "me", "my", "also", "can", "could", "would", "should", "may", "might", "will", "shall",
+];
+
+pub fn is_stop(word: &str) -> bool {
+    STOP.contains(&word)
+}
+
+/// Lower-cased words (letters, digits, `_`), in order.
+pub fn words(text: &str) -> Vec<String> {
+    text.split(|c: char| !(c.is_alphanumeric() || c == '_')).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
+}
+
+/// The words of `text` that are not stop words, in order.
+pub fn content_words(text: &str) -> Vec<String> {
+    words(text).into_iter().filter(|w| !is_stop(w)).collect()
+}
+
+/// A crude stem, so "greased" meets "grease" and "bearings" meets "bearing".
+pub fn stem(word: &str) -> &str {
+    for suffix in ["ings", "ing", "ed", "es", "e", "s"] {
+        if let Some(base) = word.strip_suffix(suffix) {
+            if base.chars().count() >= 4 {
+                return base;
+            }
+        }
+    }
+    word
+}
+
+/// Words people abbreviate with a full stop that does not end a sentence.
+const ABBREVIATIONS: &[&str] = &[
+    "mr", "mrs", "ms", "dr", "st", "jr", "sr", "prof", "gen", "col", "lt", "sgt", "capt", "gov", "sen", "rep", "rev",
+    "vs", "no", "nos", "vol", "fig", "approx", "ca", "inc", "ltd", "co", "corp", "mt", "ft", "jan", "feb", "mar",
+    "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "e.g", "i.e", "cf", "al",
+];
+
+/// Whether the full stop after `before` (the text up to it) ends a sentence.
+fn ends_sentence(before: &str, next: Option<char>) -> bool {
+    let last = before.rsplit(|c: char| c.is_whitespace() || c == '(' || c == '"').next().unwrap_or("");
+    let lower = last.to_lowercase();
+    if ABBREVIATIONS.contains(&lower.as_str()) {
+        return false;
+    }
+    // Initials and dotted abbreviations: "J. Smith", "U.S. Army".
+    if last.chars().count() == 1 && last.chars().all(char::is_uppercase) || last.contains('.') {
+        return false;
+    }
+    // A new sentence starts with something other than a lower-case letter.
+    next.is_none_or(|n| !n.is_lowercase())
+}
+
+/// The sentences of a passage, trimmed. Lines are joined when they wrap prose and kept apart
+/// when they are list items, headings, table rows or separated by a blank line.
+pub fn sentences(text: &str) -> Vec<String> {
+    let mut blocks: Vec<String> = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        let t = line.trim();
+        let starts_item = t.starts_with(['-', '*', '#', '|', '>'])
+            || t.split_once(". ").is_some_and(|(n, _)| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()));
+        if t.is_empty() || starts_item || current.trim_end().ends_with(':') {
+            if !current.trim().is_empty() {
+                blocks.push(std::mem::take(&mut current));
+            }
+            current.clear();
+        }
+        if !t.is_empty() {
+            if !current.is_empty() {
+                current.push(' ');
+            }
+            current.push_str(t.trim_start_matches(['#', '>', '-', '*']).trim());
+        }
+    }
+    if !current.trim().is_empty() {
+        blocks.push(current);
+    }
+    let mut out = Vec::new();
+    for block in &blocks {
+        let chars: Vec<(usize, char)> = block.char_indices().collect();
+        let mut start = 0;
+        for (k, &(i, c)) in chars.iter().enumerate() {
+            if !matches!(c, '.' | '!' | '?') {
+                continue;
+            }
+            // The end must be followed by white space (or closing quotes, then white space).
+            let mut j = k + 1;
+            while j < chars.len() && matches!(chars[j].1, '"' | '\'' | ')' | '”' | '’') {
+                j += 1;
+            }
+            if j < chars.len() && !chars[j].1.is_whitespace() {
+                continue;
+            }
+            let next = chars[j..].iter().map(|(_, c)| *c).find(|c| !c.is_whitespace());
+            if c == '.' && !ends_sentence(&block[start..i], next) {
+                continue;
+            }
+            let end = chars.get(j).map_or(block.len(), |(b, _)| *b);
+            push_sentence(&mut out, &block[start..end]);
+            start = end;
+        }
+        push_sentence(&mut out, &block[start..]);
+    }
+    out
+}
+
+fn push_sentence(out: &mut Vec<String>, s: &str) {
+    let s = s.trim();
+    if s.chars().any(char::is_alphanumeric) {
+        out.push(s.to_owned());
+    }
+}
+
+/// Passage numbers cited as `[n]` (also `[1, 2]`), in order of first citation.
+pub fn cited_numbers(text: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find('[') {
+        let after = &rest[open + 1..];
+        let Some(close) = after.find(']') else { break };
+        for part in after[..close].split(',') {
+            if let Ok(n) = part.trim().trim_start_matches('#').parse::<usize>() {
+                if !out.contains(&n) {
+                    out.push(n);
+                }
+            }
+        }
+        rest = &after[close + 1..];
+    }
+    out
+}
+
+/// `text` without `[n]` / `[1, 2]` markers, spaces squeezed.
+pub fn strip_markers(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find('[') {
+        let after = &rest[open + 1..];
+        match after.find(']') {
+            Some(close)
+                if !after[..close].trim().is_empty()
+                    && after[..close].chars().all(|c| c.is_ascii_digit() || c == ',' || c == ' ' || c == '#') =>
+            {
+                out.push_str(&rest[..open]);
+                rest = &after[close + 1..];
+            }
+            _ => {
+                out.push_str(&rest[..open + 1]);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    let squeezed = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    squeezed.replace(" .", ".").replace(" ,", ",").replace(" ?", "?").replace(" !", "!")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sentences_keep_abbreviations_and_split_lists() {
+        let s = sentences("Dr. Smith joined the U.S. Army in 1942. He left in 1946! Did he return? No.");
+        assert_eq!(s, vec!["Dr. Smith joined the U.S. Army in 1942.", "He left in 1946!", "Did he return?", "No."]);
+        let md = "### Network ports\n\nThe Orion web console listens on port 8443 by default. Workers talk to\nport 7077.\n\n- Each node needs 200 GiB.\n- Debian 12 only.";
+        assert_eq!(
+            sentences(md),
+            vec![
+                "Network ports",
+                "The Orion web console listens on port 8443 by default.",
+                "Workers talk to port 7077.",
+                "Each node needs 200 GiB.",
+                "Debian 12 only."
+            ]
+        );
+        assert_eq!(
+            sentences("Version 2.5 is out. It costs $3.50 now."),
+            vec!["Version 2.5 is out.", "It costs $3.50 now."]
+        );
+    }
+
+    #[test]
+    fn markers_are_read_and_removed() {
+        assert_eq!(cited_numbers("a [2] b [1, 2] c [x]"), vec![2, 1]);
+        assert_eq!(strip_markers("It is 42 Nm [1]. See [2, 3] and [note]."), "It is 42 Nm. See and [note].");
+    }
+
+    #[test]
+    fn content_words_drop_stop_words() {
+        assert_eq!(content_words("The bolt is at 42 Nm."), vec!["bolt", "42", "nm"]);
+        assert_eq!(stem("greased"), stem("grease"));
+        assert_eq!(stem("bearings"), stem("bearing"));
+    }
+}
