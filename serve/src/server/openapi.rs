@@ -71,10 +71,16 @@ mod tests {
             return;
         }
         let committed = std::fs::read_to_string(COMMITTED).unwrap_or_default();
-        assert!(
-            committed == generated,
-            "docs/openapi.json differs from the document the code generates; if the change is \
-             meant, run `KB_UPDATE_OPENAPI=1 cargo test -p kb --bin kb openapi` and commit the file"
-        );
+        if let Some((line, (old, new))) =
+            committed.lines().zip(generated.lines()).enumerate().find(|(_, (old, new))| old != new)
+        {
+            panic!(
+                "docs/openapi.json differs from the document the code generates, first at line {}:\n  \
+                 committed: {old}\n  generated: {new}\nif the change is meant, run \
+                 `KB_UPDATE_OPENAPI=1 cargo test -p kb --bin kb openapi` and commit the file",
+                line + 1
+            );
+        }
+        assert_eq!(committed.lines().count(), generated.lines().count(), "docs/openapi.json is out of date");
     }
 }
