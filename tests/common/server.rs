@@ -274,7 +274,8 @@ impl Server {
     pub fn search(&self, collection: &str, query: &str, mode: &str, top_k: usize) -> Vec<Value> {
         let (status, body) = self.post_json(
             &format!("/v1/collections/{collection}/search"),
-            &serde_json::json!({"query": query, "mode": mode, "top_k": top_k}),
+            // Chunks, not documents: the tests count what each index holds.
+            &serde_json::json!({"query": query, "mode": mode, "top_k": top_k, "distinct_documents": false}),
         );
         assert_eq!(status, 200, "search {query:?} ({mode}): {body}");
         body["hits"].as_array().expect("hits array").clone()

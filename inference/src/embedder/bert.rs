@@ -1,5 +1,5 @@
 //! BERT-family sentence encoders (all-MiniLM-L6-v2 by default), XLM-RoBERTa ones too
-//! ([`super::xlmr`]): pooling, sequence length and prompts as the sentence-transformers
+//! (`xlmr`): pooling, sequence length and prompts as the sentence-transformers
 //! directory says ([`super::sentence`]), then L2 normalisation.
 
 use std::path::{Path, PathBuf};

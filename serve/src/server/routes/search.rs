@@ -19,9 +19,15 @@ pub struct SearchBody {
     #[serde(default)]
     #[schema(value_type = String)]
     mode: SearchMode,
-    /// At most one hit per document.
-    #[serde(default)]
+    /// At most one hit (its best passage) per document: what a person scanning results
+    /// wants, and the default. `false` returns every matching chunk, several per document.
+    #[serde(default = "distinct_by_default")]
+    #[schema(default = true)]
     distinct_documents: bool,
+}
+
+fn distinct_by_default() -> bool {
+    true
 }
 
 #[derive(Serialize, ToSchema)]
