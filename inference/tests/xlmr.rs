@@ -125,6 +125,7 @@ fn write_model(dir: &Path, prefix: &str, pooling: &str) {
 fn reference(dir: &Path, prefix: &str, pooling: &str, texts: &[&str]) -> Vec<Vec<f32>> {
     let dev = Device::Cpu;
     let config: Config = serde_json::from_value(config_json()).unwrap();
+    // SAFETY: the test's own file, mapped read-only and not modified while it is read.
     let vb = unsafe {
         candle_nn::VarBuilder::from_mmaped_safetensors(&[dir.join("model.safetensors")], DType::F32, &dev).unwrap()
     };
@@ -136,7 +137,7 @@ fn reference(dir: &Path, prefix: &str, pooling: &str, texts: &[&str]) -> Vec<Vec
     let mut ids = Vec::new();
     let mut mask = Vec::new();
     for e in &encodings {
-        ids.extend(e.iter().copied().chain(std::iter::repeat(PAD).take(len - e.len())));
+        ids.extend(e.iter().copied().chain(std::iter::repeat_n(PAD, len - e.len())));
         mask.extend((0..len).map(|i| u32::from(i < e.len())));
     }
     let n = texts.len();
@@ -185,7 +186,7 @@ fn query_and_passage_prompts_come_from_the_directory_or_the_caller() {
     let e = BertEmbedder::load(dir.path()).unwrap();
     let q = e.embed_query("hello world").unwrap();
     let p = e.embed_passages(&["the hello world", "hello world"]).unwrap();
-    assert!(max_diff(&[q.clone()], &[p[0].clone()]) < 1e-5);
+    assert!(max_diff(std::slice::from_ref(&q), std::slice::from_ref(&p[0])) < 1e-5);
     assert!(max_diff(&[q], &[p[1].clone()]) > 1e-3);
 
     // e5's prompts, which its directory does not carry, given by the caller.
