@@ -25,12 +25,6 @@ pub struct Attention {
     pub lens: Vec<usize>,
 }
 
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint (rows, head columns) blocks of the output through it.
-unsafe impl Sync for SendPtr {}
-// SAFETY: as above; the pointer is only shared with tasks of the call that owns the buffer.
-unsafe impl Send for SendPtr {}
-
 impl CustomOp1 for Attention {
     fn name(&self) -> &'static str {
         "fused-attention"
@@ -53,7 +47,7 @@ impl CustomOp1 for Attention {
         let d = h / heads;
         let scale = 1.0 / (d as f32).sqrt();
         let mut out = vec![0f32; n * h];
-        let out_ptr = SendPtr(out.as_mut_ptr());
+        let out_ptr = simd::SendPtr(out.as_mut_ptr());
         (0..b * heads).into_par_iter().for_each_init(Vec::<f32>::new, |scores, task| {
             let (seq, head) = (task / heads, task % heads);
             let len = self.lens[seq].min(s);

@@ -154,7 +154,7 @@ impl Int8Linear {
         let mut out = vec![0f32; m * self.n];
         let row_panels = m.div_ceil(ROW_PANEL);
         let col_panels = self.n_pad.div_ceil(COL_PANEL);
-        let out_ptr = SendPtr(out.as_mut_ptr());
+        let out_ptr = simd::SendPtr(out.as_mut_ptr());
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Vnni => {
@@ -205,7 +205,7 @@ impl Int8Linear {
         cp: usize,
         m: usize,
         a_scale: &[f32],
-        out: &SendPtr,
+        out: &simd::SendPtr,
         kernel: impl Fn(usize, usize, usize, &mut [[i32; 32]; 8]),
     ) {
         let (mr, nr, _) = self.isa.shape();
@@ -236,12 +236,6 @@ impl Int8Linear {
         }
     }
 }
-
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint cells of the output through it (see `panel`).
-unsafe impl Sync for SendPtr {}
-// SAFETY: as above; the pointer is only shared with tasks of the call that owns the buffer.
-unsafe impl Send for SendPtr {}
 
 /// The reference kernel: `b` packed in steps of 1 (16 columns per step).
 fn portable(rows: usize, a: &[i8], k_pad: usize, b: &[i8], tile: &mut [[i32; 32]; 8]) {

@@ -4,6 +4,14 @@
 
 use std::sync::OnceLock;
 
+/// An output buffer that parallel tasks write through, each to cells no other task writes
+/// (the fused ops' panels and head blocks).
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+// SAFETY: tasks write disjoint cells through it; the buffer outlives the parallel call.
+unsafe impl Sync for SendPtr {}
+// SAFETY: as above; the pointer is only shared with tasks of the call that owns the buffer.
+unsafe impl Send for SendPtr {}
+
 fn has_avx2() -> bool {
     static AVX2: OnceLock<bool> = OnceLock::new();
     *AVX2.get_or_init(|| {
