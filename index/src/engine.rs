@@ -547,6 +547,23 @@ impl Engine {
         self.resolve(ranked, top_k, req.distinct_documents).await
     }
 
+    /// For each hit, the share of `query`'s terms (IDF-weighted over the collection) that its
+    /// passage holds, as the keyword index reads both ([`KeywordIndex::term_coverage`]).
+    pub async fn term_coverage(&self, c: &Collection, query: &str, hits: &[Hit]) -> Result<Vec<f32>> {
+        let ix = self.indexes(c).await?;
+        let (query, texts): (String, Vec<String>) = (
+            query.to_owned(),
+            hits.iter()
+                .map(|h| crate::contextual_text(h.chunk.title.as_deref(), &h.chunk.heading_path, &h.chunk.text))
+                .collect(),
+        );
+        blocking(move || {
+            let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
+            ix.keywords.term_coverage(&query, &texts)
+        })
+        .await
+    }
+
     /// The query's embedding, from a small cache: the same question is often embedded twice
     /// in a row (an answer's relevance probe, then its search) and popular queries repeat.
     async fn embed_query(&self, query: &str) -> Result<Arc<Vec<f32>>> {

@@ -145,6 +145,34 @@ impl KeywordIndex {
         Ok(out)
     }
 
+    /// For each of `texts`, the share of what `query` is about that it holds: the BM25 IDF of
+    /// the query terms it contains over that of all the query's terms. A term the collection
+    /// never uses weighs the most, so a question about something the collection does not
+    /// mention scores low against every passage, however close its other words come.
+    pub fn term_coverage(&self, query: &str, texts: &[&str]) -> Result<Vec<f32>> {
+        let mut terms = self.terms(query);
+        terms.sort();
+        terms.dedup();
+        if terms.is_empty() {
+            return Ok(vec![0.0; texts.len()]);
+        }
+        let searcher = self.reader.searcher();
+        let n = searcher.num_docs() as f32;
+        let mut weights = Vec::with_capacity(terms.len());
+        for t in &terms {
+            let df = searcher.doc_freq(&Term::from_field_text(self.content, t))? as f32;
+            weights.push((1.0 + (n - df + 0.5) / (df + 0.5)).ln());
+        }
+        let total: f32 = weights.iter().sum::<f32>().max(f32::EPSILON);
+        Ok(texts
+            .iter()
+            .map(|text| {
+                let held: HashSet<String> = self.terms(text).into_iter().collect();
+                terms.iter().zip(&weights).filter(|(t, _)| held.contains(*t)).map(|(_, w)| w).sum::<f32>() / total
+            })
+            .collect())
+    }
+
     /// Chunks the index holds.
     pub fn num_chunks(&self) -> u64 {
         self.reader.searcher().num_docs()

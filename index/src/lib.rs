@@ -3,6 +3,7 @@
 
 #![warn(missing_docs)]
 
+mod distance;
 mod engine;
 mod error;
 pub mod fusion;

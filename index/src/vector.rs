@@ -8,12 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock};
 
-use hnsw_rs::anndists::dist::DistCosine;
 use hnsw_rs::api::AnnT;
 use hnsw_rs::hnsw::Hnsw;
 use hnsw_rs::hnswio::HnswIo;
 use serde::{Deserialize, Serialize};
 
+use crate::distance::{normalized, UnitCosine};
 use crate::{IndexError, Result};
 
 const BASENAME: &str = "vectors";
@@ -50,7 +50,7 @@ struct Meta {
 
 /// A collection's HNSW graph over chunk embeddings (cosine), with the chunk ids it holds.
 pub struct VectorIndex {
-    hnsw: Hnsw<'static, f32, DistCosine>,
+    hnsw: Hnsw<'static, f32, UnitCosine>,
     dim: usize,
     params: HnswParams,
     /// Guarded apart from the graph, which hnsw_rs lets searches read while inserts run.
@@ -66,7 +66,7 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> IndexError + '_ {
 impl VectorIndex {
     /// An empty index of `dim`-wide vectors, to be saved in `dir`.
     pub fn new(dir: &Path, dim: usize, params: HnswParams, expected_points: usize) -> Self {
-        let hnsw = Hnsw::new(params.m, expected_points.max(10_000), 16, params.ef_construction, DistCosine {});
+        let hnsw = Hnsw::new(params.m, expected_points.max(10_000), 16, params.ef_construction, UnitCosine);
         Self { hnsw, dim, params, applied: Mutex::default(), deleted: RwLock::default(), dir: dir.to_owned() }
     }
 
@@ -78,12 +78,12 @@ impl VectorIndex {
             return None;
         }
         let hnsw = if meta.applied.is_empty() {
-            Hnsw::new(params.m, 10_000, 16, params.ef_construction, DistCosine {})
+            Hnsw::new(params.m, 10_000, 16, params.ef_construction, UnitCosine)
         } else {
             // The loaded graph borrows from its loader; one loader per load lives as long as
             // the process, which is a few hundred bytes per index load.
             let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, BASENAME)));
-            match io.load_hnsw::<f32, DistCosine>() {
+            match io.load_hnsw::<f32, UnitCosine>() {
                 Ok(h) => h,
                 Err(e) => {
                     tracing::warn!(dir = %dir.display(), error = %e, "vector index unreadable; rebuilding");
@@ -140,11 +140,12 @@ impl VectorIndex {
                 self.dim
             )));
         }
-        let fresh: Vec<(&Vec<f32>, usize)> = {
+        let fresh: Vec<(Vec<f32>, usize)> = {
             let mut applied = lock(&self.applied);
             // Claimed before inserting, so two concurrent inserts never add one id twice.
-            points.iter().filter(|(id, _)| applied.insert(*id)).map(|(id, v)| (v, *id as usize)).collect()
+            points.iter().filter(|(id, _)| applied.insert(*id)).map(|(id, v)| (normalized(v), *id as usize)).collect()
         };
+        let fresh: Vec<(&Vec<f32>, usize)> = fresh.iter().map(|(v, id)| (v, *id)).collect();
         self.hnsw.parallel_insert(&fresh);
         Ok(())
     }
@@ -188,6 +189,8 @@ impl VectorIndex {
             return Vec::new();
         }
         let ef = self.params.ef_search.max(k);
+        let query = normalized(query);
+        let query = query.as_slice();
         let deleted = read(&self.deleted);
         let hits = if deleted.is_empty() {
             self.hnsw.search(query, k, ef)

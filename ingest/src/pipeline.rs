@@ -258,18 +258,19 @@ impl Ingestor {
                     embedding: vectors.next().unwrap_or_default(),
                 })
                 .collect();
-            let (ids, old) =
-                match store.store_chunks(document_id, c.id, p.title.as_deref(), p.format, &new_chunks).await {
-                    Ok(stored) => stored,
-                    Err(e) => {
-                        outcomes[slot] = Some(Outcome::Failed { document_id, error: e.into() });
-                        continue;
-                    }
-                };
+            // One transaction per document: the chunks, title, format and extractor land together,
+            // and a failure is this document's alone.
+            let stored = store
+                .store_chunks(document_id, c.id, p.title.as_deref(), p.format, p.extractor.as_deref(), &new_chunks)
+                .await;
+            let (ids, old) = match stored {
+                Ok(stored) => stored,
+                Err(e) => {
+                    outcomes[slot] = Some(Outcome::Failed { document_id, error: e.into() });
+                    continue;
+                }
+            };
             removed.extend(old);
-            if let Some(extractor) = &p.extractor {
-                store.set_document_extractor(p.document.id, extractor).await?;
-            }
             for (id, k) in ids.into_iter().zip(new_chunks) {
                 let text =
                     ChunkText { id, document_id, title: p.title.clone(), heading_path: k.heading_path, text: k.text };

@@ -239,7 +239,7 @@ settings! {
         answer_max_tokens: usize = 256, env "KB_ANSWER_MAX_TOKENS", flag "answer-max-tokens";
         /// Cosine similarity the best passage needs for a question to count as answerable; the
         /// default suits all-MiniLM-L6-v2 (another embedder has its own scale: measure it).
-        answer_min_relevance: f32 = 0.25, env "KB_ANSWER_MIN_RELEVANCE", flag "answer-min-relevance";
+        answer_min_relevance: f32 = 0.3, env "KB_ANSWER_MIN_RELEVANCE", flag "answer-min-relevance";
         /// Answers generating or waiting for the generator at once; more get 503 + Retry-After.
         max_pending_answers: usize = 32, env "KB_MAX_PENDING_ANSWERS", flag "max-pending-answers";
         /// How long the PDF parser process may run on one document.

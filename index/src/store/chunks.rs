@@ -103,6 +103,7 @@ impl Store {
         collection_id: i64,
         title: Option<&str>,
         format: &str,
+        extractor: Option<&str>,
         chunks: &[NewChunk],
     ) -> Result<(Vec<i64>, Vec<i64>)> {
         let mut tx = self.pool.begin().await?;
@@ -157,13 +158,15 @@ impl Store {
             }
         }
         sqlx::query(
-            "UPDATE documents SET error = NULL, chunk_count = $1, title = $2, format = $3, updated_at = $4 WHERE id = $5",
+            "UPDATE documents SET error = NULL, chunk_count = $1, title = $2, format = $3, updated_at = $4,
+             extractor = COALESCE($6, extractor) WHERE id = $5",
         )
         .bind(chunks.len() as i64)
         .bind(title)
         .bind(format)
         .bind(now_ms())
         .bind(document_id)
+        .bind(extractor)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;

@@ -73,16 +73,6 @@ fn from_row(r: &AnyRow) -> Result<Document> {
 }
 
 impl Store {
-    /// Records which extractor produced a document's text.
-    pub async fn set_document_extractor(&self, id: i64, extractor: &str) -> Result<()> {
-        sqlx::query("UPDATE documents SET extractor = $1 WHERE id = $2")
-            .bind(extractor)
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
     /// Inserts a document row and returns it.
     pub async fn insert_document(&self, doc: &NewDocument<'_>) -> Result<Document> {
         let now = now_ms();

@@ -15,7 +15,7 @@ use super::text::{content_words, sentences, stem, words};
 const SHOWN: usize = 3;
 /// Passages whose sentences are ranked: the best hits; later ones rarely hold the answer and
 /// every sentence costs an embedding.
-const PASSAGES: usize = 5;
+pub const PASSAGES: usize = 5;
 
 #[derive(Debug, Clone)]
 pub struct Sentence {

@@ -32,6 +32,13 @@ pub use followup::Turn;
 const RELEVANCE_MARGIN: f32 = 0.05;
 /// Sentences of a draft read at most: generation stops after them.
 const MAX_SENTENCES: usize = 2;
+/// The longest quote an extractive answer gives: past it, the clauses that answer.
+const MAX_QUOTED_WORDS: usize = 60;
+/// The share of a question's (IDF-weighted) terms one of the best passages must hold: a third
+/// of what the question is about must be there before an answer can be. (Paraphrased
+/// questions that are answered hold a third or more; on the SQuAD sample, 8 of 300 held
+/// less, against 18 of 30 questions the collection does not answer.)
+const MIN_TERM_COVERAGE: f32 = 0.35;
 
 pub const NOT_IN_CORPUS: &str = "The documents in this collection do not contain an answer to this question.";
 
@@ -103,16 +110,34 @@ impl Answerer {
     }
 
     /// Passages for `question`, or none when nothing is relevant enough.
+    ///
+    /// Fused scores are only relative, so two absolute signals decide whether the collection
+    /// holds an answer at all: one of the best passages must hold most of what the question
+    /// is about (its terms, weighted by how rare they are in the collection: a name the
+    /// collection never mentions weighs the most), and, where the embedder reads the
+    /// question's language, the nearest passage must be close enough in meaning.
     pub async fn retrieve(&self, c: &Collection, question: &str, top_k: usize) -> kb_index::Result<Vec<Hit>> {
-        // The vector side gives an absolute relevance signal; fused scores are only relative.
-        let probe =
-            SearchRequest { query: question.into(), top_k: 1, mode: SearchMode::Vector, distinct_documents: false };
-        let best = self.engine.search(c, &probe).await?;
-        if best.first().is_none_or(|h| h.score < self.min_relevance) {
+        let req = SearchRequest { query: question.into(), top_k, mode: SearchMode::Hybrid, distinct_documents: false };
+        let hits = self.engine.search(c, &req).await?;
+        if hits.is_empty() {
+            return Ok(hits);
+        }
+        let best = &hits[..hits.len().min(evidence::PASSAGES)];
+        let coverage = self.engine.term_coverage(c, question, best).await?;
+        tracing::debug!(question, ?coverage, "term coverage of the best passages");
+        if coverage.iter().all(|&x| x < MIN_TERM_COVERAGE) {
             return Ok(Vec::new());
         }
-        let req = SearchRequest { query: question.into(), top_k, mode: SearchMode::Hybrid, distinct_documents: false };
-        self.engine.search(c, &req).await
+        if kb_index::fusion::vector_trust(self.embedder().coverage(question)) >= 0.5 {
+            let probe =
+                SearchRequest { query: question.into(), top_k: 1, mode: SearchMode::Vector, distinct_documents: false };
+            let nearest = self.engine.search(c, &probe).await?;
+            tracing::debug!(question, cosine = nearest.first().map(|h| h.score), "nearest passage");
+            if nearest.first().is_none_or(|h| h.score < self.min_relevance) {
+                return Ok(Vec::new());
+            }
+        }
+        Ok(hits)
     }
 
     /// `question` as a standalone question, given the conversation before it. Blocking when
@@ -150,8 +175,14 @@ impl Answerer {
             on_text(NOT_IN_CORPUS);
             return Ok(Answer::not_in_corpus());
         };
+        tracing::debug!(
+            question,
+            best = evidence.ranked.first().map(|s| s.score),
+            fused = passages.first().map(|h| h.score),
+            "evidence"
+        );
         let Some(generator) = &self.generator else {
-            let answer = extractive(&evidence, passages);
+            let answer = extractive(question, &evidence, passages);
             on_text(&answer.answer);
             return Ok(answer);
         };
@@ -189,7 +220,7 @@ impl Answerer {
             score >= best - RELEVANCE_MARGIN
         };
         if !on_point {
-            let mut answer = extractive(&evidence, passages);
+            let mut answer = extractive(question, &evidence, passages);
             answer.dropped_sentences = checked.dropped + text::sentences(&checked.text).len();
             return Ok(answer);
         }
@@ -273,15 +304,13 @@ fn citation(n: usize, h: &Hit) -> Citation {
 }
 
 /// The extractive answer: the best evidence sentence, quoted, with its passage's marker.
-pub fn extractive(evidence: &Evidence, passages: &[Hit]) -> Answer {
+pub fn extractive(question: &str, evidence: &Evidence, passages: &[Hit]) -> Answer {
     let Some(best) = evidence.ranked.first() else { return Answer::not_in_corpus() };
     let n = evidence.number_of(best.passage).unwrap_or(1);
-    let body = best.text.trim_end_matches(|c: char| matches!(c, '.' | '!' | '?' | ':' | ';') || c.is_whitespace());
-    let end = if best.text.trim_end().ends_with(['?', '!']) {
-        &best.text.trim_end()[best.text.trim_end().len() - 1..]
-    } else {
-        "."
-    };
+    let quoted = text::clip(&best.text, question, MAX_QUOTED_WORDS);
+    let body = quoted.trim_end_matches(|c: char| matches!(c, '.' | '!' | '?' | ':' | ';') || c.is_whitespace());
+    let end =
+        if quoted.trim_end().ends_with(['?', '!']) { &quoted.trim_end()[quoted.trim_end().len() - 1..] } else { "." };
     Answer {
         answer: format!("{body} [{n}]{end}"),
         kind: AnswerKind::Extractive,
@@ -340,7 +369,7 @@ mod tests {
         let a = hit(7, "a.md", "Backups run nightly.", None);
         let b = hit(9, "b.pdf", "Intro text here. The turbine bolt torque is 42 newton-metres. Other things.", Some(2));
         let e = evidence(&[(1, "The turbine bolt torque is 42 newton-metres."), (0, "Backups run nightly.")]);
-        let ans = extractive(&e, &[a, b]);
+        let ans = extractive("What is the torque?", &e, &[a, b]);
         assert_eq!(ans.kind, AnswerKind::Extractive);
         assert_eq!(ans.answer, "The turbine bolt torque is 42 newton-metres [1].");
         assert_eq!((ans.citations[0].n, ans.citations[0].chunk_id, ans.citations[0].page), (1, 9, Some(2)));

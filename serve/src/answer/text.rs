@@ -35,6 +35,51 @@ pub fn stem(word: &str) -> &str {
     word
 }
 
+/// At most `max` words of `sentence`: whole clauses (split after `,`, `;`, `:` and dashes),
+/// the run of them sharing the most content words with `question`. A sentence that long is a
+/// list or a run-on, and one part of it is what answers; quoting it whole is not an answer.
+pub fn clip(sentence: &str, question: &str, max: usize) -> String {
+    if sentence.split_whitespace().count() <= max {
+        return sentence.to_owned();
+    }
+    let mut clauses: Vec<String> = Vec::new();
+    let mut current = String::new();
+    for w in sentence.split_whitespace() {
+        if !current.is_empty() {
+            current.push(' ');
+        }
+        current.push_str(w);
+        if w.ends_with([',', ';', ':']) || w == "—" || w == "–" {
+            clauses.push(std::mem::take(&mut current));
+        }
+    }
+    if !current.is_empty() {
+        clauses.push(current);
+    }
+    let asked: Vec<String> = content_words(question).iter().map(|w| stem(w).to_owned()).collect();
+    let score = |c: &str| content_words(c).iter().filter(|w| asked.iter().any(|a| a == stem(w))).count();
+    let lengths: Vec<usize> = clauses.iter().map(|c| c.split_whitespace().count()).collect();
+    let (mut best, mut best_score) = ((0, 0), None);
+    for start in 0..clauses.len() {
+        let (mut words, mut hits) = (0, 0);
+        for end in start..clauses.len() {
+            words += lengths[end];
+            if words > max {
+                break;
+            }
+            hits += score(&clauses[end]);
+            if best_score.is_none_or(|b| hits > b) {
+                (best, best_score) = ((start, end), Some(hits));
+            }
+        }
+    }
+    if best_score.is_none() {
+        // One clause alone is over the limit: its first words.
+        return sentence.split_whitespace().take(max).collect::<Vec<_>>().join(" ");
+    }
+    clauses[best.0..=best.1].join(" ").trim_end_matches([',', ';', ':', ' ']).to_owned()
+}
+
 /// Words people abbreviate with a full stop that does not end a sentence.
 const ABBREVIATIONS: &[&str] = &[
     "mr", "mrs", "ms", "dr", "st", "jr", "sr", "prof", "gen", "col", "lt", "sgt", "capt", "gov", "sen", "rep", "rev",
@@ -191,6 +236,17 @@ mod tests {
     fn markers_are_read_and_removed() {
         assert_eq!(cited_numbers("a [2] b [1, 2] c [x]"), vec![2, 1]);
         assert_eq!(strip_markers("It is 42 Nm [1]. See [2, 3] and [note]."), "It is 42 Nm. See and [note].");
+    }
+
+    #[test]
+    fn long_sentences_are_clipped_to_the_clauses_that_answer() {
+        let long = "The festival, which began in 1901, features parades, concerts, fireworks, food stalls, \
+                    and a market; the bridge over the river was rebuilt in 1911 by the city engineers, \
+                    after which traffic doubled, and trams returned.";
+        let clipped = clip(long, "When was the bridge rebuilt?", 16);
+        assert!(clipped.contains("bridge over the river was rebuilt in 1911"), "{clipped}");
+        assert!(clipped.split_whitespace().count() <= 16);
+        assert_eq!(clip("Short enough.", "anything?", 16), "Short enough.");
     }
 
     #[test]
