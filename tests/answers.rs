@@ -5,13 +5,12 @@
 //! through chat completions), streaming and the OpenAI shape work, feedback is stored and
 //! exported, and a full generator queue answers 503 with Retry-After.
 
-mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::time::Duration;
 
-use common::server::Server;
+use crate::common::server::Server;
 use serde_json::{json, Value};
 
 const QUESTION: &str = "What torque goes on each blade bolt of the Zephyr-9 turbine?";
@@ -30,7 +29,7 @@ fn server_with_fixtures(dir: &Path, config_text: &str) -> Server {
     let server = Server::start_with(&dir.join("data"), Some(&config));
     server.create_collection("docs");
     let names = ["handbook.pdf", "guide.md", "page.html", "notes.txt"];
-    let files: Vec<(&str, Vec<u8>)> = names.iter().map(|n| (*n, common::fixture(n))).collect();
+    let files: Vec<(&str, Vec<u8>)> = names.iter().map(|n| (*n, crate::common::fixture(n))).collect();
     let parts: Vec<(&str, &[u8])> = files.iter().map(|(n, b)| (*n, b.as_slice())).collect();
     let (status, body) = server.upload("docs", &parts);
     assert_eq!(status, 202, "{body}");
@@ -271,20 +270,20 @@ fn feedback_is_stored_and_exported() {
     assert!(body["id"].is_i64(), "{body}");
     let down = json!({"rating": "down", "comment": "  Wrong page cited.  ", "question": "q?", "answer": "a."});
     assert_eq!(server.post_json("/v1/collections/docs/feedback", &down).0, 201);
-    common::assert_error(
+    crate::common::assert_error(
         &server
             .post_json("/v1/collections/docs/feedback", &json!({"rating": "sideways", "question": "q", "answer": "a"})),
         400,
         "invalid_request",
     );
-    common::assert_error(
+    crate::common::assert_error(
         &server.post_json("/v1/collections/docs/feedback", &json!({"rating": "up", "question": " ", "answer": "a"})),
         400,
         "invalid_request",
     );
-    common::assert_error(&server.post_json("/v1/collections/nope/feedback", &down), 404, "collection_not_found");
+    crate::common::assert_error(&server.post_json("/v1/collections/nope/feedback", &down), 404, "collection_not_found");
 
-    let (ok, out, err) = common::server::kb(&server.data_dir, &["feedback", "export"]);
+    let (ok, out, err) = crate::common::server::kb(&server.data_dir, &["feedback", "export"]);
     assert!(ok, "{err}");
     let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2, "{out}");

@@ -2,12 +2,11 @@
 //! concurrent requests to the real `kb serve`. Every document must end done and searchable,
 //! in every mode, and stay so after the server is killed before it saved its vector graph.
 
-mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::server::Server;
+use crate::common::server::Server;
 use serde_json::Value;
 
 const DOCUMENTS: usize = 300;

@@ -4,11 +4,10 @@
 //! and answered through the continuous-batching scheduler, streaming included; a generator
 //! with no free place answers 503 with Retry-After.
 
-mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::server::{kb, Server};
+use crate::common::server::{kb, Server};
 use serde_json::{json, Value};
 
 const BOS: &str = "<｜begin▁of▁sentence｜>";
@@ -81,7 +80,7 @@ fn reembed_switches_a_collection_to_the_deepseek_head_and_answers_stream() {
     let model = dir.path().join("tiny-deepseek");
     write_model(&model);
     let data = dir.path().join("data");
-    let guide = common::fixtures().join("guide.md");
+    let guide = crate::common::fixtures().join("guide.md");
 
     // Built by the default sentence encoder.
     let (ok, out, err) = kb(&data, &["ingest", "--collection", "docs", guide.to_str().unwrap()]);
@@ -91,7 +90,7 @@ fn reembed_switches_a_collection_to_the_deepseek_head_and_answers_stream() {
     {
         let server = Server::start_with(&data, Some(&config));
         let refused = vector_search(&server, "Which port does kb listen on?");
-        common::assert_error(&refused, 409, "embedder_mismatch");
+        crate::common::assert_error(&refused, 409, "embedder_mismatch");
         assert!(refused.1["error"]["message"].as_str().unwrap().contains("re-embed"), "{}", refused.1);
         server.assert_healthy();
     }
@@ -145,7 +144,7 @@ fn a_generator_with_no_free_place_answers_503_with_retry_after() {
     );
     let server = Server::start_with(&dir.path().join("data"), Some(&config));
     server.create_collection("docs");
-    let (status, body) = server.upload("docs", &[("guide.md", common::fixture("guide.md").as_slice())]);
+    let (status, body) = server.upload("docs", &[("guide.md", crate::common::fixture("guide.md").as_slice())]);
     assert_eq!(status, 202, "{body}");
     let docs = server.wait_idle("docs", std::time::Duration::from_secs(60));
     assert!(docs.iter().all(|d| d["status"] == "done"), "{docs:#?}");

@@ -3,15 +3,14 @@
 //! every search mode with its location; hostile files fail with their own message while the
 //! good files of the same upload are indexed; `kb sync` mirrors a folder, deletions included.
 
-mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::fixture;
-use common::server::{kb, Server};
+use crate::common::fixture;
+use crate::common::server::{kb, Server};
 use serde_json::{json, Value};
 
 const MODES: [&str; 3] = ["keyword", "vector", "hybrid"];

@@ -1,12 +1,11 @@
 //! Operations: API keys and their scopes, the loopback rule, metrics, the OpenAPI document,
 //! request ids, graceful shutdown. The real `kb` binary over real HTTP.
 
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::server::{kb, Server};
-use common::{assert_error, fixture};
+use crate::common::server::{kb, Server};
+use crate::common::{assert_error, fixture};
 use serde_json::{json, Value};
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(60);
@@ -137,7 +136,7 @@ fn beyond_loopback_only_with_keys() {
         .args(["serve", "--addr", "0.0.0.0:0", "--data-dir"])
         .arg(&data)
         .arg("--models-dir")
-        .arg(common::models_dir())
+        .arg(crate::common::models_dir())
         .env_remove("DATABASE_URL")
         .output()
         .unwrap();

@@ -1,9 +1,8 @@
 //! The retrieval core end to end: the fixtures ingested through the real parsers, embedder,
 //! database and indexes, then searched in all three modes — on SQLite and on PostgreSQL.
 
-mod common;
 
-use common::{database_url, open, read_fixture, Db, Kb};
+use crate::common::{database_url, open, read_fixture, Db, Kb};
 use kb_index::{Collection, Hit, SearchMode, SearchRequest};
 use kb_ingest::pipeline::Outcome;
 
@@ -158,7 +157,7 @@ async fn a_deleted_document_leaves_all_three_modes() {
 /// Feedback on answers round-trips through both databases, oldest first, per collection.
 async fn feedback_round_trip(db: Db) {
     let dir = tempfile::tempdir().unwrap();
-    let store = kb_index::Store::open(&common::database_url(db, dir.path()).await).await.unwrap();
+    let store = kb_index::Store::open(&crate::common::database_url(db, dir.path()).await).await.unwrap();
     use kb_index::store::{NewFeedback, Rating};
     let cites = serde_json::json!([{"n": 1, "filename": "handbook.pdf", "page": 3}]);
     let first = NewFeedback {

@@ -1,10 +1,9 @@
 //! Chunker behaviour with the real embedder tokenizer.
 
-mod common;
 
 use std::time::Instant;
 
-use common::*;
+use crate::common::*;
 use kb_ingest::chunk::{chunk_document, ChunkerConfig};
 use kb_ingest::{Block, ParsedDocument};
 

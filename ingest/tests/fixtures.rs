@@ -1,8 +1,7 @@
 //! Detection and parsing of the committed fixtures, end to end through the PDF worker.
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use kb_ingest::chunk::ChunkerConfig;
 use kb_ingest::detect::detect_format;
 use kb_ingest::parse::parse;

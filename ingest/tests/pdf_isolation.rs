@@ -1,10 +1,9 @@
 //! The PDF worker process: timeouts, crashes, garbage and limits never reach the caller.
 
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use kb_ingest::parse::PdfParser;
 use kb_ingest::IngestError;
 

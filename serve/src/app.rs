@@ -1,5 +1,6 @@
 //! Builds kb's parts from the configuration: store, embedder, engine, ingestor.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,7 +57,15 @@ impl DeepSeek {
 pub const PDF_WORKER_COMMAND: &str = "pdf-worker";
 
 impl App {
+    /// The parts `config` describes; PDFs are parsed by this executable's `pdf-worker`.
     pub async fn open(config: Config) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("locating the kb executable for the PDF worker")?;
+        Self::open_with_pdf_worker(config, exe).await
+    }
+
+    /// As [`App::open`], with `kb_executable` (a `kb` binary) as the PDF worker: a process that
+    /// is not `kb` itself, such as a test, names the binary.
+    pub async fn open_with_pdf_worker(config: Config, kb_executable: PathBuf) -> anyhow::Result<Self> {
         config.ensure_dirs()?;
         let store = Store::open(&config.database_url())
             .await
@@ -110,8 +119,7 @@ impl App {
         let engine = Arc::new(
             Engine::open(store, embedder, &config.index_dir(), index_config).await.context("opening the indexes")?,
         );
-        let exe = std::env::current_exe().context("locating the kb executable for the PDF worker")?;
-        let pdf = PdfParser::new(exe, vec![PDF_WORKER_COMMAND.into()])
+        let pdf = PdfParser::new(kb_executable, vec![PDF_WORKER_COMMAND.into()])
             .with_timeout(Duration::from_secs(config.pdf_timeout_secs))
             .with_memory_limit(config.pdf_memory_mb * 1024 * 1024);
         let chunker = ChunkerConfig { target_tokens: config.chunk_tokens, overlap_tokens: config.chunk_overlap };

@@ -84,6 +84,7 @@ pub async fn open(url: &str, index_dir: &Path) -> Kb {
 pub fn read_fixture(name: &str) -> (String, Vec<u8>) {
     (name.to_owned(), fixture(name))
 }
+pub mod inproc;
 pub mod server;
 
 /// The bytes of a file in `fixtures/`.
@@ -99,4 +100,33 @@ pub fn assert_error(got: &(u16, serde_json::Value), status: u16, code: &str) {
     let message = body["error"]["message"].as_str().unwrap_or_else(|| panic!("no message: {body}"));
     assert!(!message.trim().is_empty(), "{body}");
     assert_eq!(body.as_object().map(|o| o.len()), Some(1), "only `error` expected: {body}");
+}
+
+/// A response body as JSON: `Null` when empty; a body that is not JSON fails the test.
+pub fn json_reply(status: u16, text: &str) -> (u16, serde_json::Value) {
+    let body = if text.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("response {status} is not JSON ({e}): {text:?}"))
+    };
+    (status, body)
+}
+
+/// A multipart body of parts named `file`, file names sent verbatim: (content type, body).
+pub fn multipart(files: &[(&str, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = format!("kbtest{:x}", std::process::id() as u64 * 7919 + files.len() as u64);
+    let mut body = Vec::new();
+    for (name, bytes) in files {
+        // A quoted-string: backslashes and quotes are escaped, so the name arrives verbatim.
+        let name = name.replace('\\', "\\\\").replace('"', "\\\"");
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        body.extend_from_slice(
+            format!("Content-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n").as_bytes(),
+        );
+        body.extend_from_slice(b"Content-Type: application/octet-stream\r\n\r\n");
+        body.extend_from_slice(bytes);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
 }

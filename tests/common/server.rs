@@ -183,13 +183,7 @@ impl Server {
             Err(e) => panic!("HTTP transport error: {e}"),
         };
         let status = res.status();
-        let text = res.into_string().expect("reading the response body");
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or_else(|e| panic!("response {status} is not JSON ({e}): {text:?}"))
-        };
-        (status, body)
+        super::json_reply(status, &res.into_string().expect("reading the response body"))
     }
 
     pub fn get(&self, path: &str) -> (u16, Value) {
@@ -211,25 +205,8 @@ impl Server {
 
     /// Uploads files as multipart parts named `file`, file names sent verbatim.
     pub fn upload(&self, collection: &str, files: &[(&str, &[u8])]) -> (u16, Value) {
-        let boundary = format!("kbtest{:x}", std::process::id() as u64 * 7919 + files.len() as u64);
-        let mut body = Vec::new();
-        for (name, bytes) in files {
-            // A quoted-string: backslashes and quotes are escaped, so the name arrives verbatim.
-            let name = name.replace('\\', "\\\\").replace('"', "\\\"");
-            body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
-            body.extend_from_slice(
-                format!("Content-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n").as_bytes(),
-            );
-            body.extend_from_slice(b"Content-Type: application/octet-stream\r\n\r\n");
-            body.extend_from_slice(bytes);
-            body.extend_from_slice(b"\r\n");
-        }
-        body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
-        self.post_raw(
-            &format!("/v1/collections/{collection}/documents"),
-            &format!("multipart/form-data; boundary={boundary}"),
-            &body,
-        )
+        let (content_type, body) = super::multipart(files);
+        self.post_raw(&format!("/v1/collections/{collection}/documents"), &content_type, &body)
     }
 
     pub fn create_collection(&self, name: &str) {

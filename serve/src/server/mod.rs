@@ -8,10 +8,13 @@ pub mod openapi;
 mod routes;
 pub mod sources;
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::{middleware, web, App as HttpApp, HttpServer};
 use anyhow::Context;
 use kb_index::Engine;
@@ -62,10 +65,14 @@ impl State {
     pub fn ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
+    /// Whether `/readyz` says the service takes requests (`kb serve`: once it listens).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::Release);
+    }
 }
 
-/// Registers every route; shared by `kb serve` and the tests.
-pub fn routes(cfg: &mut web::ServiceConfig) {
+/// Registers every route.
+fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(routes::health::healthz)
         .service(routes::health::readyz)
         .service(routes::health::metrics)
@@ -86,22 +93,42 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(routes::ui::asset);
 }
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    tracing::info!("configuration:\n{}", config.describe());
-    let addr = config.addr;
-    let workers = config.ingest_workers;
-    let app = App::open(config).await?;
-    if !addr.ip().is_loopback() && !app.engine.store().has_api_keys().await? {
-        anyhow::bail!(
-            "refusing to listen on {addr} without API keys: anyone who can reach it could read and change every collection. \
-             Create one with `kb keys create NAME --admin`, or listen on loopback (127.0.0.1)"
-        );
-    }
+/// The HTTP application over `state`: every route, the JSON limits and error shape, request
+/// ids and metrics. `kb serve` runs one per worker thread; tests call it in-process
+/// (`actix_web::test::init_service`).
+pub fn app(
+    state: web::Data<State>,
+) -> HttpApp<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    HttpApp::new()
+        .app_data(state)
+        .app_data(web::JsonConfig::default().limit(JSON_BODY_LIMIT_BYTES).error_handler(error::json_error))
+        .wrap(middleware::from_fn(observe::observe))
+        .configure(routes)
+}
+
+/// The service's state over `config`, with `kb_executable` (a `kb` binary) as the PDF worker:
+/// the parts, the answer generator, and the background tasks (ingest job queue, index upkeep,
+/// folder sources) spawned on the current tokio runtime. Not ready until
+/// [`State::set_ready`]. What `kb serve` runs, minus the listening socket: for in-process tests.
+pub async fn state(config: Config, kb_executable: PathBuf) -> anyhow::Result<web::Data<State>> {
+    start(App::open_with_pdf_worker(config, kb_executable).await?).await
+}
+
+/// Loads the generator and starts the background tasks over `app`.
+async fn start(app: App) -> anyhow::Result<web::Data<State>> {
     let generator = app.load_generator().await?;
     let answerer =
         Answerer::new(app.engine.clone(), generator, app.config.answer_max_tokens, app.config.answer_min_relevance);
     app.ingestor.yield_to_queries();
-    let jobs = JobQueue::new(workers, app.config.ingest_batch);
+    let jobs = JobQueue::new(app.config.ingest_workers, app.config.ingest_batch);
     tokio::spawn(jobs.clone().run(app.ingestor.clone()));
     // Index upkeep: scheduled saves of the vector graphs, repairs after a failed update.
     let engine = app.engine.clone();
@@ -114,32 +141,40 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
     let source_state = Arc::new(sources::Sources::default());
     sources::spawn(&app.config.sources, app.ingestor.clone(), source_state.clone());
-    let state = web::Data::new(State {
+    Ok(web::Data::new(State {
         answer_slots: Arc::new(Semaphore::new(app.config.max_pending_answers.max(1))),
         app,
         answerer,
         jobs,
         ready: AtomicBool::new(false),
         sources: source_state,
-    });
+    }))
+}
+
+/// `kb serve`: the service on `config.addr` until SIGINT or SIGTERM, then a graceful stop.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    tracing::info!("configuration:\n{}", config.describe());
+    let addr = config.addr;
+    let app = App::open(config).await?;
+    if !addr.ip().is_loopback() && !app.engine.store().has_api_keys().await? {
+        anyhow::bail!(
+            "refusing to listen on {addr} without API keys: anyone who can reach it could read and change every collection. \
+             Create one with `kb keys create NAME --admin`, or listen on loopback (127.0.0.1)"
+        );
+    }
+    let state = start(app).await?;
     let data = state.clone();
-    let server = HttpServer::new(move || {
-        HttpApp::new()
-            .app_data(data.clone())
-            .app_data(web::JsonConfig::default().limit(JSON_BODY_LIMIT_BYTES).error_handler(error::json_error))
-            .wrap(middleware::from_fn(observe::observe))
-            .configure(routes)
-    })
-    .bind(addr)
-    .with_context(|| format!("binding {addr}"))?;
+    let server = HttpServer::new(move || self::app(data.clone()))
+        .bind(addr)
+        .with_context(|| format!("binding {addr}"))?;
     for a in server.addrs() {
         // Tests and scripts read this line to find an ephemeral port.
         println!("kb listening on http://{a}");
     }
-    state.ready.store(true, Ordering::Release);
+    state.set_ready(true);
     // Stops on SIGINT/SIGTERM after in-flight requests finish.
     server.run().await?;
-    state.ready.store(false, Ordering::Release);
+    state.set_ready(false);
     state.jobs.shutdown(state.engine().store(), Duration::from_secs(state.config().shutdown_grace_secs)).await;
     state.engine().flush_all().await?;
     Ok(())

@@ -77,7 +77,7 @@ mod tests {
             panic!(
                 "docs/openapi.json differs from the document the code generates, first at line {}:\n  \
                  committed: {old}\n  generated: {new}\nif the change is meant, run \
-                 `KB_UPDATE_OPENAPI=1 cargo test -p kb --bin kb openapi` and commit the file",
+                 `KB_UPDATE_OPENAPI=1 cargo test -p kb --lib openapi` and commit the file",
                 line + 1
             );
         }
