@@ -15,29 +15,62 @@ use serde_json::{json, Value};
 
 const MODES: [&str; 3] = ["keyword", "vector", "hybrid"];
 
-/// (question, file, location the hit and the citation must show).
-const FACTS: &[(&str, &str, Option<&str>)] = &[
+/// (question, file, location the hit and the citation must show, the planted fact the top
+/// hit and the cited passage must hold).
+const FACTS: &[(&str, &str, Option<&str>, &str)] = &[
     (
         "At what temperature does the Tromsø cold-storage hall keep frozen salmon?",
         "report.docx",
         Some("Operations › Warehouses › Cold storage"),
+        "minus 23 degrees",
     ),
-    ("What is the range of the Volta E-7 truck at the Lindqvist depot?", "report.docx", Some("Operations › Fleet")),
-    ("How much will the Nimbus subscription cost per seat from October?", "deck.pptx", Some("slide 2")),
-    ("When does the Falkenberg pilot end?", "deck.pptx", Some("slide 3")),
+    (
+        "What is the range of the Volta E-7 truck at the Lindqvist depot?",
+        "report.docx",
+        Some("Operations › Fleet"),
+        "Range: 410 km",
+    ),
+    (
+        "How much will the Nimbus subscription cost per seat from October?",
+        "deck.pptx",
+        Some("slide 2"),
+        "19 euros per seat",
+    ),
+    ("When does the Falkenberg pilot end?", "deck.pptx", Some("slide 3"), "ends on 30 June"),
     (
         "How much did the Quartz centrifuge from Helvetia Instruments cost?",
         "budget.xlsx",
         Some("sheet Costs, rows 2–8"),
+        "Amount (EUR): 48300",
     ),
-    ("In which office does Ingrid Solberg the Chief Glaciologist work?", "budget.xlsx", Some("sheet Staff, rows 2–3")),
-    ("What is the lead time of the titanium hinge T-88 from Okafor Metals?", "suppliers.csv", Some("rows 2–4")),
-    ("When will the Pelican crane at berth 14 be inspected?", "memo.eml", None),
-    ("What is the safe load limit of the Pelican crane?", "memo.eml", Some("attachment inspection.pdf, page 1")),
-    ("How often is the Quokka reactor vessel pressure tested?", "scan.pdf", Some("page 1")),
-    ("Where must visitors to the Marlowe archive sign in?", "sign.png", None),
-    ("How much power does the Oriole data centre draw at peak load?", "mixed.pdf", Some("page 1")),
-    ("What fuel do the backup generators at Oriole run on?", "mixed.pdf", Some("page 2")),
+    (
+        "In which office does Ingrid Solberg the Chief Glaciologist work?",
+        "budget.xlsx",
+        Some("sheet Staff, rows 2–3"),
+        "Office: Bergen",
+    ),
+    (
+        "What is the lead time of the titanium hinge T-88 from Okafor Metals?",
+        "suppliers.csv",
+        Some("rows 2–4"),
+        "Lead time: 11 weeks",
+    ),
+    ("When will the Pelican crane at berth 14 be inspected?", "memo.eml", None, "inspected on 9 May"),
+    (
+        "What is the safe load limit of the Pelican crane?",
+        "memo.eml",
+        Some("attachment inspection.pdf, page 1"),
+        "62 tonnes",
+    ),
+    ("How often is the Quokka reactor vessel pressure tested?", "scan.pdf", Some("page 1"), "every 90 days"),
+    ("Where must visitors to the Marlowe archive sign in?", "sign.png", None, "sign in at desk 5"),
+    (
+        "How much power does the Oriole data centre draw at peak load?",
+        "mixed.pdf",
+        Some("page 1"),
+        "3.2 megawatts at peak load",
+    ),
+    ("What fuel do the backup generators at Oriole run on?", "mixed.pdf", Some("page 2"), "hydrotreated vegetable oil"),
 ];
 
 const GOOD: [&str; 8] =
@@ -82,18 +115,23 @@ fn every_format_found_with_its_location_and_bad_files_fail_alone() {
     assert_eq!(doc("scan.pdf")["extractor"], "pdf-extract+tesseract", "{:#}", doc("scan.pdf"));
     assert_eq!(doc("report.docx")["format"], "docx");
 
-    for (question, file, location) in FACTS {
+    assert_eq!(doc("mixed.pdf")["extractor"], "pdf-extract+tesseract", "{:#}", doc("mixed.pdf"));
+
+    for (question, file, location, fact) in FACTS {
         for mode in MODES {
             let hits = server.search("office", question, mode, 5);
             let top = hits.first().unwrap_or_else(|| panic!("{mode}: no hit for {question:?}"));
             assert_eq!(top["filename"], *file, "{mode}: {question:?} found {top:#}");
             assert_eq!(top["location"].as_str(), *location, "{mode}: {question:?} located at {top:#}");
+            assert!(top["text"].as_str().unwrap_or_default().contains(fact), "{mode}: {fact:?} not in {top:#}");
         }
         let (status, a) = server.post_json("/v1/collections/office/ask", &json!({"question": question}));
         assert_eq!(status, 200, "{a}");
         let cite = &a["citations"][0];
         assert_eq!(cite["filename"], *file, "{question:?}: {a:#}");
         assert_eq!(cite["location"].as_str(), *location, "{question:?}: {a:#}");
+        assert!(cite["text"].as_str().unwrap_or_default().contains(fact), "{question:?}: {fact:?} not cited: {a:#}");
+        assert!(a["answer"].as_str().unwrap_or_default().contains(fact), "{question:?}: {fact:?} not answered: {a:#}");
     }
     // Header and footer text of the Word file never reaches the index.
     assert!(server.search("office", "HEADER-CANARY FOOTER-CANARY", "keyword", 5).is_empty());

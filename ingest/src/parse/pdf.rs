@@ -388,7 +388,10 @@ fn build_document(title: Option<String>, pages: &[PageText]) -> ParsedDocument {
             if first_line.is_none() {
                 first_line = clean_title(&line);
             }
-            if !para.is_empty() {
+            if ends_in_broken_word(&para) && line.starts_with(|c: char| c.is_lowercase()) {
+                // A word hyphenated at the end of a line: "impor-" + "tant" is "important".
+                para.pop();
+            } else if !para.is_empty() {
                 para.push(' ');
             }
             para.push_str(&line);
@@ -396,6 +399,12 @@ fn build_document(title: Option<String>, pages: &[PageText]) -> ParsedDocument {
         doc.push(&para, Some(page.number), &[], false);
     }
     doc.finish(title.or(first_line))
+}
+
+/// Whether `para` ends in a hyphen right after a letter (a word broken across lines).
+fn ends_in_broken_word(para: &str) -> bool {
+    let mut rev = para.chars().rev();
+    matches!((rev.next(), rev.next()), (Some('-' | '\u{ad}' | '\u{2010}'), Some(c)) if c.is_alphabetic())
 }
 
 // ---------------------------------------------------------------------------------------
@@ -727,6 +736,13 @@ mod tests {
             [("Manual Title first para wraps here.", Some(1)), ("second.", Some(1)), ("page two text.", Some(2))]
         );
         assert_eq!(doc.title.as_deref(), Some("Manual Title"));
+    }
+
+    #[test]
+    fn words_broken_at_line_ends_are_joined() {
+        let pages = vec![PageText { number: 1, text: "an impor-\ntant well-\nKnown point, 3-\n4 x-\n\ny.".into() }];
+        let doc = build_document(None, &pages);
+        assert_eq!(doc.text, "an important well- Known point, 3- 4 x-\n\ny.");
     }
 
     #[test]
