@@ -192,7 +192,7 @@ settings! {
         encoder: String = "all-MiniLM-L6-v2".into(), env "KB_ENCODER", flag "encoder";
         /// Arithmetic of the sentence encoder's linear layers: `int8` (int8 weights, per-token
         /// int8 activations: the same vectors within a cosine of about 0.999, several times
-        /// faster on the CPU) or `f32`; on a GPU `f32` (what `int8` means there too) or `bf16`.
+        /// faster on the CPU) or `f32`; on a GPU `bf16` (what `int8` means there) or `f32`.
         embedder_precision: kb_inference::Precision = kb_inference::Precision::Int8, env "KB_EMBEDDER_PRECISION", flag "embedder-precision";
         /// Where the sentence encoder runs: `cpu`, `cuda` (the first GPU; kb built with
         /// `--features cuda`), or `auto` (the GPU when kb has CUDA and one answers, else the CPU).

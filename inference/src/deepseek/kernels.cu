@@ -408,24 +408,27 @@ extern "C" __global__ void mla_decode_attn(const bf16_t* q, const bf16_t* q_lat,
 // ---- Prefill (many tokens): the routed experts as per-expert cuBLAS GEMMs over tokens sorted by
 // expert; these kernels gather the sorted rows, apply the SwiGLU and combine the weighted outputs. ----
 
-// grid (ceil(H8 / 128), S): xs[s] = x[slot_token[s]], 16-byte words (H8 = H / 8).
-extern "C" __global__ void moe_gather_rows(const uint4* x, const int* slot_token, uint4* xs, int H8) {
-    const int s = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c < H8) xs[(size_t)s * H8 + c] = x[(size_t)slot_token[s] * H8 + c];
+// grid (rows, ceil(H8 / 128)): xs[r] = x[row_token[r]], or zeros for a padding row (token -1),
+// in 16-byte words (H8 = H / 8). Rows on grid x: more than 65,535 of them in a long prompt.
+extern "C" __global__ void moe_gather_rows(const uint4* x, const int* row_token, uint4* xs, int H8) {
+    const int r = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x;
+    if (c >= H8) return;
+    const int tok = row_token[r];
+    xs[(size_t)r * H8 + c] = tok < 0 ? make_uint4(0u, 0u, 0u, 0u) : x[(size_t)tok * H8 + c];
 }
 
-// grid (ceil(I / 256), S): act[s][j] = silu(gu[s][j]) * gu[s][I + j], in f32, stored bf16.
+// grid (rows, ceil(I / 256)): act[s][j] = silu(gu[s][j]) * gu[s][I + j], in f32, stored bf16.
 extern "C" __global__ void moe_silu_mul(const bf16_t* gu, bf16_t* act, int I) {
-    const int s = blockIdx.y, j = blockIdx.x * blockDim.x + threadIdx.x;
+    const int s = blockIdx.x, j = blockIdx.y * blockDim.x + threadIdx.x;
     if (j >= I) return;
     const float g = bf2f(gu[(size_t)s * 2 * I + j]), u = bf2f(gu[(size_t)s * 2 * I + I + j]);
     act[(size_t)s * I + j] = f2bf(g / (1.f + __expf(-g)) * u);
 }
 
-// grid (ceil(H / 256), T): out[t][r] = residual[t][r] + sum_k weight(slot) * y[slot][r] (y bf16), k in order.
+// grid (T, ceil(H / 256)): out[t][r] = residual[t][r] + sum_k weight(slot) * y[slot][r] (y bf16), k in order.
 extern "C" __global__ void moe_combine_bf16(const bf16_t* y, const int* pair_slot, const float* slot_weight,
                                             const bf16_t* residual, bf16_t* out, int H, int K) {
-    const int t = blockIdx.y, r = blockIdx.x * blockDim.x + threadIdx.x;
+    const int t = blockIdx.x, r = blockIdx.y * blockDim.x + threadIdx.x;
     if (r >= H) return;
     float acc = 0.f;
     for (int k = 0; k < K; k++) {

@@ -481,15 +481,31 @@ impl CustomOp1 for Attn<'_> {
     }
 }
 
-/// Tokens sorted by routed expert, grouped on the host from one read of the routing: per
-/// expert its slot range, per slot its token and weight, per (token, k) its slot.
+/// Tokens sorted by routed expert, grouped on the host from one read of the routing. Rows of
+/// the sorted buffers: either packed (expert e owns rows `offsets[e]..offsets[e + 1]`) or
+/// padded (expert e owns rows `e * cap..(e + 1) * cap`, the unused ones zero), which lets one
+/// strided-batched GEMM cover every expert.
 struct Grouping {
-    /// routed + 1 slot offsets (host: the GEMM sizes).
-    offsets: Vec<usize>,
-    slot_token: Tensor,
-    slot_weight: Tensor,
-    pair_slot: Tensor,
+    /// Routed experts (the strided-batched GEMMs' batch).
+    routed: usize,
+    rows: usize,
+    layout: RowLayout,
+    /// Per row its token (u32; u32::MAX for a padding row).
+    row_token: Tensor,
+    /// Per row its routing weight (0 for padding).
+    row_weight: Tensor,
+    /// Per (token, k) its row.
+    pair_row: Tensor,
 }
+
+enum RowLayout {
+    Packed { offsets: Vec<usize> },
+    Padded { cap: usize },
+}
+
+/// Padding may at most double the rows (and so the GEMM work); past that, with routing
+/// skewed onto a few experts, the experts are multiplied one by one over packed rows.
+const MAX_PADDING_FACTOR: usize = 2;
 
 fn group_on_host(route: &Tensor, k: usize, routed: usize) -> Result<Grouping> {
     let r = route.to_vec2::<f32>()?; // (T, 2K): ids then weights
@@ -504,38 +520,44 @@ fn group_on_host(route: &Tensor, k: usize, routed: usize) -> Result<Grouping> {
             counts[e] += 1;
         }
     }
+    let cap = counts.iter().copied().max().unwrap_or(0).next_multiple_of(8);
+    let padded = routed * cap <= MAX_PADDING_FACTOR * t * k;
     let mut offsets = vec![0usize; routed + 1];
     for e in 0..routed {
-        offsets[e + 1] = offsets[e] + counts[e];
+        offsets[e + 1] = if padded { (e + 1) * cap } else { offsets[e] + counts[e] };
     }
+    let rows = offsets[routed];
     let mut fill = offsets.clone();
     // u32 on the host (candle has no i32); the kernels read them as int.
-    let (mut slot_token, mut slot_weight, mut pair_slot) = (vec![0u32; t * k], vec![0f32; t * k], vec![0u32; t * k]);
+    let (mut row_token, mut row_weight, mut pair_row) = (vec![u32::MAX; rows], vec![0f32; rows], vec![0u32; t * k]);
     // Token order within each expert: the same sums in the same order on every run.
-    for (tok, row) in r.iter().enumerate() {
+    for (tok, route_row) in r.iter().enumerate() {
         for j in 0..k {
-            let e = row[j] as usize;
-            let slot = fill[e];
+            let e = route_row[j] as usize;
+            let row = fill[e];
             fill[e] += 1;
-            slot_token[slot] = tok as u32;
-            slot_weight[slot] = row[k + j];
-            pair_slot[tok * k + j] = slot as u32;
+            row_token[row] = tok as u32;
+            row_weight[row] = route_row[k + j];
+            pair_row[tok * k + j] = row as u32;
         }
     }
     let dev = route.device();
     Ok(Grouping {
-        offsets,
-        slot_token: Tensor::from_vec(slot_token, t * k, dev)?,
-        slot_weight: Tensor::from_vec(slot_weight, t * k, dev)?,
-        pair_slot: Tensor::from_vec(pair_slot, t * k, dev)?,
+        routed,
+        rows,
+        layout: if padded { RowLayout::Padded { cap } } else { RowLayout::Packed { offsets } },
+        row_token: Tensor::from_vec(row_token, rows, dev)?,
+        row_weight: Tensor::from_vec(row_weight, rows, dev)?,
+        pair_row: Tensor::from_vec(pair_row, t * k, dev)?,
     })
 }
 
 /// residual + the routed experts of x (T, H) bf16 for many tokens (prefill): the routing read
-/// once, tokens gathered in expert order (one kernel), each active expert's gate/up and down
-/// products as two cuBLAS GEMMs (tensor cores) over its contiguous rows, SwiGLU over all rows
-/// at once, and one combine kernel for the weighted sum plus residual: 2 GEMMs per active
-/// expert and 4 other launches per layer (the generic grouped path made ~10 launches per expert).
+/// once, tokens gathered in expert order (one kernel), the gate/up and down products on tensor
+/// cores through cuBLAS (one strided-batched GEMM each over every expert's padded rows, or, for
+/// skewed routing, one GEMM per active expert over packed rows), SwiGLU over all rows at once,
+/// and one combine kernel for the weighted sum plus residual. The generic grouped path made ~10
+/// launches per expert, and its per-expert GEMMs of a few dozen rows filled a third of the SMs.
 pub fn experts_prefill(
     x: &Tensor,
     route: &Tensor,
@@ -566,125 +588,147 @@ impl CustomOp1 for PrefillExperts<'_> {
         candle_core::bail!("moe kernels are CUDA-only")
     }
     fn cuda_fwd(&self, x: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
-        use candle_core::cuda_backend::cudarc::cublas::{sys::cublasOperation_t, Gemm, GemmConfig};
+        use candle_core::cuda_backend::cudarc::cublas::{
+            sys::cublasOperation_t, Gemm, GemmConfig, StridedBatchedConfig,
+        };
         let dev = x.device().clone();
         let (t, h) = xl.shape().dims2()?;
+        // gate_up / down hold the routed experts, then the shared chunks (not used here).
         let (_, two_i, _) = self.gate_up.dims3()?;
         let inter = two_i / 2;
-        let slots = t * self.k;
         let g = self.grouping;
+        let n_experts = g.routed;
+        let rows = g.rows;
         let (gg, gl) = cuda_of(self.gate_up)?;
         let (dg, dl) = cuda_of(self.down)?;
         let (resg, resl) = cuda_of(self.residual)?;
-        let (tg, tl) = cuda_of_u32(&g.slot_token)?;
-        let (wg, wl) = cuda_of_u32(&g.slot_weight)?;
-        let (pg, pl) = cuda_of_u32(&g.pair_slot)?;
+        let (tg, tl) = cuda_of_u32(&g.row_token)?;
+        let (wg, wl) = cuda_of_u32(&g.row_weight)?;
+        let (pg, pl) = cuda_of_u32(&g.pair_row)?;
         let x = x.as_cuda_slice::<bf16>()?.slice(xl.start_offset()..);
         let gate_up = slice_of!(gg, gl, bf16);
         let down = slice_of!(dg, dl, bf16);
         let residual = slice_of!(resg, resl, bf16);
-        let slot_token = slice_of!(tg, tl, u32);
-        let slot_weight = slice_of!(wg, wl, f32);
-        let pair_slot = slice_of!(pg, pl, u32);
-        // SAFETY (the four allocations): uninitialised device memory, each written in full
-        // below (xs by the gather, gu and y by the GEMMs over every slot range, act by the
-        // SwiGLU kernel, out by the combine) before it is read.
-        let mut xs = unsafe { dev.alloc::<bf16>(slots * h)? };
+        let row_token = slice_of!(tg, tl, u32);
+        let row_weight = slice_of!(wg, wl, f32);
+        let pair_row = slice_of!(pg, pl, u32);
+        // SAFETY (the five allocations): uninitialised device memory, each written in full
+        // below (xs by the gather, gu and y by the GEMMs over every row, act by the SwiGLU
+        // kernel, out by the combine) before it is read.
+        let mut xs = unsafe { dev.alloc::<bf16>(rows * h)? };
         // SAFETY: as above.
-        let mut gu = unsafe { dev.alloc::<bf16>(slots * two_i)? };
+        let mut gu = unsafe { dev.alloc::<bf16>(rows * two_i)? };
         // SAFETY: as above.
-        let mut act = unsafe { dev.alloc::<bf16>(slots * inter)? };
+        let mut act = unsafe { dev.alloc::<bf16>(rows * inter)? };
         // SAFETY: as above.
-        let mut y = unsafe { dev.alloc::<bf16>(slots * h)? };
+        let mut y = unsafe { dev.alloc::<bf16>(rows * h)? };
         // SAFETY: as above.
         let out = unsafe { dev.alloc::<bf16>(t * h)? };
         let (hi, ii, ki, h8) = (h as i32, inter as i32, self.k as i32, (h / 8) as i32);
 
         let f = dev.get_or_load_custom_func("moe_gather_rows", MODULE, ptx()?)?;
         let cfg = LaunchConfig {
-            grid_dim: ((h as u32 / 8).div_ceil(128), slots as u32, 1),
+            grid_dim: (rows as u32, (h as u32 / 8).div_ceil(128), 1),
             block_dim: (128, 1, 1),
             shared_mem_bytes: 0,
         };
         let mut b = f.builder();
-        b.arg(&x).arg(&slot_token).arg(&mut xs).arg(&h8);
-        // SAFETY: x (t, h) and xs (slots, h) bf16 read as 16-byte words (h % 8 == 0, checked by `supported`), slot_token (slots) holds tokens < t; the grid covers h / 8 words by slots rows.
+        b.arg(&x).arg(&row_token).arg(&mut xs).arg(&h8);
+        // SAFETY: x (t, h) and xs (rows, h) bf16 read as 16-byte words (h % 8 == 0, checked by `supported`), row_token (rows) holds tokens < t or -1 (a zero row); the grid covers rows by h / 8 words.
         unsafe { b.launch(cfg) }.map_err(launch_err)?;
 
         let blas = dev.cublas_handle();
-        let one = bf16::ONE;
-        let zero = bf16::ZERO;
-        for e in 0..g.offsets.len() - 1 {
-            let (start, count) = (g.offsets[e], g.offsets[e + 1] - g.offsets[e]);
-            if count == 0 {
-                continue;
+        let (one, zero) = (bf16::ONE, bf16::ZERO);
+        // Row-major C (n, M) = A (n, K) · W^T with W (M, K) row-major: in cuBLAS's column-major
+        // terms C^T = op(W) · A^T, op = transpose (lda = K), A^T as stored (ldb = K), ldc = M.
+        let gemm_cfg = |m: usize, n: usize, k: usize| GemmConfig {
+            transa: cublasOperation_t::CUBLAS_OP_T,
+            transb: cublasOperation_t::CUBLAS_OP_N,
+            m: m as i32,
+            n: n as i32,
+            k: k as i32,
+            alpha: one,
+            lda: k as i32,
+            ldb: k as i32,
+            beta: zero,
+            ldc: m as i32,
+        };
+        // gate/up: (rows of e, 2I) = xs (rows of e, H) · gate_up[e]^T
+        match &g.layout {
+            RowLayout::Padded { cap } => {
+                let cfg = StridedBatchedConfig {
+                    gemm: gemm_cfg(two_i, *cap, h),
+                    batch_size: n_experts as i32,
+                    stride_a: (two_i * h) as i64,
+                    stride_b: (cap * h) as i64,
+                    stride_c: (cap * two_i) as i64,
+                };
+                // SAFETY: gate_up holds n_experts (2I, H) matrices, xs and gu n_experts * cap rows of H and 2I.
+                unsafe { blas.gemm_strided_batched(cfg, &gate_up, &xs, &mut gu) }.map_err(launch_err)?;
             }
-            // Row-major C (count, 2I) = A (count, H) · W_e^T, W_e (2I, H): column-major
-            // C^T = op(W) · A^T with op = transpose (lda = H), A^T as stored (ldb = H).
-            let cfg = GemmConfig {
-                transa: cublasOperation_t::CUBLAS_OP_T,
-                transb: cublasOperation_t::CUBLAS_OP_N,
-                m: two_i as i32,
-                n: count as i32,
-                k: h as i32,
-                alpha: one,
-                lda: h as i32,
-                ldb: h as i32,
-                beta: zero,
-                ldc: two_i as i32,
-            };
-            let w = gate_up.slice(e * two_i * h..(e + 1) * two_i * h);
-            let a = xs.slice(start * h..(start + count) * h);
-            let mut c = gu.slice_mut(start * two_i..(start + count) * two_i);
-            // SAFETY: the views hold exactly the (2I, H), (count, H) and (count, 2I) matrices the config describes.
-            unsafe { blas.gemm(cfg, &w, &a, &mut c) }.map_err(launch_err)?;
+            RowLayout::Packed { offsets } => {
+                for e in 0..offsets.len() - 1 {
+                    let (start, count) = (offsets[e], offsets[e + 1] - offsets[e]);
+                    if count == 0 {
+                        continue;
+                    }
+                    let w = gate_up.slice(e * two_i * h..(e + 1) * two_i * h);
+                    let a = xs.slice(start * h..(start + count) * h);
+                    let mut c = gu.slice_mut(start * two_i..(start + count) * two_i);
+                    // SAFETY: the views hold exactly the (2I, H), (count, H) and (count, 2I) matrices the config describes.
+                    unsafe { blas.gemm(gemm_cfg(two_i, count, h), &w, &a, &mut c) }.map_err(launch_err)?;
+                }
+            }
         }
 
         let f = dev.get_or_load_custom_func("moe_silu_mul", MODULE, ptx()?)?;
         let cfg = LaunchConfig {
-            grid_dim: ((inter as u32).div_ceil(256), slots as u32, 1),
+            grid_dim: (rows as u32, (inter as u32).div_ceil(256), 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
         let mut b = f.builder();
         b.arg(&gu).arg(&mut act).arg(&ii);
-        // SAFETY: gu (slots, 2I) and act (slots, I) bf16 match moe_silu_mul's (gu, act, I); the grid covers I columns by slots rows.
+        // SAFETY: gu (rows, 2I) and act (rows, I) bf16 match moe_silu_mul's (gu, act, I); the grid covers rows by I columns.
         unsafe { b.launch(cfg) }.map_err(launch_err)?;
 
-        for e in 0..g.offsets.len() - 1 {
-            let (start, count) = (g.offsets[e], g.offsets[e + 1] - g.offsets[e]);
-            if count == 0 {
-                continue;
+        // down: (rows of e, H) = act (rows of e, I) · down[e]^T
+        match &g.layout {
+            RowLayout::Padded { cap } => {
+                let cfg = StridedBatchedConfig {
+                    gemm: gemm_cfg(h, *cap, inter),
+                    batch_size: n_experts as i32,
+                    stride_a: (h * inter) as i64,
+                    stride_b: (cap * inter) as i64,
+                    stride_c: (cap * h) as i64,
+                };
+                // SAFETY: down holds n_experts (H, I) matrices, act and y n_experts * cap rows of I and H.
+                unsafe { blas.gemm_strided_batched(cfg, &down, &act, &mut y) }.map_err(launch_err)?;
             }
-            // Row-major Y (count, H) = act (count, I) · D_e^T, D_e (H, I).
-            let cfg = GemmConfig {
-                transa: cublasOperation_t::CUBLAS_OP_T,
-                transb: cublasOperation_t::CUBLAS_OP_N,
-                m: h as i32,
-                n: count as i32,
-                k: inter as i32,
-                alpha: one,
-                lda: inter as i32,
-                ldb: inter as i32,
-                beta: zero,
-                ldc: h as i32,
-            };
-            let w = down.slice(e * h * inter..(e + 1) * h * inter);
-            let a = act.slice(start * inter..(start + count) * inter);
-            let mut c = y.slice_mut(start * h..(start + count) * h);
-            // SAFETY: the views hold exactly the (H, I), (count, I) and (count, H) matrices the config describes.
-            unsafe { blas.gemm(cfg, &w, &a, &mut c) }.map_err(launch_err)?;
+            RowLayout::Packed { offsets } => {
+                for e in 0..offsets.len() - 1 {
+                    let (start, count) = (offsets[e], offsets[e + 1] - offsets[e]);
+                    if count == 0 {
+                        continue;
+                    }
+                    let w = down.slice(e * h * inter..(e + 1) * h * inter);
+                    let a = act.slice(start * inter..(start + count) * inter);
+                    let mut c = y.slice_mut(start * h..(start + count) * h);
+                    // SAFETY: the views hold exactly the (H, I), (count, I) and (count, H) matrices the config describes.
+                    unsafe { blas.gemm(gemm_cfg(h, count, inter), &w, &a, &mut c) }.map_err(launch_err)?;
+                }
+            }
         }
 
         let f = dev.get_or_load_custom_func("moe_combine_bf16", MODULE, ptx()?)?;
         let cfg = LaunchConfig {
-            grid_dim: ((h as u32).div_ceil(256), t as u32, 1),
+            grid_dim: (t as u32, (h as u32).div_ceil(256), 1),
             block_dim: (256, 1, 1),
             shared_mem_bytes: 0,
         };
         let mut b = f.builder();
-        b.arg(&y).arg(&pair_slot).arg(&slot_weight).arg(&residual).arg(&out).arg(&hi).arg(&ki);
-        // SAFETY: y (slots, h), pair_slot (t * k), slot_weight (slots), residual and out (t, h) match moe_combine_bf16's (y, pair_slot, slot_weight, residual, out, H, K); the grid covers h columns by t tokens.
+        b.arg(&y).arg(&pair_row).arg(&row_weight).arg(&residual).arg(&out).arg(&hi).arg(&ki);
+        // SAFETY: y (rows, h), pair_row (t * k), row_weight (rows), residual and out (t, h) match moe_combine_bf16's (y, pair_slot, slot_weight, residual, out, H, K); the grid covers t tokens by h columns.
         unsafe { b.launch(cfg) }.map_err(launch_err)?;
         Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((t, h))))
     }

@@ -28,19 +28,20 @@ pub enum Precision {
     #[default]
     F32,
     /// int8 weights and per-token int8 activations ([`Int8Linear`]); CPU only. On a GPU it
-    /// stands for the GPU's default, f32 (see [`Precision::on_gpu`]).
+    /// stands for the GPU's default, bf16 (see [`Precision::on_gpu`]).
     Int8,
     /// bf16 weights and activations (f32 accumulation); GPU only.
     Bf16,
 }
 
 impl Precision {
-    /// The arithmetic a GPU runs for this setting: f32 or bf16 (int8 kernels are CPU-only, so
-    /// int8, the CPU's default, becomes f32, which reproduces the CPU's retrieval quality).
+    /// The arithmetic a GPU runs for this setting: f32 or bf16. The int8 kernels are CPU-only,
+    /// so int8, the default, becomes bf16 there: on SciFact (H200, 2026-12-02) its nDCG@10 is
+    /// within 0.002 of the CPU's int8 and of f32 in every mode, and its ingest is faster.
     pub fn on_gpu(self) -> Self {
         match self {
-            Self::Bf16 => Self::Bf16,
-            Self::F32 | Self::Int8 => Self::F32,
+            Self::F32 => Self::F32,
+            Self::Bf16 | Self::Int8 => Self::Bf16,
         }
     }
 }
