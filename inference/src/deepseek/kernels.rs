@@ -612,9 +612,9 @@ impl CustomOp1 for PrefillExperts<'_> {
         let row_token = slice_of!(tg, tl, u32);
         let row_weight = slice_of!(wg, wl, f32);
         let pair_row = slice_of!(pg, pl, u32);
-        // SAFETY (the five allocations): uninitialised device memory, each written in full
-        // below (xs by the gather, gu and y by the GEMMs over every row, act by the SwiGLU
-        // kernel, out by the combine) before it is read.
+        // SAFETY: uninitialised device memory; this and the four allocations below are each
+        // written in full (xs by the gather, gu and y by the GEMMs over every row, act by the
+        // SwiGLU kernel, out by the combine) before they are read.
         let mut xs = unsafe { dev.alloc::<bf16>(rows * h)? };
         // SAFETY: as above.
         let mut gu = unsafe { dev.alloc::<bf16>(rows * two_i)? };
