@@ -1,10 +1,12 @@
 //! Embedding speed in f32 and int8: one query at a time (what a search pays), a batch of 16
 //! queries (concurrent searches, batched), and passages in batches (what ingestion pays),
 //! with the share of a passage batch spent tokenising.
-//! `cargo run --release -p kb-inference --example embed_bench -- [MODEL_DIR] [f32|int8]`
+//! `cargo run --release -p kb-inference --example embed_bench -- [MODEL_DIR] [f32|int8|bf16] [cpu|cuda]`
+//! (`--features cuda` for the GPU; there the passage figure is the second of two runs, after
+//! the kernels are loaded, over 2,048 passages).
 use std::time::Instant;
 
-use kb_inference::{BertEmbedder, Embedder, Precision};
+use kb_inference::{BertEmbedder, Embedder, EmbedderDevice, Precision};
 
 fn main() {
     let dir = std::env::args().nth(1).unwrap_or_else(|| "models/all-MiniLM-L6-v2".into());
@@ -17,13 +19,20 @@ fn main() {
     let passage = "The title of the study\n".to_owned()
         + &"Patients with elevated markers showed a significantly reduced response to the standard treatment regimen. "
             .repeat(12);
-    let batch: Vec<&str> = (0..256).map(|_| passage.as_str()).collect();
+    let device: EmbedderDevice =
+        std::env::args().nth(3).map_or(EmbedderDevice::Cpu, |d| d.parse().expect("cpu or cuda"));
+    let gpu = device != EmbedderDevice::Cpu;
+    let batch: Vec<&str> = (0..if gpu { 2048 } else { 256 }).map(|_| passage.as_str()).collect();
     let precisions = match std::env::args().nth(2) {
-        Some(p) => vec![p.parse::<Precision>().expect("f32 or int8")],
-        None => vec![Precision::F32, Precision::Int8],
+        Some(p) if p != "all" => vec![p.parse::<Precision>().expect("f32, int8 or bf16")],
+        _ if gpu => vec![Precision::F32, Precision::Bf16],
+        _ => vec![Precision::F32, Precision::Int8],
     };
     for precision in precisions {
-        let e = BertEmbedder::load_with(std::path::Path::new(&dir), precision).expect("load");
+        let e = BertEmbedder::load_on(std::path::Path::new(&dir), precision, device).expect("load");
+        if gpu {
+            e.embed_passages(&batch[..256]).unwrap();
+        }
         let pool = rayon::ThreadPoolBuilder::new().build().expect("pool");
         pool.install(|| {
             for q in queries {

@@ -11,6 +11,7 @@ pub mod generator;
 pub use embedder::{
     bert::BertEmbedder,
     deepseek::{DeepSeekEmbedder, Pooling},
+    device::EmbedderDevice,
     encoder::Precision,
     sentence::{SentenceConfig, SentencePooling},
     Embedder,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On the GPU machine, from the repo root, with the CUDA build carried in .gpu/ (scripts/build-cuda.sh):
 #   scripts/gpu/run-deepseek-checks.sh [tiny] [lite] [bench] [ref-bench]
-# tiny:      transformers writes a tiny random checkpoint + logits; kb compares.
+# tiny:      transformers writes a tiny random checkpoint + logits; kb compares (TINY_SEQ tokens, 48;
+#            over 64 the bf16 prefill takes the prefill kernels).
 # lite:      the same at the DeepSeek-V2-Lite shape (27 layers; LITE_LAYERS overrides), ~31 GB on disk.
 # bench:     kb's prefill / decode throughput on random Lite-shaped bf16 weights made on the GPU.
 # ref-bench: transformers' throughput on the same shape, and the copy bandwidth.
@@ -20,7 +21,7 @@ for step in "$@"; do
   echo "=== $step $(date +%T)"
   case $step in
     tiny)
-      python3 scripts/gpu/deepseek_ref.py --shape tiny --out "$W/tiny" --seq 48 && "$BIN" compare "$W/tiny" ;;
+      python3 scripts/gpu/deepseek_ref.py --shape tiny --out "$W/tiny" --seq ${TINY_SEQ:-48} && "$BIN" compare "$W/tiny" ;;
     lite)
       python3 scripts/gpu/deepseek_ref.py --shape lite ${LITE_LAYERS:+--layers $LITE_LAYERS} --out "$W/lite" --seq 32 \
         && "$BIN" compare "$W/lite"; rm -rf "$W/lite" ;;

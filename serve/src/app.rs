@@ -90,9 +90,16 @@ impl App {
             }
             _ => {
                 let dir = config.embedder_dir();
-                let embedder = BertEmbedder::load_with(&dir, config.embedder_precision).with_context(|| {
-                    format!("loading the embedder from {} (run scripts/fetch-models.sh)", dir.display())
-                })?;
+                let embedder = BertEmbedder::load_on(&dir, config.embedder_precision, config.embedder_device)
+                    .with_context(|| {
+                        format!("loading the embedder from {} (run scripts/fetch-models.sh)", dir.display())
+                    })?;
+                tracing::info!(
+                    device = embedder.device_name(),
+                    precision = ?embedder.precision(),
+                    "sentence encoder {}",
+                    dir.display()
+                );
                 Arc::new(
                     embedder
                         .with_prefixes(config.embedder_query_prefix.clone(), config.embedder_passage_prefix.clone()),

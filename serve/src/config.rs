@@ -104,7 +104,8 @@ plain_settings!(
     EmbedderKind,
     FusionKind,
     PoolingKind,
-    kb_inference::Precision
+    kb_inference::Precision,
+    kb_inference::EmbedderDevice
 );
 
 /// One table of keys → a serde struct with its defaults, and a clap struct of flags whose
@@ -191,8 +192,11 @@ settings! {
         encoder: String = "all-MiniLM-L6-v2".into(), env "KB_ENCODER", flag "encoder";
         /// Arithmetic of the sentence encoder's linear layers: `int8` (int8 weights, per-token
         /// int8 activations: the same vectors within a cosine of about 0.999, several times
-        /// faster on the CPU) or `f32`.
+        /// faster on the CPU) or `f32`; on a GPU `bf16` (what `int8` means there) or `f32`.
         embedder_precision: kb_inference::Precision = kb_inference::Precision::Int8, env "KB_EMBEDDER_PRECISION", flag "embedder-precision";
+        /// Where the sentence encoder runs: `cpu`, `cuda` (the first GPU; kb built with
+        /// `--features cuda`), or `auto` (the GPU when kb has CUDA and one answers, else the CPU).
+        embedder_device: kb_inference::EmbedderDevice = kb_inference::EmbedderDevice::Auto, env "KB_EMBEDDER_DEVICE", flag "embedder-device";
         /// Put before every query the sentence encoder embeds; unset, the model directory's own
         /// prompts (`config_sentence_transformers.json`). e5 models want "query: ".
         embedder_query_prefix: Option<String> = None, env "KB_EMBEDDER_QUERY_PREFIX", flag "embedder-query-prefix";

@@ -226,6 +226,45 @@ fn bench(layers: usize, steps: usize, dev: &Device, dev_name: &str) -> Res<()> {
         dev_name,
     );
 
+    // Prefill with kb's prefill kernels (grouped expert GEMMs, in-kernel causal softmax), then
+    // with the generic candle paths they replace, in the same run; logits compared between them.
+    #[cfg(feature = "cuda")]
+    for n in [512usize, 2048] {
+        let toks = prompt(n, 13);
+        let mut logits = Vec::new();
+        for on in [true, false] {
+            kb_inference::deepseek::kernels::set_prefill_kernels(on);
+            let mut cache = model.new_cache(n)?;
+            let out = model.forward(&[&toks], &mut [&mut cache], LogitsMode::All)?;
+            logits.push(out.logits.expect("logits").to_dtype(DType::F32)?);
+        }
+        let mut m = metrics(&logits[0], &logits[1])?;
+        m["prompt_tokens"] = n.into();
+        result("prefill_kernels_vs_generic", m, dev_name);
+        for on in [false, true] {
+            kb_inference::deepseek::kernels::set_prefill_kernels(on);
+            let toks = prompt(n, 11);
+            let run = || -> Res<f64> {
+                let mut cache = model.new_cache(n)?;
+                sync(dev)?;
+                let t = Instant::now();
+                let out = model.forward(&[&toks], &mut [&mut cache], LogitsMode::Last)?;
+                let _ = out.logits.expect("logits").argmax(D::Minus1)?.to_vec1::<u32>()?;
+                Ok(t.elapsed().as_secs_f64())
+            };
+            run()?;
+            let mut times: Vec<f64> = (0..5).map(|_| run()).collect::<Res<_>>()?;
+            times.sort_by(f64::total_cmp);
+            let dt = times[2];
+            let kind = if on { "prefill" } else { "prefill_generic" };
+            result(
+                kind,
+                serde_json::json!({ "prompt_tokens": n, "ms": dt * 1e3, "tok_s": n as f64 / dt, "median_of": 5 }),
+                dev_name,
+            );
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
     for n in [512usize, 2048] {
         let toks = prompt(n, 11);
         let run = || -> Res<f64> {

@@ -404,3 +404,71 @@ extern "C" __global__ void mla_decode_attn(const bf16_t* q, const bf16_t* q_lat,
     attend_rows(q_lat + ((size_t)h * n + b) * 512, qb + (size_t)H * N + h * 64, cos_t, sin_t, pos,
                 pool + (size_t)base * 576, out + ((size_t)h * n + b) * 512, scale);
 }
+
+// ---- Prefill (many tokens): the routed experts as per-expert cuBLAS GEMMs over tokens sorted by
+// expert; these kernels gather the sorted rows, apply the SwiGLU and combine the weighted outputs. ----
+
+// grid (rows, ceil(H8 / 128)): xs[r] = x[row_token[r]], or zeros for a padding row (token -1),
+// in 16-byte words (H8 = H / 8). Rows on grid x: more than 65,535 of them in a long prompt.
+extern "C" __global__ void moe_gather_rows(const uint4* x, const int* row_token, uint4* xs, int H8) {
+    const int r = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x;
+    if (c >= H8) return;
+    const int tok = row_token[r];
+    xs[(size_t)r * H8 + c] = tok < 0 ? make_uint4(0u, 0u, 0u, 0u) : x[(size_t)tok * H8 + c];
+}
+
+// grid (rows, ceil(I / 256)): act[s][j] = silu(gu[s][j]) * gu[s][I + j], in f32, stored bf16.
+extern "C" __global__ void moe_silu_mul(const bf16_t* gu, bf16_t* act, int I) {
+    const int s = blockIdx.x, j = blockIdx.y * blockDim.x + threadIdx.x;
+    if (j >= I) return;
+    const float g = bf2f(gu[(size_t)s * 2 * I + j]), u = bf2f(gu[(size_t)s * 2 * I + I + j]);
+    act[(size_t)s * I + j] = f2bf(g / (1.f + __expf(-g)) * u);
+}
+
+// grid (T, ceil(H / 256)): out[t][r] = residual[t][r] + sum_k weight(slot) * y[slot][r] (y bf16), k in order.
+extern "C" __global__ void moe_combine_bf16(const bf16_t* y, const int* pair_slot, const float* slot_weight,
+                                            const bf16_t* residual, bf16_t* out, int H, int K) {
+    const int t = blockIdx.x, r = blockIdx.y * blockDim.x + threadIdx.x;
+    if (r >= H) return;
+    float acc = 0.f;
+    for (int k = 0; k < K; k++) {
+        const int slot = pair_slot[t * K + k];
+        acc += slot_weight[slot] * bf2f(y[(size_t)slot * H + r]);
+    }
+    out[(size_t)t * H + r] = f2bf(acc + bf2f(residual[(size_t)t * H + r]));
+}
+
+// ---- Prefill attention: causal softmax over already-scaled scores, the mask applied in the
+// kernel (no mask tensor, one read and one write of the scores). ----
+
+__device__ __forceinline__ float block_reduce(float v, float* sh, bool is_max) {
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    for (int o = 16; o > 0; o >>= 1) {
+        const float other = __shfl_xor_sync(0xffffffffu, v, o);
+        v = is_max ? fmaxf(v, other) : v + other;
+    }
+    __syncthreads();
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    v = sh[0];
+    for (int i = 1; i < nw; i++) v = is_max ? fmaxf(v, sh[i]) : v + sh[i];
+    return v;
+}
+
+// grid (rows): scores (rows, L) bf16, row r is token r % n of some head; token i sees columns
+// 0 ..= prefix + i. p[r][j] = softmax over the visible columns, 0 beyond.
+extern "C" __global__ void causal_softmax(const bf16_t* scores, bf16_t* p, int n, int prefix, int L) {
+    __shared__ float sh[32];
+    const int r = blockIdx.x;
+    const int visible = min(L, prefix + (r % n) + 1);
+    const bf16_t* s = scores + (size_t)r * L;
+    bf16_t* o = p + (size_t)r * L;
+    float m = -3.0e38f;
+    for (int j = threadIdx.x; j < visible; j += blockDim.x) m = fmaxf(m, bf2f(s[j]));
+    m = block_reduce(m, sh, true);
+    float sum = 0.f;
+    for (int j = threadIdx.x; j < visible; j += blockDim.x) sum += __expf(bf2f(s[j]) - m);
+    sum = block_reduce(sum, sh, false);
+    const float inv = 1.f / sum;
+    for (int j = threadIdx.x; j < L; j += blockDim.x) o[j] = j < visible ? f2bf(__expf(bf2f(s[j]) - m) * inv) : (bf16_t)0;
+}

@@ -13,6 +13,7 @@ use candle_core::cuda_backend::cudarc::nvrtc::{compile_ptx_with_opts, CompileOpt
 use candle_core::cuda_backend::CudaStorage;
 use candle_core::{CustomOp1, DType, Layout, Result, Shape, Storage, Tensor};
 use half::bf16;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 
 const MODULE: &str = "kb_deepseek_moe";
@@ -29,6 +30,27 @@ fn nvrtc_options() -> Vec<String> {
         .map(|o| o.split_whitespace().map(str::to_owned).collect())
         .unwrap_or_default()
 }
+
+/// Whether the prefill kernels (grouped expert GEMMs, causal softmax) are on:
+/// `KB_DEEPSEEK_PREFILL_KERNELS=0` turns them off (the generic candle paths, for comparison).
+pub fn prefill_kernels() -> bool {
+    match PREFILL_KERNELS.load(Ordering::Relaxed) {
+        0 => {
+            let on = std::env::var("KB_DEEPSEEK_PREFILL_KERNELS").map_or(true, |v| v != "0");
+            PREFILL_KERNELS.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+            on
+        }
+        v => v == 2,
+    }
+}
+
+/// Turns the prefill kernels on or off for the whole process (benchmarks compare both).
+pub fn set_prefill_kernels(on: bool) {
+    PREFILL_KERNELS.store(if on { 2 } else { 1 }, Ordering::Relaxed);
+}
+
+/// 0: not read from the environment yet, 1: off, 2: on.
+static PREFILL_KERNELS: AtomicU8 = AtomicU8::new(0);
 
 fn ptx() -> Result<&'static str> {
     static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
@@ -456,5 +478,293 @@ impl CustomOp1 for Attn<'_> {
         // SAFETY: q, q_lat (heads, n, 512), cos, sin, meta, pool and out (heads, n, 512) match mla_decode_attn's (q, q_lat, cos_t, sin_t, meta, pool, out, H, N, scale, n); the grid is heads by n, one block per (head, sequence).
         unsafe { b.launch(cfg) }.map_err(launch_err)?;
         Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((self.heads, n, 512))))
+    }
+}
+
+/// Tokens sorted by routed expert, grouped on the host from one read of the routing. Rows of
+/// the sorted buffers: either packed (expert e owns rows `offsets[e]..offsets[e + 1]`) or
+/// padded (expert e owns rows `e * cap..(e + 1) * cap`, the unused ones zero), which lets one
+/// strided-batched GEMM cover every expert.
+struct Grouping {
+    /// Routed experts (the strided-batched GEMMs' batch).
+    routed: usize,
+    rows: usize,
+    layout: RowLayout,
+    /// Per row its token (u32; u32::MAX for a padding row).
+    row_token: Tensor,
+    /// Per row its routing weight (0 for padding).
+    row_weight: Tensor,
+    /// Per (token, k) its row.
+    pair_row: Tensor,
+}
+
+enum RowLayout {
+    Packed { offsets: Vec<usize> },
+    Padded { cap: usize },
+}
+
+/// Padding may at most double the rows (and so the GEMM work); past that, with routing
+/// skewed onto a few experts, the experts are multiplied one by one over packed rows.
+const MAX_PADDING_FACTOR: usize = 2;
+
+fn group_on_host(route: &Tensor, k: usize, routed: usize) -> Result<Grouping> {
+    let r = route.to_vec2::<f32>()?; // (T, 2K): ids then weights
+    let t = r.len();
+    let mut counts = vec![0usize; routed];
+    for row in &r {
+        for &e in &row[..k] {
+            let e = e as usize;
+            if e >= routed {
+                candle_core::bail!("moe prefill: expert id {e} out of range");
+            }
+            counts[e] += 1;
+        }
+    }
+    let cap = counts.iter().copied().max().unwrap_or(0).next_multiple_of(8);
+    let padded = routed * cap <= MAX_PADDING_FACTOR * t * k;
+    let mut offsets = vec![0usize; routed + 1];
+    for e in 0..routed {
+        offsets[e + 1] = if padded { (e + 1) * cap } else { offsets[e] + counts[e] };
+    }
+    let rows = offsets[routed];
+    let mut fill = offsets.clone();
+    // u32 on the host (candle has no i32); the kernels read them as int.
+    let (mut row_token, mut row_weight, mut pair_row) = (vec![u32::MAX; rows], vec![0f32; rows], vec![0u32; t * k]);
+    // Token order within each expert: the same sums in the same order on every run.
+    for (tok, route_row) in r.iter().enumerate() {
+        for j in 0..k {
+            let e = route_row[j] as usize;
+            let row = fill[e];
+            fill[e] += 1;
+            row_token[row] = tok as u32;
+            row_weight[row] = route_row[k + j];
+            pair_row[tok * k + j] = row as u32;
+        }
+    }
+    let dev = route.device();
+    Ok(Grouping {
+        routed,
+        rows,
+        layout: if padded { RowLayout::Padded { cap } } else { RowLayout::Packed { offsets } },
+        row_token: Tensor::from_vec(row_token, rows, dev)?,
+        row_weight: Tensor::from_vec(row_weight, rows, dev)?,
+        pair_row: Tensor::from_vec(pair_row, t * k, dev)?,
+    })
+}
+
+/// residual + the routed experts of x (T, H) bf16 for many tokens (prefill): the routing read
+/// once, tokens gathered in expert order (one kernel), the gate/up and down products on tensor
+/// cores through cuBLAS (one strided-batched GEMM each over every expert's padded rows, or, for
+/// skewed routing, one GEMM per active expert over packed rows), SwiGLU over all rows at once,
+/// and one combine kernel for the weighted sum plus residual. The generic grouped path made ~10
+/// launches per expert, and its per-expert GEMMs of a few dozen rows filled a third of the SMs.
+pub fn experts_prefill(
+    x: &Tensor,
+    route: &Tensor,
+    gate_up: &Tensor,
+    down: &Tensor,
+    residual: &Tensor,
+    k: usize,
+    routed: usize,
+) -> Result<Tensor> {
+    let grouping = group_on_host(route, k, routed)?;
+    let residual = residual.contiguous()?;
+    x.contiguous()?.apply_op1_no_bwd(&PrefillExperts { grouping: &grouping, gate_up, down, residual: &residual, k })
+}
+
+struct PrefillExperts<'a> {
+    grouping: &'a Grouping,
+    gate_up: &'a Tensor,
+    down: &'a Tensor,
+    residual: &'a Tensor,
+    k: usize,
+}
+
+impl CustomOp1 for PrefillExperts<'_> {
+    fn name(&self) -> &'static str {
+        "deepseek-moe-prefill-experts"
+    }
+    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
+        candle_core::bail!("moe kernels are CUDA-only")
+    }
+    fn cuda_fwd(&self, x: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
+        use candle_core::cuda_backend::cudarc::cublas::{
+            sys::cublasOperation_t, Gemm, GemmConfig, StridedBatchedConfig,
+        };
+        let dev = x.device().clone();
+        let (t, h) = xl.shape().dims2()?;
+        // gate_up / down hold the routed experts, then the shared chunks (not used here).
+        let (_, two_i, _) = self.gate_up.dims3()?;
+        let inter = two_i / 2;
+        let g = self.grouping;
+        let n_experts = g.routed;
+        let rows = g.rows;
+        let (gg, gl) = cuda_of(self.gate_up)?;
+        let (dg, dl) = cuda_of(self.down)?;
+        let (resg, resl) = cuda_of(self.residual)?;
+        let (tg, tl) = cuda_of_u32(&g.row_token)?;
+        let (wg, wl) = cuda_of_u32(&g.row_weight)?;
+        let (pg, pl) = cuda_of_u32(&g.pair_row)?;
+        let x = x.as_cuda_slice::<bf16>()?.slice(xl.start_offset()..);
+        let gate_up = slice_of!(gg, gl, bf16);
+        let down = slice_of!(dg, dl, bf16);
+        let residual = slice_of!(resg, resl, bf16);
+        let row_token = slice_of!(tg, tl, u32);
+        let row_weight = slice_of!(wg, wl, f32);
+        let pair_row = slice_of!(pg, pl, u32);
+        // SAFETY: uninitialised device memory; this and the four allocations below are each
+        // written in full (xs by the gather, gu and y by the GEMMs over every row, act by the
+        // SwiGLU kernel, out by the combine) before they are read.
+        let mut xs = unsafe { dev.alloc::<bf16>(rows * h)? };
+        // SAFETY: as above.
+        let mut gu = unsafe { dev.alloc::<bf16>(rows * two_i)? };
+        // SAFETY: as above.
+        let mut act = unsafe { dev.alloc::<bf16>(rows * inter)? };
+        // SAFETY: as above.
+        let mut y = unsafe { dev.alloc::<bf16>(rows * h)? };
+        // SAFETY: as above.
+        let out = unsafe { dev.alloc::<bf16>(t * h)? };
+        let (hi, ii, ki, h8) = (h as i32, inter as i32, self.k as i32, (h / 8) as i32);
+
+        let f = dev.get_or_load_custom_func("moe_gather_rows", MODULE, ptx()?)?;
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, (h as u32 / 8).div_ceil(128), 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = f.builder();
+        b.arg(&x).arg(&row_token).arg(&mut xs).arg(&h8);
+        // SAFETY: x (t, h) and xs (rows, h) bf16 read as 16-byte words (h % 8 == 0, checked by `supported`), row_token (rows) holds tokens < t or -1 (a zero row); the grid covers rows by h / 8 words.
+        unsafe { b.launch(cfg) }.map_err(launch_err)?;
+
+        let blas = dev.cublas_handle();
+        let (one, zero) = (bf16::ONE, bf16::ZERO);
+        // Row-major C (n, M) = A (n, K) · W^T with W (M, K) row-major: in cuBLAS's column-major
+        // terms C^T = op(W) · A^T, op = transpose (lda = K), A^T as stored (ldb = K), ldc = M.
+        let gemm_cfg = |m: usize, n: usize, k: usize| GemmConfig {
+            transa: cublasOperation_t::CUBLAS_OP_T,
+            transb: cublasOperation_t::CUBLAS_OP_N,
+            m: m as i32,
+            n: n as i32,
+            k: k as i32,
+            alpha: one,
+            lda: k as i32,
+            ldb: k as i32,
+            beta: zero,
+            ldc: m as i32,
+        };
+        // gate/up: (rows of e, 2I) = xs (rows of e, H) · gate_up[e]^T
+        match &g.layout {
+            RowLayout::Padded { cap } => {
+                let cfg = StridedBatchedConfig {
+                    gemm: gemm_cfg(two_i, *cap, h),
+                    batch_size: n_experts as i32,
+                    stride_a: (two_i * h) as i64,
+                    stride_b: (cap * h) as i64,
+                    stride_c: (cap * two_i) as i64,
+                };
+                // SAFETY: gate_up holds n_experts (2I, H) matrices, xs and gu n_experts * cap rows of H and 2I.
+                unsafe { blas.gemm_strided_batched(cfg, &gate_up, &xs, &mut gu) }.map_err(launch_err)?;
+            }
+            RowLayout::Packed { offsets } => {
+                for e in 0..offsets.len() - 1 {
+                    let (start, count) = (offsets[e], offsets[e + 1] - offsets[e]);
+                    if count == 0 {
+                        continue;
+                    }
+                    let w = gate_up.slice(e * two_i * h..(e + 1) * two_i * h);
+                    let a = xs.slice(start * h..(start + count) * h);
+                    let mut c = gu.slice_mut(start * two_i..(start + count) * two_i);
+                    // SAFETY: the views hold exactly the (2I, H), (count, H) and (count, 2I) matrices the config describes.
+                    unsafe { blas.gemm(gemm_cfg(two_i, count, h), &w, &a, &mut c) }.map_err(launch_err)?;
+                }
+            }
+        }
+
+        let f = dev.get_or_load_custom_func("moe_silu_mul", MODULE, ptx()?)?;
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, (inter as u32).div_ceil(256), 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = f.builder();
+        b.arg(&gu).arg(&mut act).arg(&ii);
+        // SAFETY: gu (rows, 2I) and act (rows, I) bf16 match moe_silu_mul's (gu, act, I); the grid covers rows by I columns.
+        unsafe { b.launch(cfg) }.map_err(launch_err)?;
+
+        // down: (rows of e, H) = act (rows of e, I) · down[e]^T
+        match &g.layout {
+            RowLayout::Padded { cap } => {
+                let cfg = StridedBatchedConfig {
+                    gemm: gemm_cfg(h, *cap, inter),
+                    batch_size: n_experts as i32,
+                    stride_a: (h * inter) as i64,
+                    stride_b: (cap * inter) as i64,
+                    stride_c: (cap * h) as i64,
+                };
+                // SAFETY: down holds n_experts (H, I) matrices, act and y n_experts * cap rows of I and H.
+                unsafe { blas.gemm_strided_batched(cfg, &down, &act, &mut y) }.map_err(launch_err)?;
+            }
+            RowLayout::Packed { offsets } => {
+                for e in 0..offsets.len() - 1 {
+                    let (start, count) = (offsets[e], offsets[e + 1] - offsets[e]);
+                    if count == 0 {
+                        continue;
+                    }
+                    let w = down.slice(e * h * inter..(e + 1) * h * inter);
+                    let a = act.slice(start * inter..(start + count) * inter);
+                    let mut c = y.slice_mut(start * h..(start + count) * h);
+                    // SAFETY: the views hold exactly the (H, I), (count, I) and (count, H) matrices the config describes.
+                    unsafe { blas.gemm(gemm_cfg(h, count, inter), &w, &a, &mut c) }.map_err(launch_err)?;
+                }
+            }
+        }
+
+        let f = dev.get_or_load_custom_func("moe_combine_bf16", MODULE, ptx()?)?;
+        let cfg = LaunchConfig {
+            grid_dim: (t as u32, (h as u32).div_ceil(256), 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let mut b = f.builder();
+        b.arg(&y).arg(&pair_row).arg(&row_weight).arg(&residual).arg(&out).arg(&hi).arg(&ki);
+        // SAFETY: y (rows, h), pair_row (t * k), row_weight (rows), residual and out (t, h) match moe_combine_bf16's (y, pair_slot, slot_weight, residual, out, H, K); the grid covers t tokens by h columns.
+        unsafe { b.launch(cfg) }.map_err(launch_err)?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((t, h))))
+    }
+}
+
+/// Causal softmax of scaled attention scores (h * n, L) bf16, row r = token r % n of a head,
+/// token i seeing columns 0 ..= prefix + i: the mask applied inside one kernel.
+pub fn causal_softmax(scores: &Tensor, n: usize, prefix: usize) -> Result<Tensor> {
+    scores.contiguous()?.apply_op1_no_bwd(&CausalSoftmax { n, prefix })
+}
+
+struct CausalSoftmax {
+    n: usize,
+    prefix: usize,
+}
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "deepseek-causal-softmax"
+    }
+    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
+        candle_core::bail!("causal softmax kernel is CUDA-only")
+    }
+    fn cuda_fwd(&self, s: &CudaStorage, sl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = s.device().clone();
+        let (rows, l) = sl.shape().dims2()?;
+        let scores = s.as_cuda_slice::<bf16>()?.slice(sl.start_offset()..);
+        // SAFETY: uninitialised device memory, every element written by the kernel below.
+        let p = unsafe { dev.alloc::<bf16>(rows * l)? };
+        let f = dev.get_or_load_custom_func("causal_softmax", MODULE, ptx()?)?;
+        let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let (n, prefix, li) = (self.n as i32, self.prefix as i32, l as i32);
+        let mut b = f.builder();
+        b.arg(&scores).arg(&p).arg(&n).arg(&prefix).arg(&li);
+        // SAFETY: scores and p (rows, L) bf16 match causal_softmax's (scores, p, n, prefix, L); one block per row.
+        unsafe { b.launch(cfg) }.map_err(launch_err)?;
+        Ok((CudaStorage::wrap_cuda_slice(p, dev), Shape::from((rows, l))))
     }
 }

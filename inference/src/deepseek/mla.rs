@@ -127,6 +127,16 @@ impl Mla {
             let total = kv_all.dim(0)?;
             let q_s =
                 q_full.narrow(1, span.start, span.len)?.contiguous()?.reshape((h * span.len, self.rank + rope))?;
+            #[cfg(feature = "cuda")]
+            if span.len > 1 && q_s.device().is_cuda() && q_s.dtype() == DType::BF16 && super::kernels::prefill_kernels()
+            {
+                // Scale the (smaller) query instead of the scores; mask and softmax in one kernel.
+                let scores = (q_s * self.scale)?.matmul(&kv_all.t()?)?; // (h * n_s, L)
+                let probs = super::kernels::causal_softmax(&scores, span.len, prefix)?;
+                let o_lat = probs.matmul(&kv_all)?.narrow(1, 0, self.rank)?.reshape((h, span.len, self.rank))?;
+                outs.push(o_lat);
+                continue;
+            }
             let scores = (q_s.matmul(&kv_all.t()?)? * self.scale)?; // (h * n_s, L)
             let scores = if span.len > 1 {
                 let mask = match masks.get(&(span.len, prefix)) {

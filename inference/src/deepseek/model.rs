@@ -209,9 +209,14 @@ impl DeepSeekV2 {
         let (cos, sin) = self.rope.gather(&positions)?;
 
         let mut masks = MaskCache::new();
+        // The CUDA bf16 prefill masks inside its softmax kernel: no mask tensors to build.
+        #[cfg(feature = "cuda")]
+        let in_kernel = self.device.is_cuda() && self.dtype == DType::BF16 && super::kernels::prefill_kernels();
+        #[cfg(not(feature = "cuda"))]
+        let in_kernel = false;
         for (span, cache) in spans.iter().zip(caches.iter()) {
             let prefix = cache.len();
-            if span.len > 1 && !masks.contains_key(&(span.len, prefix)) {
+            if span.len > 1 && !in_kernel && !masks.contains_key(&(span.len, prefix)) {
                 let m = causal_mask(span.len, prefix, prefix + span.len, self.dtype, &self.device)?;
                 masks.insert((span.len, prefix), m);
             }

@@ -230,7 +230,10 @@ impl Moe {
         #[cfg(feature = "cuda")]
         {
             let (n, hd) = x.dims2()?;
-            if n <= DEVICE_GROUPED_MAX_TOKENS
+            let prefill = n > DEVICE_GROUPED_MAX_TOKENS
+                && matches!(self.method, TopkMethod::Greedy)
+                && super::kernels::prefill_kernels();
+            if (n <= DEVICE_GROUPED_MAX_TOKENS || prefill)
                 && self.top_k + self.shared <= 64
                 && super::kernels::supported(x, hd, self.inter, self.n_experts, self.top_k + self.shared)
             {
@@ -260,6 +263,17 @@ impl Moe {
                     Some(shared) => (residual + shared)?,
                     None => residual.clone(),
                 };
+                if prefill {
+                    return super::kernels::experts_prefill(
+                        x,
+                        &route,
+                        &self.gate_up,
+                        &self.down,
+                        &residual,
+                        self.top_k,
+                        self.n_experts,
+                    );
+                }
                 return super::kernels::experts_grouped(
                     x,
                     &route,

@@ -9,13 +9,18 @@ use candle_nn::VarBuilder;
 use candle_transformers::models::bert::Config;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
+use super::device::EmbedderDevice;
 use super::encoder::{Encoder, Precision};
 use super::sentence::{pool, SentenceConfig, SentencePooling};
 use super::{xlmr, Embedder};
 use crate::ModelError;
 
-/// Inputs per forward pass. Batches are cut from length-sorted inputs, so padding stays small.
+/// Inputs per forward pass on the CPU. Batches are cut from length-sorted inputs, so padding
+/// stays small.
 const BATCH_SIZE: usize = 32;
+/// Inputs per forward pass on a GPU: larger batches keep it busy (candle launches each op from
+/// the host; a batch of 32 passages leaves the device idle between launches).
+const GPU_BATCH_SIZE: usize = 128;
 
 pub struct BertEmbedder {
     id: String,
@@ -30,6 +35,9 @@ pub struct BertEmbedder {
     query_prefix: String,
     passage_prefix: String,
     device: Device,
+    /// The arithmetic the encoder really runs (on a GPU, [`Precision::on_gpu`]).
+    precision: Precision,
+    batch_size: usize,
 }
 
 impl BertEmbedder {
@@ -38,8 +46,24 @@ impl BertEmbedder {
         Self::load_with(dir, Precision::F32)
     }
 
-    /// As [`BertEmbedder::load`], with the linear layers in `precision`.
+    /// As [`BertEmbedder::load`], on the CPU, with the linear layers in `precision` (bf16 is
+    /// GPU-only: an error here).
     pub fn load_with(dir: &Path, precision: Precision) -> Result<Self, ModelError> {
+        Self::load_on(dir, precision, EmbedderDevice::Cpu)
+    }
+
+    /// As [`BertEmbedder::load_with`], on `device`. On a GPU the encoder runs in f32, or bf16
+    /// when `precision` says so ([`Precision::on_gpu`]).
+    pub fn load_on(dir: &Path, precision: Precision, device: EmbedderDevice) -> Result<Self, ModelError> {
+        let device = device.resolve()?;
+        let precision = if device.is_cpu() { precision } else { precision.on_gpu() };
+        if device.is_cpu() && precision == Precision::Bf16 {
+            return Err(ModelError::Unsupported(
+                "embedder precision bf16 runs on a GPU only (embedder_device = \"cuda\"); the CPU runs int8 or f32"
+                    .into(),
+            ));
+        }
+        let dtype = if precision == Precision::Bf16 { DType::BF16 } else { DType::F32 };
         let config_path = require(dir, "config.json")?;
         let weights = require(dir, "model.safetensors")?;
         let tokenizer_path = require(dir, "tokenizer.json")?;
@@ -50,14 +74,15 @@ impl BertEmbedder {
         let dim = raw["hidden_size"].as_u64().unwrap_or(0) as usize;
         let sentence = SentenceConfig::read(dir)?;
 
-        let device = Device::Cpu;
         let vb = if xlmr::is_roberta(&raw) {
-            xlmr::weights(&weights, &mut config, &device)?
+            xlmr::weights(&weights, &mut config, &device)?.set_dtype(dtype)
         } else {
             // SAFETY: the file is mapped read-only and not modified while the model lives.
-            unsafe { VarBuilder::from_mmaped_safetensors(&[weights], DType::F32, &device)? }
+            unsafe { VarBuilder::from_mmaped_safetensors(&[weights], dtype, &device)? }
         };
         let model = Encoder::load(vb, &config, precision)?;
+        // The weights were uploaded on this thread's stream; embedding runs on other threads.
+        device.synchronize()?;
         let max_positions = config.max_position_embeddings;
         // sentence-transformers trains and evaluates at this length, shorter than the positions.
         let max_tokens = sentence.max_seq_length.unwrap_or(max_positions).min(max_positions);
@@ -90,8 +115,24 @@ impl BertEmbedder {
             pooling: sentence.pooling,
             query_prefix: sentence.query_prefix,
             passage_prefix: sentence.passage_prefix,
+            batch_size: if device.is_cpu() { BATCH_SIZE } else { GPU_BATCH_SIZE },
             device,
+            precision,
         })
+    }
+
+    /// Where the encoder runs: "cpu" or "cuda".
+    pub fn device_name(&self) -> &'static str {
+        if self.device.is_cpu() {
+            "cpu"
+        } else {
+            "cuda"
+        }
+    }
+
+    /// The arithmetic the encoder runs.
+    pub fn precision(&self) -> Precision {
+        self.precision
     }
 
     /// Replaces the directory's query and passage prompts (e5 models want "query: " and
@@ -128,7 +169,7 @@ impl BertEmbedder {
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| texts[i].len());
         let mut out = vec![Vec::new(); texts.len()];
-        for batch in order.chunks(BATCH_SIZE) {
+        for batch in order.chunks(self.batch_size) {
             let inputs: Vec<&str> = batch.iter().map(|&i| texts[i]).collect();
             for (&i, v) in batch.iter().zip(self.embed_batch(&inputs)?) {
                 out[i] = v;

@@ -7,6 +7,11 @@
 //! matmul, the linear layers see all tokens of a batch as one 2-D matrix, and GELU uses a
 //! branch-free erf the compiler vectorises. The test `tests/bert.rs` checks it against
 //! candle-transformers' model on the real weights.
+//!
+//! On a GPU (`--features cuda`, weights loaded on a CUDA device, in f32 or bf16) the same
+//! forward runs through candle's own kernels: the CPU-only fused ops (attention, residual +
+//! layer norm, GELU) are replaced by their tensor-op equivalents, which candle runs on the
+//! device (cuBLAS matmuls, fused softmax and layer-norm kernels).
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Shape, Tensor};
 use candle_nn::VarBuilder;
@@ -22,8 +27,23 @@ use super::int8::Int8Linear;
 pub enum Precision {
     #[default]
     F32,
-    /// int8 weights and per-token int8 activations ([`Int8Linear`]).
+    /// int8 weights and per-token int8 activations ([`Int8Linear`]); CPU only. On a GPU it
+    /// stands for the GPU's default, bf16 (see [`Precision::on_gpu`]).
     Int8,
+    /// bf16 weights and activations (f32 accumulation); GPU only.
+    Bf16,
+}
+
+impl Precision {
+    /// The arithmetic a GPU runs for this setting: f32 or bf16. The int8 kernels are CPU-only,
+    /// so int8, the default, becomes bf16 there: on SciFact (H200, 2026-12-02) its nDCG@10 is
+    /// within 0.002 of the CPU's int8 and of f32 in every mode, and its ingest is faster.
+    pub fn on_gpu(self) -> Self {
+        match self {
+            Self::F32 => Self::F32,
+            Self::Bf16 | Self::Int8 => Self::Bf16,
+        }
+    }
 }
 
 impl std::str::FromStr for Precision {
@@ -32,7 +52,8 @@ impl std::str::FromStr for Precision {
         match s {
             "f32" => Ok(Self::F32),
             "int8" => Ok(Self::Int8),
-            _ => Err(format!("unknown precision {s:?}: expected f32 or int8")),
+            "bf16" => Ok(Self::Bf16),
+            _ => Err(format!("unknown precision {s:?}: expected f32, int8 or bf16")),
         }
     }
 }
@@ -54,7 +75,8 @@ impl Dense {
         }
         let (weight, bias) = (Tensor::cat(&ws, 0)?, Tensor::cat(&bs, 0)?);
         Ok(match precision {
-            Precision::F32 => Self::F32 { weight_t: weight.t()?.contiguous()?, bias },
+            // bf16: the weights come in that dtype from the var builder.
+            Precision::F32 | Precision::Bf16 => Self::F32 { weight_t: weight.t()?.contiguous()?, bias },
             Precision::Int8 => Self::Int8(Int8Linear::new(&weight, &bias)?),
         })
     }
@@ -81,7 +103,8 @@ impl Norm {
         // Old checkpoints name them gamma/beta.
         let gamma = vb.get(size, "weight").or_else(|_| vb.get(size, "gamma"))?;
         let beta = vb.get(size, "bias").or_else(|_| vb.get(size, "beta"))?;
-        let fused = AddNorm { gamma: gamma.to_vec1()?, beta: beta.to_vec1()?, eps: eps as f32 };
+        let host = |t: &Tensor| t.to_dtype(DType::F32)?.to_vec1::<f32>();
+        let fused = AddNorm { gamma: host(&gamma)?, beta: host(&beta)?, eps: eps as f32 };
         Ok(Self { gamma, beta, eps: eps as f32, fused })
     }
 
@@ -89,9 +112,14 @@ impl Norm {
         candle_nn::ops::layer_norm(x, &self.gamma, &self.beta, self.eps)
     }
 
-    /// `layer_norm(x + residual)` in one pass over the rows.
+    /// `layer_norm(x + residual)`: in one pass over the rows on the CPU; two device kernels
+    /// on a GPU.
     fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> candle_core::Result<Tensor> {
-        x.contiguous()?.apply_op2_no_bwd(&residual.contiguous()?, &self.fused)
+        if x.device().is_cpu() {
+            x.contiguous()?.apply_op2_no_bwd(&residual.contiguous()?, &self.fused)
+        } else {
+            self.forward(&(x + residual)?)
+        }
     }
 }
 
@@ -207,20 +235,51 @@ impl Encoder {
             .iter()
             .map(|r| r.iter().filter(|&&m| m != 0).count())
             .collect();
+        let cpu = x.device().is_cpu();
         let attention = Attention { heads, batch: b, seq: s, lens };
+        // On a GPU: an additive key mask, (b, 1, 1, s), 0 for real keys and -1e9 for padding.
+        let key_bias = if cpu {
+            None
+        } else {
+            let keep = mask.to_dtype(DType::F32)?;
+            Some(((keep - 1.0)? * 1e9)?.to_dtype(x.dtype())?.reshape((b, 1, 1, s))?)
+        };
         for l in &self.layers {
-            let ctx = l.qkv.forward(&x)?.apply_op1_no_bwd(&attention)?;
+            let qkv = l.qkv.forward(&x)?;
+            let ctx = match &key_bias {
+                None => qkv.apply_op1_no_bwd(&attention)?,
+                Some(bias) => device_attention(&qkv, bias, b, s, heads)?,
+            };
             x = l.attn_norm.forward_residual(&l.attn_out.forward(&ctx)?, &x)?;
             let up = l.up.forward(&x)?;
             let up = match self.act {
-                HiddenAct::Gelu => up.apply_op1_no_bwd(&GeluErf)?,
+                HiddenAct::Gelu if cpu => up.apply_op1_no_bwd(&GeluErf)?,
+                HiddenAct::Gelu => up.gelu_erf()?,
                 HiddenAct::GeluApproximate => up.gelu()?,
                 HiddenAct::Relu => up.relu()?,
             };
             x = l.out_norm.forward_residual(&l.down.forward(&up)?, &x)?;
         }
-        x.reshape((b, s, h))
+        // Pooling and normalisation run in f32 whatever the encoder's dtype.
+        x.reshape((b, s, h))?.to_dtype(DType::F32)
     }
+}
+
+/// Self-attention from the fused projection `qkv` (b·s, 3h) to the context (b·s, h) with
+/// tensor ops (the GPU path): batched matmuls over (b, heads), the key mask added, candle's
+/// fused last-dim softmax. Padded query rows come out as some mix of real values; pooling
+/// ignores them.
+fn device_attention(qkv: &Tensor, key_bias: &Tensor, b: usize, s: usize, heads: usize) -> candle_core::Result<Tensor> {
+    let h = qkv.dim(1)? / 3;
+    let d = h / heads;
+    // (b, s, 3, heads, d) -> three (b, heads, s, d)
+    let qkv = qkv.reshape((b, s, 3, heads, d))?.permute((2, 0, 3, 1, 4))?;
+    let q = qkv.get(0)?.contiguous()?;
+    let k = qkv.get(1)?.contiguous()?;
+    let v = qkv.get(2)?.contiguous()?;
+    let scores = (q.matmul(&k.t()?)? * (1.0 / (d as f64).sqrt()))?.broadcast_add(key_bias)?;
+    let p = candle_nn::ops::softmax_last_dim(&scores)?;
+    p.matmul(&v)?.transpose(1, 2)?.reshape((b * s, h))
 }
 
 impl Module for Encoder {

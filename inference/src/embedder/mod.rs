@@ -1,6 +1,7 @@
 mod attention;
 pub mod bert;
 pub mod deepseek;
+pub mod device;
 pub mod encoder;
 pub mod int8;
 pub mod sentence;
