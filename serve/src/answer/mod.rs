@@ -19,6 +19,7 @@ pub mod verify;
 use std::sync::Arc;
 use std::time::Instant;
 
+use kb_index::fusion::vector_trust;
 use kb_index::{Collection, Engine, Hit, SearchMode, SearchRequest};
 use kb_inference::{ChatMessage, Embedder, Flow, GenerationStats, Generator, Role, SamplingParams};
 use serde::Serialize;
@@ -32,6 +33,10 @@ pub use followup::Turn;
 const RELEVANCE_MARGIN: f32 = 0.05;
 /// Sentences of a draft read at most: generation stops after them.
 const MAX_SENTENCES: usize = 2;
+/// The share of a question's content words (CJK: character bigrams) a retrieved passage must
+/// hold for the keyword side to admit a question the embedder cannot judge: at least half of
+/// what the question says must be there.
+const MIN_WORD_SHARE: f32 = 0.5;
 
 pub const NOT_IN_CORPUS: &str = "The documents in this collection do not contain an answer to this question.";
 
@@ -103,16 +108,35 @@ impl Answerer {
     }
 
     /// Passages for `question`, or none when nothing is relevant enough.
+    ///
+    /// The vector side gives an absolute relevance signal (fused scores are only relative),
+    /// but only as far as the embedder reads the question: hybrid search trusts it by the
+    /// embedder's coverage of the query ([`vector_trust`]), and so does this decision. A
+    /// question the embedder reads fully is decided by the vector probe alone. One it reads
+    /// partly or not at all (Chinese to an English model) is also admitted by the keyword
+    /// side: a passage among the best holding most of the question's words.
     pub async fn retrieve(&self, c: &Collection, question: &str, top_k: usize) -> kb_index::Result<Vec<Hit>> {
-        // The vector side gives an absolute relevance signal; fused scores are only relative.
-        let probe =
-            SearchRequest { query: question.into(), top_k: 1, mode: SearchMode::Vector, distinct_documents: false };
-        let best = self.engine.search(c, &probe).await?;
-        if best.first().is_none_or(|h| h.score < self.min_relevance) {
+        let trust = vector_trust(self.embedder().coverage(question));
+        let vector_relevant = if trust > 0.0 {
+            let probe =
+                SearchRequest { query: question.into(), top_k: 1, mode: SearchMode::Vector, distinct_documents: false };
+            let best = self.engine.search(c, &probe).await?;
+            best.first().is_some_and(|h| h.score >= self.min_relevance)
+        } else {
+            false
+        };
+        if !vector_relevant && trust >= 1.0 {
             return Ok(Vec::new());
         }
         let req = SearchRequest { query: question.into(), top_k, mode: SearchMode::Hybrid, distinct_documents: false };
-        self.engine.search(c, &req).await
+        let hits = self.engine.search(c, &req).await?;
+        if vector_relevant {
+            return Ok(hits);
+        }
+        let share =
+            hits.iter().take(evidence::PASSAGES).map(|h| word_share(question, &h.chunk.text)).fold(0.0, f32::max);
+        tracing::debug!(trust, share, "relevance from the keyword side");
+        Ok(if share >= MIN_WORD_SHARE { hits } else { Vec::new() })
     }
 
     /// `question` as a standalone question, given the conversation before it. Blocking when
@@ -146,7 +170,8 @@ impl Answerer {
             on_text(NOT_IN_CORPUS);
             return Ok(Answer::not_in_corpus());
         }
-        let Some(evidence) = evidence::select(question, passages, self.embedder())? else {
+        let trust = vector_trust(self.embedder().coverage(question));
+        let Some(evidence) = evidence::select(question, passages, self.embedder(), trust)? else {
             on_text(NOT_IN_CORPUS);
             return Ok(Answer::not_in_corpus());
         };
@@ -260,6 +285,20 @@ fn record_generation(id: &str, start: Instant, first: Option<Instant>, stats: &G
     METRICS.generation_tokens.with_label_values(&[id, "completion"]).inc_by(stats.completion_tokens as u64);
 }
 
+/// The share of `question`'s distinct content words (stemmed; CJK: character bigrams, either
+/// script) that `passage` holds.
+fn word_share(question: &str, passage: &str) -> f32 {
+    let stems = |t: &str| -> std::collections::HashSet<String> {
+        text::content_words(t).iter().map(|w| text::stem(w).to_owned()).collect()
+    };
+    let asked = stems(question);
+    if asked.is_empty() {
+        return 0.0;
+    }
+    let held = stems(passage);
+    asked.iter().filter(|w| held.contains(*w)).count() as f32 / asked.len() as f32
+}
+
 fn citation(n: usize, h: &Hit) -> Citation {
     Citation {
         n,
@@ -276,11 +315,11 @@ fn citation(n: usize, h: &Hit) -> Citation {
 pub fn extractive(evidence: &Evidence, passages: &[Hit]) -> Answer {
     let Some(best) = evidence.ranked.first() else { return Answer::not_in_corpus() };
     let n = evidence.number_of(best.passage).unwrap_or(1);
-    let body = best.text.trim_end_matches(|c: char| matches!(c, '.' | '!' | '?' | ':' | ';') || c.is_whitespace());
-    let end = if best.text.trim_end().ends_with(['?', '!']) {
-        &best.text.trim_end()[best.text.trim_end().len() - 1..]
-    } else {
-        "."
+    let body = best.text.trim_end_matches(|c: char| text::is_final_punctuation(c) || c.is_whitespace());
+    let trimmed = best.text.trim_end();
+    let end = match trimmed.chars().next_back() {
+        Some(c @ ('?' | '!' | '？' | '！')) => &trimmed[trimmed.len() - c.len_utf8()..],
+        _ => text::full_stop(body),
     };
     Answer {
         answer: format!("{body} [{n}]{end}"),
@@ -326,6 +365,14 @@ mod tests {
             ranked.push(evidence::Sentence { passage: *p, index, text: text.to_string(), score: 1.0 });
         }
         Evidence { passages, groups: texts, ranked, ranker: Default::default() }
+    }
+
+    #[test]
+    fn word_share_reads_cjk_in_either_script() {
+        let passage = "紫藤图书馆的古籍修复室每周三下午两点对外开放。";
+        assert!(word_share("紫藤圖書館的古籍修復室什麼時候對外開放？", passage) > MIN_WORD_SHARE);
+        assert!(word_share("火星上第一座城市的市长叫什么名字？", passage) < MIN_WORD_SHARE);
+        assert_eq!(word_share("？", passage), 0.0);
     }
 
     #[test]
