@@ -46,14 +46,28 @@ const CJK_DISTRACTORS: [(&str, &str); 4] = [
     ),
 ];
 
-/// (query, file the first hit must come from, text that hit must hold, its location).
+/// The heading path of the mixed manual's battery section.
+const BATTERIES: &str = "Aurora-5 Drone Field Manual / 极光-5 无人机外场手册 › Batteries / 电池";
+
+/// (query, file the first hit must come from, text that hit must hold, its location: the PDF
+/// page, the Markdown heading path, none for plain text).
 const FACTS: &[(&str, &str, &str, Option<&str>)] = &[
     // chinese.pdf, page 2, simplified like the document, then in traditional script.
     ("青岚-7 型水泵的叶轮每运行多少小时保养一次？", "chinese.pdf", "两千四百小时", Some("page 2")),
     ("青嵐-7 型水泵的葉輪每運行多少小時保養一次？", "chinese.pdf", "两千四百小时", Some("page 2")),
     // chinese.md.
-    ("紫藤图书馆的古籍修复室什么时候对外开放？", "chinese.md", "每周三下午两点", None),
-    ("紫藤圖書館的古籍修復室什麼時候對外開放？", "chinese.md", "每周三下午两点", None),
+    (
+        "紫藤图书馆的古籍修复室什么时候对外开放？",
+        "chinese.md",
+        "每周三下午两点",
+        Some("紫藤图书馆读者手册 › 特藏服务 › 古籍修复室"),
+    ),
+    (
+        "紫藤圖書館的古籍修復室什麼時候對外開放？",
+        "chinese.md",
+        "每周三下午两点",
+        Some("紫藤图书馆读者手册 › 特藏服务 › 古籍修复室"),
+    ),
     // traditional.txt, traditional like the document, then in simplified script.
     ("龍潭茶園的高山烏龍茶什麼時候採摘？", "traditional.txt", "清明節前採摘", None),
     ("龙潭茶园的高山乌龙茶什么时候采摘？", "traditional.txt", "清明節前採摘", None),
@@ -66,8 +80,8 @@ const FACTS: &[(&str, &str, &str, Option<&str>)] = &[
         "300 flight cycles",
         None,
     ),
-    ("极光-5 无人机的电池完成多少次飞行循环后必须更换？", "mixed.md", "三百次飞行循环", None),
-    ("極光-5 無人機的電池完成多少次飛行循環後必須更換？", "mixed.md", "三百次飞行循环", None),
+    ("极光-5 无人机的电池完成多少次飞行循环后必须更换？", "mixed.md", "三百次飞行循环", Some(BATTERIES)),
+    ("極光-5 無人機的電池完成多少次飛行循環後必須更換？", "mixed.md", "三百次飞行循环", Some(BATTERIES)),
 ];
 
 fn server(dir: &std::path::Path) -> Server {
