@@ -205,6 +205,29 @@ mod tests {
     }
 
     #[test]
+    fn term_coverage_weighs_what_the_collection_never_mentions() {
+        let dir = tempfile::tempdir().unwrap();
+        let ix = KeywordIndex::open(dir.path()).unwrap();
+        let library = "紫藤图书馆的古籍修复室每周三下午两点对外开放。";
+        ix.insert(&[
+            chunk(1, "Tesla moved to New York in 1884 and worked for Edison."),
+            chunk(2, "The main bearing is greased every 1,800 operating hours."),
+            chunk(3, library),
+        ])
+        .unwrap();
+        let passages = ["Tesla moved to New York in 1884 and worked for Edison.", library];
+        let cov = |q: &str| ix.term_coverage(q, &passages).unwrap();
+        // Everything asked is in the first passage.
+        assert!(cov("When did Tesla move to New York?")[0] > 0.9);
+        // A name the collection never mentions outweighs the words it shares.
+        assert!(cov("What was Tesla's favourite colour?")[0] < 0.35);
+        // Either Chinese script reads the same terms.
+        assert!(cov("紫藤圖書館的古籍修復室什麼時候對外開放？")[1] > 0.35);
+        assert!(cov("火星上第一座城市的市长叫什么名字？")[1] < 0.35);
+        assert_eq!(cov("?"), vec![0.0, 0.0]);
+    }
+
+    #[test]
     fn an_index_from_an_older_analyzer_is_refused_then_rebuilt() {
         let dir = tempfile::tempdir().unwrap();
         // What kb built before the word-delimiter analyzer: same fields, analyzer "kb_en".

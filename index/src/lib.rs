@@ -20,5 +20,5 @@ pub use error::{IndexError, Result};
 pub use fusion::Fusion;
 pub use passage::contextual_text;
 pub use store::{Collection, Store};
-pub use tokenizer::is_cjk;
+pub use tokenizer::{is_cjk, to_simplified};
 pub use vector::HnswParams;

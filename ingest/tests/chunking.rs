@@ -191,3 +191,56 @@ fn scifact_sized_corpus_chunks_in_seconds() {
     assert!(total >= 5000);
     assert!(elapsed.as_secs() < 60, "chunking too slow: {elapsed:?}");
 }
+
+/// A Chinese sentence of some twenty characters; the number makes each one distinct.
+fn chinese_sentence(i: usize) -> String {
+    format!("第{i}号阀门的校准记录由七号车间的值班工程师在每周一上午填写。")
+}
+
+#[test]
+fn chinese_text_is_cut_at_its_own_sentence_ends() {
+    let tok = tokenizer();
+    // Two paragraphs of Chinese sentences with no space after their full stops, a heading,
+    // and a sentence with no punctuation that is longer than a chunk.
+    let first: String = (0..30).map(chinese_sentence).collect();
+    let second: String = (30..45).map(chinese_sentence).collect();
+    let endless: String = "青岚水泵叶轮密封润滑保养记录".repeat(12);
+    let d = doc(&[
+        ("维护规程", None, &["维护规程"], true),
+        (first.as_str(), None, &["维护规程"], false),
+        (second.as_str(), None, &["维护规程"], false),
+        (endless.as_str(), None, &["维护规程"], false),
+    ]);
+    let config = ChunkerConfig { target_tokens: 64, overlap_tokens: 16 };
+    // Within the budget, in order, nothing lost, never off a character boundary.
+    let chunks = chunk_checked(&d, &tok, &config);
+    assert!(chunks.len() >= 12, "{} chunks", chunks.len());
+    // Every sentence is one CJK character per token, about twenty: no sentence is split.
+    let sentence_tokens = count_tokens(&tok, &chinese_sentence(10));
+    assert!(sentence_tokens < config.target_tokens / 2, "fixture assumption: {sentence_tokens}");
+    let endless_start = d.blocks[3].start;
+    let whole: Vec<_> = chunks.iter().filter(|c| c.end <= endless_start).collect();
+    assert!(whole.len() >= 8, "{} chunks of whole sentences", whole.len());
+    for c in &whole {
+        let body = c.text.strip_prefix("维护规程\n\n").unwrap_or(&c.text);
+        assert!(body.starts_with('第') && body.ends_with('。'), "cut inside a sentence: {:?}", c.text);
+        // Each sentence in it is whole: as many sentence starts as full stops.
+        assert_eq!(body.matches('第').count(), body.matches('。').count(), "{:?}", c.text);
+    }
+    // Packed, not a sentence each (the last of a paragraph may hold what is left).
+    for c in &whole[..whole.len() - 1] {
+        assert!(c.tokens > config.target_tokens / 2, "chunk under-filled: {} tokens {:?}", c.tokens, c.text);
+    }
+    // Consecutive chunks of one paragraph overlap by whole sentences.
+    for pair in whole.windows(2) {
+        if pair[1].start < pair[0].end {
+            let shared = &d.text[pair[1].start..pair[0].end];
+            assert!(shared.starts_with('第') && shared.ends_with('。'), "overlap {shared:?}");
+        }
+    }
+    // The sentence without punctuation is cut between characters, each piece within budget.
+    let pieces: Vec<_> = chunks.iter().filter(|c| c.start >= endless_start).collect();
+    assert!(pieces.len() >= 3, "{}", pieces.len());
+    let joined_len: usize = pieces.iter().map(|c| c.end).max().unwrap() - pieces[0].start;
+    assert_eq!(joined_len, endless.len(), "the long sentence is covered end to end");
+}

@@ -40,8 +40,9 @@ pub(super) fn split(run: &[Folded], tokens: &mut Vec<Token>) {
     }
 }
 
-/// The simplified form of a traditional Chinese character, or the character itself.
-pub(super) fn fold(c: char) -> char {
+/// The simplified form of a traditional Chinese character, or the character itself (OpenCC's
+/// table, character by character): the folding the keyword analysis applies.
+pub fn fold(c: char) -> char {
     if (c as u32) < 0x3400 {
         return c;
     }

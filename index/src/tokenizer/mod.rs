@@ -11,7 +11,7 @@
 mod cjk;
 mod word_delimiter;
 
-pub use cjk::is_cjk;
+pub use cjk::{fold as to_simplified, is_cjk};
 
 use std::vec::Drain;
 

@@ -1,12 +1,13 @@
 //! Evidence: the sentences of the retrieved passages that bear on the question. Each sentence
-//! is scored by its embedding similarity to the question, the share of the question's
+//! is scored by its embedding similarity to the question (weighed by how well the embedder
+//! reads the question, as hybrid search weighs its vector side), the share of the question's
 //! (IDF-weighted) words it holds, and whether it holds the kind of thing the question asks
 //! for (a number for "how many", a name for "who"); the best few, with the sentence before
 //! one that opens with a pronoun, are what the generator sees.
 
 use std::collections::{HashMap, HashSet};
 
-use kb_index::Hit;
+use kb_index::{is_cjk, Hit};
 use kb_inference::{Embedder, ModelError};
 
 use super::text::{content_words, sentences, stem, words};
@@ -61,9 +62,14 @@ fn wants(question: &str) -> Wants {
     let has = |p: &str| q.starts_with(p) || q.contains(&format!(" {p}"));
     let number = ["how many", "how much", "how long", "how old", "how far", "how often", "how large", "how big"];
     let when = ["when", "what year", "which year", "what century", "what decade", "what date", "what percentage"];
-    if number.iter().chain(when.iter()).any(|p| has(p)) {
+    // Chinese asks "how many / when" and "who / where" with these, wherever they stand.
+    let cjk_number =
+        ["多少", "几", "幾", "多久", "多长", "多長", "多远", "多遠", "什么时候", "什麼時候", "何时", "何時", "哪年"];
+    let cjk_name = ["谁", "誰", "哪里", "哪裡", "哪儿", "哪兒"];
+    if number.iter().chain(when.iter()).any(|p| has(p)) || cjk_number.iter().any(|p| question.contains(p)) {
         Wants::Number
-    } else if ["who", "whom", "whose", "where"].iter().any(|p| has(p)) {
+    } else if ["who", "whom", "whose", "where"].iter().any(|p| has(p)) || cjk_name.iter().any(|p| question.contains(p))
+    {
         Wants::Name
     } else {
         Wants::Anything
@@ -117,6 +123,7 @@ fn holds(wants: Wants, sentence: &str, question_words: &HashSet<String>) -> bool
         Wants::Anything => false,
         Wants::Number => {
             words(sentence).iter().any(|w| w.chars().any(|c| c.is_ascii_digit()) || NUMBER_WORDS.contains(&w.as_str()))
+                || sentence.chars().any(|c| "零〇一二两兩三四五六七八九十百千万萬".contains(c))
         }
         Wants::Name => {
             sentence.split_whitespace().skip(1).map(|w| w.trim_matches(|c: char| !c.is_alphanumeric())).any(|w| {
@@ -130,8 +137,11 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
-/// Whether a sentence leans on the one before it ("It was built in 1911.").
+/// Whether a sentence leans on the one before it ("It was built in 1911.", "它建于1911年。").
 fn leans_back(sentence: &str) -> bool {
+    if sentence.starts_with(['它', '他', '她', '其', '该', '該', '此']) {
+        return true;
+    }
     let first = sentence.split_whitespace().next().unwrap_or("").to_lowercase();
     let first = first.trim_matches(|c: char| !c.is_alphanumeric());
     ["it", "its", "he", "she", "his", "her", "they", "their", "them", "this", "these", "those", "there", "such"]
@@ -149,6 +159,9 @@ pub struct Ranker {
     /// The sum of the question stems' IDF: a sentence holding them all has overlap 1.
     total: f32,
     wants: Wants,
+    /// How far the embedding similarity counts, 0 to 1: the embedder's reading of the
+    /// question ([`kb_index::fusion::vector_trust`]).
+    trust: f32,
 }
 
 impl Ranker {
@@ -162,8 +175,9 @@ impl Ranker {
     pub fn score(&self, text: &str, vector: &[f32], passage: usize) -> f32 {
         let stems = stems(text);
         let novel = stems.iter().any(|w| !self.question_stems.contains(w));
-        let short = text.split_whitespace().count() < 4;
-        dot(&self.question, vector)
+        // A CJK run counts a word per two characters.
+        let short = text.split_whitespace().count() + text.chars().filter(|&c| is_cjk(c)).count() / 2 < 4;
+        self.trust * dot(&self.question, vector)
             + 0.6 * self.overlap(&stems)
             + if holds(self.wants, text, &self.question_words) { 0.15 } else { 0.0 }
             - if novel { 0.0 } else { 0.3 }
@@ -182,9 +196,15 @@ fn stems(text: &str) -> HashSet<String> {
     content_words(text).iter().map(|w| stem(w).to_owned()).collect()
 }
 
-/// Ranks the sentences of `hits` for `question`. `None` when no sentence shares a word with
-/// the question: then nothing retrieved bears on it.
-pub fn select(question: &str, hits: &[Hit], embedder: &dyn Embedder) -> Result<Option<Evidence>, ModelError> {
+/// Ranks the sentences of `hits` for `question`, which the embedder reads with `trust` (0 to
+/// 1: how far its similarity counts). `None` when no sentence shares a word with the
+/// question: then nothing retrieved bears on it.
+pub fn select(
+    question: &str,
+    hits: &[Hit],
+    embedder: &dyn Embedder,
+    trust: f32,
+) -> Result<Option<Evidence>, ModelError> {
     let mut candidates: Vec<Sentence> = Vec::new();
     for (p, h) in hits.iter().take(PASSAGES).enumerate() {
         for (index, text) in sentences(&h.chunk.text).into_iter().enumerate() {
@@ -217,6 +237,7 @@ pub fn select(question: &str, hits: &[Hit], embedder: &dyn Embedder) -> Result<O
         idf,
         total,
         wants: wants(question),
+        trust,
     };
     let overlaps: Vec<f32> = sentence_stems.iter().map(|s| ranker.overlap(s)).collect();
     if overlaps.iter().all(|&o| o == 0.0) {
@@ -278,5 +299,15 @@ mod tests {
     fn pronouns_lean_back() {
         assert!(leans_back("It was built in 1911."));
         assert!(!leans_back("Tesla was born in 1856."));
+        assert!(leans_back("它建于1911年。"));
+        assert!(!leans_back("特斯拉生于1856年。"));
+    }
+
+    #[test]
+    fn chinese_questions_say_what_they_want() {
+        assert_eq!(wants("叶轮每运行多少小时保养一次？"), Wants::Number);
+        assert_eq!(wants("古籍修復室什麼時候開放？"), Wants::Number);
+        assert_eq!(wants("谁负责数据迁移？"), Wants::Name);
+        assert!(holds(Wants::Number, "每周三下午两点开放。", &HashSet::new()));
     }
 }

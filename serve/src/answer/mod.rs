@@ -19,6 +19,7 @@ pub mod verify;
 use std::sync::Arc;
 use std::time::Instant;
 
+use kb_index::fusion::vector_trust;
 use kb_index::{Collection, Engine, Hit, SearchMode, SearchRequest};
 use kb_inference::{ChatMessage, Embedder, Flow, GenerationStats, Generator, Role, SamplingParams};
 use serde::Serialize;
@@ -128,7 +129,9 @@ impl Answerer {
         if coverage.iter().all(|&x| x < MIN_TERM_COVERAGE) {
             return Ok(Vec::new());
         }
-        if kb_index::fusion::vector_trust(self.embedder().coverage(question)) >= 0.5 {
+        // A question the embedder reads only in part (Chinese to an English model) is
+        // decided by its terms alone.
+        if vector_trust(self.embedder().coverage(question)) >= 1.0 {
             let probe =
                 SearchRequest { query: question.into(), top_k: 1, mode: SearchMode::Vector, distinct_documents: false };
             let nearest = self.engine.search(c, &probe).await?;
@@ -171,7 +174,8 @@ impl Answerer {
             on_text(NOT_IN_CORPUS);
             return Ok(Answer::not_in_corpus());
         }
-        let Some(evidence) = evidence::select(question, passages, self.embedder())? else {
+        let trust = vector_trust(self.embedder().coverage(question));
+        let Some(evidence) = evidence::select(question, passages, self.embedder(), trust)? else {
             on_text(NOT_IN_CORPUS);
             return Ok(Answer::not_in_corpus());
         };
@@ -308,9 +312,12 @@ pub fn extractive(question: &str, evidence: &Evidence, passages: &[Hit]) -> Answ
     let Some(best) = evidence.ranked.first() else { return Answer::not_in_corpus() };
     let n = evidence.number_of(best.passage).unwrap_or(1);
     let quoted = text::clip(&best.text, question, MAX_QUOTED_WORDS);
-    let body = quoted.trim_end_matches(|c: char| matches!(c, '.' | '!' | '?' | ':' | ';') || c.is_whitespace());
-    let end =
-        if quoted.trim_end().ends_with(['?', '!']) { &quoted.trim_end()[quoted.trim_end().len() - 1..] } else { "." };
+    let body = quoted.trim_end_matches(|c: char| text::is_final_punctuation(c) || c.is_whitespace());
+    let trimmed = quoted.trim_end();
+    let end = match trimmed.chars().next_back() {
+        Some(c @ ('?' | '!' | '？' | '！')) => &trimmed[trimmed.len() - c.len_utf8()..],
+        _ => text::full_stop(body),
+    };
     Answer {
         answer: format!("{body} [{n}]{end}"),
         kind: AnswerKind::Extractive,

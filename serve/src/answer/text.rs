@@ -1,4 +1,10 @@
 //! Text pieces the answer code shares: sentences, content words, citation markers.
+//!
+//! Chinese, Japanese and Korean put no spaces between words: a run of their characters counts
+//! as its overlapping character bigrams (a lone character as itself), traditional Chinese
+//! folded to simplified as the keyword index does, so that words meet across scripts.
+
+use kb_index::{is_cjk, to_simplified};
 
 /// Words that carry no content: an answer sentence is judged by the rest.
 const STOP: &[&str] = &[
@@ -13,9 +19,53 @@ pub fn is_stop(word: &str) -> bool {
     STOP.contains(&word)
 }
 
-/// Lower-cased words (letters, digits, `_`), in order.
+/// Lower-cased words (letters, digits, `_`), in order; CJK runs as their character bigrams.
 pub fn words(text: &str) -> Vec<String> {
-    text.split(|c: char| !(c.is_alphanumeric() || c == '_')).filter(|w| !w.is_empty()).map(str::to_lowercase).collect()
+    let mut out = Vec::new();
+    for w in text.split(|c: char| !(c.is_alphanumeric() || c == '_')).filter(|w| !w.is_empty()) {
+        if !w.chars().any(is_cjk) {
+            out.push(w.to_lowercase());
+            continue;
+        }
+        // Split where the script changes: "QS-3型" is "qs", "3", then the Han run.
+        let mut rest = w;
+        while let Some(first) = rest.chars().next() {
+            let cjk = is_cjk(first);
+            let end = rest.char_indices().find(|&(_, c)| is_cjk(c) != cjk).map_or(rest.len(), |(i, _)| i);
+            let run = &rest[..end];
+            if cjk {
+                let chars: Vec<char> = run.chars().map(to_simplified).collect();
+                match chars.as_slice() {
+                    [one] => out.push(one.to_string()),
+                    many => out.extend(many.windows(2).map(|p| p.iter().collect::<String>())),
+                }
+            } else {
+                out.push(run.to_lowercase());
+            }
+            rest = &rest[end..];
+        }
+    }
+    out
+}
+
+/// Whether `c` ends a sentence the CJK way, with no space after it.
+fn is_cjk_stop(c: char) -> bool {
+    matches!(c, '。' | '！' | '？' | '；' | '｡')
+}
+
+/// The full stop a sentence ending in `text` takes: `。` after CJK text, else `.`.
+pub fn full_stop(text: &str) -> &'static str {
+    let last = text.trim_end().chars().rev().find(|c| c.is_alphanumeric());
+    if last.is_some_and(is_cjk) {
+        "。"
+    } else {
+        "."
+    }
+}
+
+/// Sentence-final punctuation of any script, for trimming a sentence's end.
+pub fn is_final_punctuation(c: char) -> bool {
+    matches!(c, '.' | '!' | '?' | ':' | ';' | '…') || is_cjk_stop(c) || matches!(c, '：')
 }
 
 /// The words of `text` that are not stop words, in order.
@@ -131,16 +181,35 @@ pub fn sentences(text: &str) -> Vec<String> {
     for block in &blocks {
         let chars: Vec<(usize, char)> = block.char_indices().collect();
         let mut start = 0;
-        for (k, &(i, c)) in chars.iter().enumerate() {
+        let mut k = 0;
+        while k < chars.len() {
+            let (i, c) = chars[k];
+            k += 1;
+            // CJK text puts no space after its full stops; an ellipsis ends a sentence the
+            // CJK way only after CJK text. Closing quotes and further stops stay with it.
+            let cjk_end = is_cjk_stop(c) || (c == '…' && k > 1 && is_cjk(chars[k - 2].1));
+            if cjk_end {
+                while k < chars.len()
+                    && (is_cjk_stop(chars[k].1)
+                        || matches!(chars[k].1, '…' | '」' | '』' | '）' | '”' | '’' | '"' | ')'))
+                {
+                    k += 1;
+                }
+                let end = chars.get(k).map_or(block.len(), |(b, _)| *b);
+                push_sentence(&mut out, &block[start..end]);
+                start = end;
+                continue;
+            }
             if !matches!(c, '.' | '!' | '?') {
                 continue;
             }
-            // The end must be followed by white space (or closing quotes, then white space).
+            let k = k - 1;
+            // The end must be followed by white space or CJK text (closing quotes between).
             let mut j = k + 1;
             while j < chars.len() && matches!(chars[j].1, '"' | '\'' | ')' | '”' | '’') {
                 j += 1;
             }
-            if j < chars.len() && !chars[j].1.is_whitespace() {
+            if j < chars.len() && !chars[j].1.is_whitespace() && !is_cjk(chars[j].1) {
                 continue;
             }
             let next = chars[j..].iter().map(|(_, c)| *c).find(|c| !c.is_whitespace());
@@ -204,7 +273,7 @@ pub fn strip_markers(text: &str) -> String {
     }
     out.push_str(rest);
     let squeezed = out.split_whitespace().collect::<Vec<_>>().join(" ");
-    squeezed.replace(" .", ".").replace(" ,", ",").replace(" ?", "?").replace(" !", "!")
+    squeezed.replace(" .", ".").replace(" 。", "。").replace(" ,", ",").replace(" ?", "?").replace(" !", "!")
 }
 
 #[cfg(test)]
@@ -230,6 +299,20 @@ mod tests {
             sentences("Version 2.5 is out. It costs $3.50 now."),
             vec!["Version 2.5 is out.", "It costs $3.50 now."]
         );
+    }
+
+    #[test]
+    fn cjk_sentences_and_words() {
+        assert_eq!(
+            sentences("第一句。第二句！真的？是的；不过……还有。Yes.中文"),
+            ["第一句。", "第二句！", "真的？", "是的；", "不过……", "还有。", "Yes.", "中文"]
+        );
+        assert_eq!(sentences("他说：「好。」然后走了。"), ["他说：「好。」", "然后走了。"]);
+        // Bigrams, traditional folded to simplified, other scripts split off.
+        assert_eq!(words("高山烏龍茶"), ["高山", "山乌", "乌龙", "龙茶"]);
+        assert_eq!(words("蓝石牌QS-3润滑脂"), ["蓝石", "石牌", "qs", "3", "润滑", "滑脂"]);
+        assert_eq!(words("水 Pump"), ["水", "pump"]);
+        assert_eq!((full_stop("每周三开放"), full_stop("Open on Wednesdays")), ("。", "."));
     }
 
     #[test]

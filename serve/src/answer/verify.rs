@@ -5,7 +5,7 @@
 
 use std::collections::HashSet;
 
-use super::text::{cited_numbers, content_words, sentences, strip_markers, words};
+use super::text::{self, cited_numbers, content_words, sentences, strip_markers, words};
 
 /// The share of a sentence's content words its source must hold.
 pub const MIN_SUPPORT: f32 = 0.8;
@@ -69,7 +69,9 @@ pub fn check(draft: &str, question: &str, sources: &[Source]) -> Checked {
     let mut informative = false;
     for sentence in sentences(draft) {
         let body = strip_markers(&sentence);
-        let body = body.trim_end_matches(|c: char| matches!(c, '.' | '!' | '?' | ':' | ';' | ',') || c.is_whitespace());
+        let body = body.trim_end_matches(|c: char| {
+            text::is_final_punctuation(c) || matches!(c, ',' | '，' | '、') || c.is_whitespace()
+        });
         let novel: Vec<String> = content_words(body).into_iter().filter(|w| !question_words.contains(w)).collect();
         if novel.is_empty() || kept.iter().any(|k| strip_markers(k).starts_with(body)) {
             dropped += 1;
@@ -92,7 +94,7 @@ pub fn check(draft: &str, question: &str, sources: &[Source]) -> Checked {
         };
         informative = true;
         let marks = numbers.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(", ");
-        kept.push(format!("{body} [{marks}]."));
+        kept.push(format!("{body} [{marks}]{}", text::full_stop(body)));
         for n in numbers {
             if !cited.contains(&n) {
                 cited.push(n);
