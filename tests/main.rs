@@ -8,6 +8,7 @@ mod answers;
 mod bulk;
 mod deepseek_serve;
 mod formats;
+mod multilingual;
 mod operations;
 mod retrieval;
 mod service;

@@ -7,12 +7,10 @@
 //! answer (the default embedder reads no Chinese) while still refusing one the documents do
 //! not answer.
 
-mod common;
-
 use std::time::Duration;
 
-use common::fixture;
-use common::server::Server;
+use crate::common::fixture;
+use crate::common::server::Server;
 use serde_json::{json, Value};
 
 const FIXTURES: [&str; 5] = ["chinese.pdf", "chinese.md", "traditional.txt", "japanese.txt", "mixed.md"];
