@@ -73,7 +73,12 @@ impl Embedder for WordHashEmbedder {
 
 /// A fresh in-memory SQLite database (shared by the pool's connections), migrated.
 pub async fn memory_store() -> Store {
-    Store::open("sqlite::memory:").await.expect("in-memory SQLite store")
+    // One named, shared-cache database per call: the pool's connections must all see the
+    // migrated schema (`sqlite::memory:` gives each connection a database of its own).
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let url = format!("sqlite:file:kbtest-{}-{n}?mode=memory&cache=shared", std::process::id());
+    Store::open(&url).await.expect("in-memory SQLite store")
 }
 
 /// An engine over `store` with its indexes under `root`: what a start of `kb` opens.
@@ -113,7 +118,7 @@ pub async fn store_document(
             embedding: WordHashEmbedder::embed(t),
         })
         .collect();
-    let (ids, _) = store.store_chunks(doc.id, c.id, None, "text", &new).await.expect("chunks");
+    let (ids, _) = store.store_chunks(doc.id, c.id, None, "text", None, &new).await.expect("chunks");
     let added = ids
         .iter()
         .zip(new)
