@@ -5,7 +5,6 @@
 //! through chat completions), streaming and the OpenAI shape work, feedback is stored and
 //! exported, and a full generator queue answers 503 with Retry-After.
 
-
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::time::Duration;

@@ -2,7 +2,6 @@
 //! concurrent requests to the real `kb serve`. Every document must end done and searchable,
 //! in every mode, and stay so after the server is killed before it saved its vector graph.
 
-
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 

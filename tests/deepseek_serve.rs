@@ -4,7 +4,6 @@
 //! and answered through the continuous-batching scheduler, streaming included; a generator
 //! with no free place answers 503 with Retry-After.
 
-
 use std::path::{Path, PathBuf};
 
 use crate::common::server::{kb, Server};

@@ -3,7 +3,6 @@
 //! every search mode with its location; hostile files fail with their own message while the
 //! good files of the same upload are indexed; `kb sync` mirrors a folder, deletions included.
 
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;

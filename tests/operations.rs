@@ -1,7 +1,6 @@
 //! Operations: API keys and their scopes, the loopback rule, metrics, the OpenAPI document,
 //! request ids, graceful shutdown. The real `kb` binary over real HTTP.
 
-
 use std::time::{Duration, Instant};
 
 use crate::common::server::{kb, Server};

@@ -1,7 +1,6 @@
 //! The retrieval core end to end: the fixtures ingested through the real parsers, embedder,
 //! database and indexes, then searched in all three modes — on SQLite and on PostgreSQL.
 
-
 use crate::common::{database_url, open, read_fixture, Db, Kb};
 use kb_index::{Collection, Hit, SearchMode, SearchRequest};
 use kb_ingest::pipeline::Outcome;

@@ -3,7 +3,6 @@
 //! library's app (`common::inproc`); failing PDFs (the worker's isolation) and a SIGKILL in
 //! the middle of ingestion run the real `kb` binary on an ephemeral port (`common::server`).
 
-
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
@@ -171,10 +170,7 @@ async fn contract_end_to_end() {
     let left = api.documents("docs").await;
     assert_eq!(left.len(), 3);
     let left_chunks: i64 = left.iter().map(|d| d["chunks"].as_i64().unwrap()).sum();
-    assert_eq!(
-        summary_of(&api, "docs").await.unwrap(),
-        json!({"name": "docs", "documents": 3, "chunks": left_chunks})
-    );
+    assert_eq!(summary_of(&api, "docs").await.unwrap(), json!({"name": "docs", "documents": 3, "chunks": left_chunks}));
     // The other documents are still found.
     let hits = api.search("docs", "Project Halcyon launch date", "hybrid", 3).await;
     assert_eq!(hits[0]["filename"], "notes.txt", "{hits:#?}");
@@ -204,7 +200,11 @@ async fn unknown_collection_is_404() {
     let api = Api::start(&dir.path().join("data")).await;
     assert_error(&api.get("/v1/collections/nope/documents").await, 404, "collection_not_found");
     assert_error(&api.upload("nope", &[("notes.txt", b"some text")]).await, 404, "collection_not_found");
-    assert_error(&api.post_json("/v1/collections/nope/search", &json!({"query": "q"})).await, 404, "collection_not_found");
+    assert_error(
+        &api.post_json("/v1/collections/nope/search", &json!({"query": "q"})).await,
+        404,
+        "collection_not_found",
+    );
     assert_error(&api.delete("/v1/collections/nope").await, 404, "collection_not_found");
     assert_error(&api.delete("/v1/collections/nope/documents/1").await, 404, "collection_not_found");
     // A document id of another collection is not found in this one.
@@ -260,11 +260,8 @@ async fn missing_or_wrong_fields_are_400() {
     let b = "kbtestboundary";
     let no_file = format!("--{b}\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nhello\r\n--{b}--\r\n");
     assert_error(
-        &api.post_raw(
-            "/v1/collections/c/documents",
-            &format!("multipart/form-data; boundary={b}"),
-            no_file.as_bytes(),
-        ).await,
+        &api.post_raw("/v1/collections/c/documents", &format!("multipart/form-data; boundary={b}"), no_file.as_bytes())
+            .await,
         400,
         "no_files",
     );
@@ -371,11 +368,6 @@ fn assert_ingest_fails(name: &str, bytes: &[u8], expect: &str) {
     assert_eq!(job["status"], "done", "{job}");
 }
 
-
-
-
-
-
 #[test]
 fn empty_file_fails_clearly() {
     assert_ingest_fails("empty.txt", b"", "empty");
@@ -395,7 +387,6 @@ fn truncated_pdf_fails() {
 fn panicking_pdf_fails_and_server_survives() {
     assert_ingest_fails("panic.pdf", &fixture("panic.pdf"), "crashed");
 }
-
 
 /// A small text file with one sentence no other file has.
 fn generated(i: usize) -> (String, String, String) {

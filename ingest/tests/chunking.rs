@@ -1,6 +1,5 @@
 //! Chunker behaviour with the real embedder tokenizer.
 
-
 use std::time::Instant;
 
 use crate::common::*;

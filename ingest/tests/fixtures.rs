@@ -1,6 +1,5 @@
 //! Detection and parsing of the committed fixtures, end to end through the PDF worker.
 
-
 use crate::common::*;
 use kb_ingest::chunk::ChunkerConfig;
 use kb_ingest::detect::detect_format;

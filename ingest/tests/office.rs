@@ -1,7 +1,6 @@
 //! Office files, CSV, e-mail, scans and hostile files: detected from their bytes, parsed
 //! (through the isolated worker where they should be) with their citation locations.
 
-
 use crate::common::*;
 use kb_ingest::chunk::ChunkerConfig;
 use kb_ingest::detect::detect_format;

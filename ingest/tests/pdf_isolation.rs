@@ -1,6 +1,5 @@
 //! The PDF worker process: timeouts, crashes, garbage and limits never reach the caller.
 
-
 use std::time::{Duration, Instant};
 
 use crate::common::*;

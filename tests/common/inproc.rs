@@ -76,7 +76,8 @@ impl Api {
 
     /// A POST with any body and content type (malformed JSON, hand-made multipart).
     pub async fn post_raw(&self, path: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
-        let req = TestRequest::post().uri(path).insert_header(("content-type", content_type)).set_payload(body.to_vec());
+        let req =
+            TestRequest::post().uri(path).insert_header(("content-type", content_type)).set_payload(body.to_vec());
         self.json(req).await
     }
 

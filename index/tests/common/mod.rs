@@ -7,8 +7,8 @@ use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use kb_index::store::{ChunkText, DocumentStatus, NewChunk, NewDocument};
 use kb_index::keyword::KeywordIndex;
+use kb_index::store::{ChunkText, DocumentStatus, NewChunk, NewDocument};
 use kb_index::vector::VectorIndex;
 use kb_index::{Collection, Engine, HnswParams, IndexConfig, SearchMode, SearchRequest, Store};
 use kb_inference::{Embedder, ModelError};
@@ -37,9 +37,10 @@ impl WordHashEmbedder {
     fn embed(text: &str) -> Vec<f32> {
         let mut v = vec![0f32; DIM];
         for word in text.split(|c: char| !c.is_alphanumeric()).filter(|w| !w.is_empty()) {
-            let hash = word.to_lowercase().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-            });
+            let hash = word
+                .to_lowercase()
+                .bytes()
+                .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
             v[(hash % DIM as u64) as usize] += 1.0;
         }
         if v.iter().all(|x| *x == 0.0) {

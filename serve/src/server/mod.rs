@@ -164,9 +164,8 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
     let state = start(app).await?;
     let data = state.clone();
-    let server = HttpServer::new(move || self::app(data.clone()))
-        .bind(addr)
-        .with_context(|| format!("binding {addr}"))?;
+    let server =
+        HttpServer::new(move || self::app(data.clone())).bind(addr).with_context(|| format!("binding {addr}"))?;
     for a in server.addrs() {
         // Tests and scripts read this line to find an ephemeral port.
         println!("kb listening on http://{a}");
