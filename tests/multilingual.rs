@@ -76,7 +76,7 @@ const FACTS: &[(&str, &str, &str, Option<&str>)] = &[
         "After how many flight cycles must the Aurora-5 drone battery be replaced?",
         "mixed.md",
         "300 flight cycles",
-        None,
+        Some(BATTERIES),
     ),
     ("极光-5 无人机的电池完成多少次飞行循环后必须更换？", "mixed.md", "三百次飞行循环", Some(BATTERIES)),
     ("極光-5 無人機的電池完成多少次飛行循環後必須更換？", "mixed.md", "三百次飞行循环", Some(BATTERIES)),

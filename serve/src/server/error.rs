@@ -1,6 +1,6 @@
 //! The one place where errors become HTTP answers: `{"error": {"code", "message"}}`.
 //!
-//! [`ApiError::entry`] is the table: every variant of kb's own errors and of the library
+//! `ApiError::entry` is the table: every variant of kb's own errors and of the library
 //! errors it carries ([`IndexError`], [`IngestError`], [`ModelError`]) has its row, in one
 //! match with no catch-all arm, so a variant added to a library fails to compile here until
 //! someone decides its status and code (instead of silently becoming a 500).
