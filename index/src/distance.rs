@@ -4,6 +4,7 @@
 //! it most of a search's time; this is one dot product, vectorised.
 
 use hnsw_rs::anndists::dist::Distance;
+use kb_inference::embedder::dot;
 
 /// Cosine distance of unit vectors: `1 − a·b`, at least 0.
 #[derive(Debug, Default, Clone, Copy)]
@@ -23,40 +24,6 @@ pub fn normalized(v: &[f32]) -> Vec<f32> {
     } else {
         v.to_vec()
     }
-}
-
-/// The dot product, on AVX2 + FMA where the CPU has them.
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::sync::OnceLock;
-        static AVX2: OnceLock<bool> = OnceLock::new();
-        if *AVX2.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")) {
-            // SAFETY: the CPU has AVX2 and FMA (checked above).
-            return unsafe { dot_avx2(a, b) };
-        }
-    }
-    dot_portable(a, b)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    dot_portable(a, b)
-}
-
-/// Sixteen running sums, so that the compiler may reorder the reduction into vector lanes.
-#[inline(always)]
-fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for i in 0..16 {
-            acc[i] = x[i].mul_add(y[i], acc[i]);
-        }
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@ pub mod encoder;
 pub mod int8;
 pub mod sentence;
 mod simd;
+
+pub use simd::dot;
 mod xlmr;
 
 use crate::ModelError;
