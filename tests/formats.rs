@@ -55,12 +55,7 @@ const FACTS: &[(&str, &str, Option<&str>, &str)] = &[
         "Lead time: 11 weeks",
     ),
     ("When will the Pelican crane at berth 14 be inspected?", "memo.eml", None, "inspected on 9 May"),
-    (
-        "What is the safe load limit of the Pelican crane?",
-        "memo.eml",
-        Some("attachment inspection.pdf, page 1"),
-        "62 tonnes",
-    ),
+    ("What is the safe load limit of the Pelican crane?", "memo.eml/inspection.pdf", Some("page 1"), "62 tonnes"),
     ("How often is the Quokka reactor vessel pressure tested?", "scan.pdf", Some("page 1"), "every 90 days"),
     ("Where must visitors to the Marlowe archive sign in?", "sign.png", None, "sign in at desk 5"),
     (
@@ -115,6 +110,11 @@ fn every_format_found_with_its_location_and_bad_files_fail_alone() {
     assert_eq!(doc("report.docx")["format"], "docx");
 
     assert_eq!(doc("mixed.pdf")["extractor"], "pdf-extract+tesseract", "{:#}", doc("mixed.pdf"));
+    // The e-mail's PDF attachment is a document of its own that points at its message.
+    let attachment = doc("memo.eml/inspection.pdf");
+    assert_eq!(attachment["status"], "done", "{attachment:#}");
+    assert_eq!(attachment["parent_id"], doc("memo.eml")["id"], "{attachment:#}");
+    assert_eq!(attachment["format"], "pdf", "{attachment:#}");
 
     for (question, file, location, fact) in FACTS {
         for mode in MODES {
@@ -134,6 +134,17 @@ fn every_format_found_with_its_location_and_bad_files_fail_alone() {
     }
     // Header and footer text of the Word file never reaches the index.
     assert!(server.search("office", "HEADER-CANARY FOOTER-CANARY", "keyword", 5).is_empty());
+
+    // Deleting the message deletes its attachment, in the store and in every index.
+    let (status, body) = server.delete(&format!("/v1/collections/office/documents/{}", doc("memo.eml")["id"]));
+    assert!(status == 200 || status == 204, "{status} {body}");
+    let left = server.documents("office");
+    assert!(!left.iter().any(|d| d["filename"].as_str().unwrap_or_default().starts_with("memo.eml")), "{left:#?}");
+    for mode in MODES {
+        for hit in server.search("office", "What is the safe load limit of the Pelican crane?", mode, 10) {
+            assert!(!hit["text"].as_str().unwrap_or_default().contains("62 tonnes"), "{mode}: {hit:#}");
+        }
+    }
     server.assert_healthy();
 }
 

@@ -28,6 +28,19 @@ pub struct ParsedDocument {
     /// What produced the text where a format has several ways ("pdf-extract", "pdftotext",
     /// "pdf-extract+tesseract").
     pub extractor: Option<String>,
+    /// Files carried inside this one (an e-mail's attachments of supported formats), each
+    /// ingested as a document of its own that points at this one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+}
+
+/// A file carried inside a document, not yet parsed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Attachment {
+    /// Its file name as the carrying document gives it.
+    pub name: String,
+    /// Its bytes, as carried.
+    pub bytes: Vec<u8>,
 }
 
 /// One block of `ParsedDocument::text`: `start..end` are byte offsets into it.
@@ -67,7 +80,7 @@ pub fn parse(bytes: &[u8], format: Format, filename: &str, pdf: &PdfParser) -> R
             sheet::parse_csv(&detect::decode_text(bytes)?, tabs)
                 .map_err(|message| IngestError::Parse { format: format.label().into(), message })?
         }
-        Format::Email => email::parse(bytes, pdf)?,
+        Format::Email => email::parse(bytes)?,
     };
     tracing::debug!(filename, ?format, blocks = doc.blocks.len(), bytes = doc.text.len(), "parsed");
     if doc.blocks.is_empty() {

@@ -9,7 +9,7 @@ use kb_index::store::{ChunkText, Document, DocumentStatus, NewChunk, NewDocument
 use kb_index::{contextual_text, Collection, Engine};
 use sha2::{Digest, Sha256};
 
-use crate::parse::PdfParser;
+use crate::parse::{Attachment, PdfParser};
 use crate::{chunk, detect, parse, ChunkerConfig, IngestError};
 
 /// What happened to one file.
@@ -62,6 +62,7 @@ struct Prepared {
     format: &'static str,
     extractor: Option<String>,
     chunks: Vec<crate::Chunk>,
+    attachments: Vec<Attachment>,
 }
 
 pub struct Ingestor {
@@ -172,6 +173,7 @@ impl Ingestor {
                 size_bytes: size as i64,
                 status,
                 source_path,
+                parent_id: None,
             })
             .await?;
         Ok(Registered::New(doc))
@@ -197,6 +199,7 @@ impl Ingestor {
                 Registered::Duplicate(existing) => outcomes.push(Some(Outcome::Unchanged { document_id: existing.id })),
             }
         }
+        // `run` lists the files' outcomes first, then their attachments' (their documents say).
         for (slot, outcome) in slots.into_iter().zip(self.run(c, pending).await?) {
             outcomes[slot] = Some(outcome);
         }
@@ -215,23 +218,16 @@ impl Ingestor {
         let store = self.engine.store();
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(pending.len());
         let mut prepared = Vec::new();
-        let parsed = futures_util::future::join_all(pending.into_iter().map(|p| {
-            let document_id = p.document.id;
-            async move { (document_id, self.prepare(p).await) }
-        }))
-        .await;
-        for (document_id, result) in parsed {
-            match result {
-                Ok(ready) => {
-                    outcomes.push(None);
-                    prepared.push((outcomes.len() - 1, ready));
-                }
-                Err(error) => {
-                    store.set_document_status(document_id, DocumentStatus::Failed, Some(&error.to_string())).await?;
-                    outcomes.push(Some(Outcome::Failed { document_id, error }));
-                }
+        self.prepare_all(pending, &mut outcomes, &mut prepared).await?;
+        // Attachments become documents of their own, after their messages' outcomes and in the
+        // same batch (their passages join the same embedding batches).
+        let mut carried = Vec::new();
+        for (_, p) in prepared.iter_mut() {
+            for a in std::mem::take(&mut p.attachments) {
+                carried.push(self.register_attachment(c, &p.document, a).await?);
             }
         }
+        self.prepare_all(carried, &mut outcomes, &mut prepared).await?;
 
         let texts: Vec<String> = prepared
             .iter()
@@ -266,7 +262,15 @@ impl Ingestor {
             let (ids, old) = match stored {
                 Ok(stored) => stored,
                 Err(e) => {
-                    outcomes[slot] = Some(Outcome::Failed { document_id, error: e.into() });
+                    let error = IngestError::from(e);
+                    // A job records its own result too; an attachment or a command-line file
+                    // has only this.
+                    if let Err(e) =
+                        store.set_document_status(document_id, DocumentStatus::Failed, Some(&error.to_string())).await
+                    {
+                        tracing::error!(document = document_id, error = %e, "recording a failed document");
+                    }
+                    outcomes[slot] = Some(Outcome::Failed { document_id, error });
                     continue;
                 }
             };
@@ -313,6 +317,63 @@ impl Ingestor {
         Ok(outcomes.into_iter().flatten().collect())
     }
 
+    /// Parses and chunks documents in parallel; each one's outcome slot is pushed in order,
+    /// empty for a document ready to embed (listed in `prepared` with its slot), filled for one
+    /// that failed (and marked failed in the store).
+    async fn prepare_all(
+        &self,
+        pending: Vec<Pending>,
+        outcomes: &mut Vec<Option<Outcome>>,
+        prepared: &mut Vec<(usize, Prepared)>,
+    ) -> Result<(), IngestError> {
+        let parsed = futures_util::future::join_all(pending.into_iter().map(|p| {
+            let document_id = p.document.id;
+            async move { (document_id, self.prepare(p).await) }
+        }))
+        .await;
+        for (document_id, result) in parsed {
+            match result {
+                Ok(ready) => {
+                    outcomes.push(None);
+                    prepared.push((outcomes.len() - 1, ready));
+                }
+                Err(error) => {
+                    self.engine
+                        .store()
+                        .set_document_status(document_id, DocumentStatus::Failed, Some(&error.to_string()))
+                        .await?;
+                    outcomes.push(Some(Outcome::Failed { document_id, error }));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A document row for a file carried by `parent`, named "PARENT/NAME". Never a duplicate
+    /// of another document: it lives and goes with its message.
+    async fn register_attachment(
+        &self,
+        c: &Collection,
+        parent: &Document,
+        a: Attachment,
+    ) -> Result<Pending, IngestError> {
+        let filename = format!("{}/{}", parent.filename, a.name);
+        let document = self
+            .engine
+            .store()
+            .insert_document(&NewDocument {
+                collection_id: c.id,
+                filename: &filename,
+                content_hash: &content_hash(&a.bytes),
+                size_bytes: a.bytes.len() as i64,
+                status: DocumentStatus::Running,
+                source_path: None,
+                parent_id: Some(parent.id),
+            })
+            .await?;
+        Ok(Pending { document, bytes: a.bytes })
+    }
+
     /// Embeds passages off the executor, counting the time for throughput reports.
     async fn embed(&self, texts: Vec<String>) -> Result<Vec<Vec<f32>>, IngestError> {
         if texts.is_empty() {
@@ -347,8 +408,15 @@ impl Ingestor {
             if chunks.is_empty() {
                 return Err(IngestError::NoText);
             }
-            let extractor = doc.extractor;
-            Ok(Prepared { document: p.document, title: doc.title, format: format_name(format), extractor, chunks })
+            let (extractor, attachments) = (doc.extractor, doc.attachments);
+            Ok(Prepared {
+                document: p.document,
+                title: doc.title,
+                format: format_name(format),
+                extractor,
+                chunks,
+                attachments,
+            })
         })
         .await
         .map_err(|e| IngestError::Task(format!("parsing: {e}")))?

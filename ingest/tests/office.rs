@@ -100,10 +100,11 @@ fn email_headers_bodies_and_attachment() {
     assert!(head.contains("To: Port Operations <ops@example.org>"), "{head}");
     assert!(head.contains("Date: 2025-04-02"), "{head}");
     block_with(&doc, "Pelican crane at berth 14 will be inspected on 9 May");
-    let att = block_with(&doc, "safe load limit is 62 tonnes");
-    assert_eq!(att.location.as_deref(), Some("attachment inspection.pdf"));
-    assert_eq!(att.page, Some(1));
-    assert_eq!(att.heading_path, ["Attachment: inspection.pdf"]);
+    // The attachment is handed back whole, to become a document of its own.
+    assert!(!doc.text.contains("62 tonnes"), "the attachment's text is not the message's");
+    assert_eq!(doc.attachments.len(), 1);
+    assert_eq!(doc.attachments[0].name, "inspection.pdf");
+    assert!(doc.attachments[0].bytes.starts_with(b"%PDF"));
 }
 
 #[test]

@@ -33,6 +33,8 @@ pub struct Document {
     /// What produced the text, where a format has several ways ("pdf-extract", "pdftotext",
     /// "tesseract").
     pub extractor: Option<String>,
+    /// The document that carried this one (an e-mail message, for an attachment).
+    pub parent_id: Option<i64>,
 }
 
 /// A document row to insert.
@@ -50,10 +52,12 @@ pub struct NewDocument<'a> {
     pub status: DocumentStatus,
     /// Where its bytes wait for their job (service uploads).
     pub source_path: Option<&'a str>,
+    /// The document that carried it (an e-mail message, for an attachment).
+    pub parent_id: Option<i64>,
 }
 
 const COLUMNS: &str =
-    "id, collection_id, filename, title, content_hash, size_bytes, format, status, error, chunk_count, source_path, extractor";
+    "id, collection_id, filename, title, content_hash, size_bytes, format, status, error, chunk_count, source_path, extractor, parent_id";
 
 fn from_row(r: &AnyRow) -> Result<Document> {
     Ok(Document {
@@ -69,6 +73,7 @@ fn from_row(r: &AnyRow) -> Result<Document> {
         chunks: r.try_get(9)?,
         source_path: r.try_get(10)?,
         extractor: r.try_get(11)?,
+        parent_id: r.try_get(12)?,
     })
 }
 
@@ -77,8 +82,8 @@ impl Store {
     pub async fn insert_document(&self, doc: &NewDocument<'_>) -> Result<Document> {
         let now = now_ms();
         let row = sqlx::query(&format!(
-            "INSERT INTO documents (collection_id, filename, content_hash, size_bytes, status, source_path, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING {COLUMNS}"
+            "INSERT INTO documents (collection_id, filename, content_hash, size_bytes, status, source_path, parent_id, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING {COLUMNS}"
         ))
         .bind(doc.collection_id)
         .bind(doc.filename)
@@ -86,6 +91,7 @@ impl Store {
         .bind(doc.size_bytes)
         .bind(doc.status.as_str())
         .bind(doc.source_path)
+        .bind(doc.parent_id)
         .bind(now)
         .fetch_one(&self.pool)
         .await?;
@@ -158,17 +164,19 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes a document and its chunks; returns the ids of the chunks that went, which the
-    /// indexes must drop.
+    /// Deletes a document, the documents it carried (an e-mail's attachments) and their
+    /// chunks; returns the ids of the chunks that went, which the indexes must drop.
     pub async fn delete_document(&self, id: i64) -> Result<Vec<i64>> {
+        const FAMILY: &str = "(SELECT id FROM documents WHERE id = $1 OR parent_id = $1)";
         let mut tx = self.pool.begin().await?;
         // Write first (see `store_chunks`).
-        let ids: Vec<i64> = sqlx::query_scalar("DELETE FROM chunks WHERE document_id = $1 RETURNING id")
-            .bind(id)
-            .fetch_all(&mut *tx)
-            .await?;
-        sqlx::query("DELETE FROM jobs WHERE document_id = $1").bind(id).execute(&mut *tx).await?;
-        sqlx::query("DELETE FROM documents WHERE id = $1").bind(id).execute(&mut *tx).await?;
+        let ids: Vec<i64> =
+            sqlx::query_scalar(&format!("DELETE FROM chunks WHERE document_id IN {FAMILY} RETURNING id"))
+                .bind(id)
+                .fetch_all(&mut *tx)
+                .await?;
+        sqlx::query(&format!("DELETE FROM jobs WHERE document_id IN {FAMILY}")).bind(id).execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM documents WHERE id = $1 OR parent_id = $1").bind(id).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(ids)
     }

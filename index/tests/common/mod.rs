@@ -104,6 +104,7 @@ pub async fn store_document(
             size_bytes: chunks.iter().map(|t| t.len() as i64).sum(),
             status: DocumentStatus::Running,
             source_path: None,
+            parent_id: None,
         })
         .await
         .expect("document row");

@@ -6,9 +6,9 @@
 //! at ingest shapes (32 passages of 200 tokens) those passes over 15 M scores a layer cost
 //! more than the layer's matrix products. Here each (sequence, head) task multiplies
 //! straight out of the projection through strided GEMMs, soft-maxes its own
-//! (len × len) scores while they are in cache, and writes its slice of the output; padded
-//! keys are never scored (batches are right-padded), and padded rows come out zero (pooling
-//! ignores them).
+//! (len × len) scores while they are in cache, and writes its slice of the output. On the CPU
+//! the encoder packs a batch's real tokens end to end (no padding rows at all), so each
+//! sequence is a run of rows given by its start and length.
 
 use candle_core::{CpuStorage, CustomOp1, Layout, Shape};
 use gemm::Parallelism;
@@ -18,10 +18,9 @@ use super::simd;
 
 pub struct Attention {
     pub heads: usize,
-    /// Sequences in the batch and their padded length.
-    pub batch: usize,
-    pub seq: usize,
-    /// Real (unpadded) length of each sequence.
+    /// The first row of each sequence.
+    pub starts: Vec<usize>,
+    /// The rows of each sequence.
     pub lens: Vec<usize>,
 }
 
@@ -38,9 +37,10 @@ impl CustomOp1 for Attention {
             candle_core::bail!("fused-attention: contiguous input only");
         };
         let (n, three_h) = layout.shape().dims2()?;
-        let (b, s, heads) = (self.batch, self.seq, self.heads);
-        if n != b * s || three_h % 3 != 0 || (three_h / 3) % heads != 0 || self.lens.len() != b {
-            candle_core::bail!("fused-attention: shape ({n}, {three_h}) does not fit {b} sequences of {s}");
+        let (b, heads) = (self.lens.len(), self.heads);
+        let fits = self.starts.len() == b && self.starts.iter().zip(&self.lens).all(|(s, l)| s + l <= n);
+        if !fits || three_h % 3 != 0 || (three_h / 3) % heads != 0 {
+            candle_core::bail!("fused-attention: shape ({n}, {three_h}) does not fit its {b} sequences");
         }
         let qkv = &data[start..end];
         let h = three_h / 3;
@@ -50,16 +50,16 @@ impl CustomOp1 for Attention {
         let out_ptr = simd::SendPtr(out.as_mut_ptr());
         (0..b * heads).into_par_iter().for_each_init(Vec::<f32>::new, |scores, task| {
             let (seq, head) = (task / heads, task % heads);
-            let len = self.lens[seq].min(s);
+            let (first, len) = (self.starts[seq], self.lens[seq]);
             if len == 0 {
                 return;
             }
             let out_ptr = &out_ptr;
             scores.resize(len * len, 0.0);
-            let base = seq * s * three_h;
+            let base = first * three_h;
             let (q, k, v) = (base + head * d, base + h + head * d, base + 2 * h + head * d);
             let row = three_h as isize;
-            // SAFETY: every read stays inside `qkv` — rows seq*s .. seq*s+len of 3h columns,
+            // SAFETY: every read stays inside `qkv` — rows first .. first+len (≤ n, checked above) of 3h columns,
             // columns head*d .. head*d+d of each third — and `scores` holds len × len.
             unsafe {
                 // scores (len × len) = scale · Q (len × d) · Kᵀ (d × len)
@@ -88,15 +88,16 @@ impl CustomOp1 for Attention {
             for r in scores.chunks_exact_mut(len) {
                 simd::softmax(r);
             }
-            // SAFETY: reads as above; the write covers rows seq*s .. seq*s+len, columns
-            // head*d .. head*d+d of the (n, h) output, which no other task writes.
+            // SAFETY: reads as above; the write covers rows first .. first+len, columns
+            // head*d .. head*d+d of the (n, h) output, which no other task writes (sequences'
+            // rows do not overlap).
             unsafe {
                 // context (len × d) = P (len × len) · V (len × d)
                 gemm::gemm(
                     len,
                     d,
                     len,
-                    out_ptr.0.add(seq * s * h + head * d),
+                    out_ptr.0.add(first * h + head * d),
                     1,
                     h as isize,
                     false,

@@ -13,7 +13,7 @@
 //! layer norm, GELU) are replaced by their tensor-op equivalents, which candle runs on the
 //! device (cuBLAS matmuls, fused softmax and layer-norm kernels).
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Module, Shape, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::bert::{Config, HiddenAct};
 use rayon::prelude::*;
@@ -215,7 +215,54 @@ impl Encoder {
     }
 
     /// Final hidden states, (batch, seq, hidden), for ids/type ids/mask of shape (batch, seq).
+    /// Padded rows are zero on the CPU.
     pub fn forward(&self, ids: &Tensor, type_ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        if ids.device().is_cpu() {
+            self.forward_packed(ids, type_ids, mask)
+        } else {
+            self.forward_padded(ids, type_ids, mask)
+        }
+    }
+
+    /// The CPU path: the batch's real tokens packed end to end, so every matrix product,
+    /// GELU and norm runs over real tokens only (a micro-batch of queries pads to its longest
+    /// one, often twice the mean), then scattered back to the padded shape.
+    fn forward_packed(&self, ids: &Tensor, type_ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
+        let (b, s) = ids.dims2()?;
+        let h = self.hidden;
+        let (ids, types) =
+            (ids.to_dtype(DType::U32)?.to_vec2::<u32>()?, type_ids.to_dtype(DType::U32)?.to_vec2::<u32>()?);
+        let mask = mask.to_dtype(DType::U32)?.to_vec2::<u32>()?;
+        // Batches are right-padded: each sequence's real length is its count of mask ones.
+        let lens: Vec<usize> = mask.iter().map(|r| r.iter().filter(|&&m| m != 0).count().min(s)).collect();
+        let mut starts = Vec::with_capacity(b);
+        let (mut packed_ids, mut packed_types, mut positions) = (Vec::new(), Vec::new(), Vec::new());
+        // Row of the packed output for each padded slot; padding reads the zero row at the end.
+        let total: usize = lens.iter().sum();
+        let mut gather = vec![total as u32; b * s];
+        for (i, &len) in lens.iter().enumerate() {
+            starts.push(packed_ids.len());
+            for j in 0..len {
+                gather[i * s + j] = packed_ids.len() as u32;
+                packed_ids.push(ids[i][j]);
+                packed_types.push(types[i][j]);
+                positions.push(j as u32);
+            }
+        }
+        let dev = Device::Cpu;
+        let x = self
+            .word
+            .embedding(&Tensor::new(packed_ids, &dev)?)?
+            .add(&self.token_type.embedding(&Tensor::new(packed_types, &dev)?)?)?
+            .add(&self.position.embedding(&Tensor::new(positions, &dev)?)?)?;
+        let attention = Attention { heads: self.heads, starts, lens };
+        let x = self.layers_forward(self.embed_norm.forward(&x)?, |qkv| qkv.apply_op1_no_bwd(&attention))?;
+        let x = Tensor::cat(&[x.to_dtype(DType::F32)?, Tensor::zeros((1, h), DType::F32, &dev)?], 0)?;
+        x.index_select(&Tensor::new(gather, &dev)?, 0)?.reshape((b, s, h))
+    }
+
+    /// The device path: padded (b·s) rows and a key mask.
+    fn forward_padded(&self, ids: &Tensor, type_ids: &Tensor, mask: &Tensor) -> candle_core::Result<Tensor> {
         let (b, s) = ids.dims2()?;
         let (h, heads) = (self.hidden, self.heads);
         let n = b * s;
@@ -227,29 +274,25 @@ impl Encoder {
             .reshape((b, s, h))?
             .broadcast_add(&self.position.embedding(&positions)?)?
             .reshape((n, h))?;
-        let mut x = self.embed_norm.forward(&x)?;
-        // Batches are right-padded: each sequence's real length is its count of mask ones.
-        let lens: Vec<usize> = mask
-            .to_dtype(DType::U32)?
-            .to_vec2::<u32>()?
-            .iter()
-            .map(|r| r.iter().filter(|&&m| m != 0).count())
-            .collect();
+        let x = self.embed_norm.forward(&x)?;
+        // An additive key mask, (b, 1, 1, s), 0 for real keys and -1e9 for padding.
+        let keep = mask.to_dtype(DType::F32)?;
+        let key_bias = ((keep - 1.0)? * 1e9)?.to_dtype(x.dtype())?.reshape((b, 1, 1, s))?;
+        let x = self.layers_forward(x, |qkv| device_attention(qkv, &key_bias, b, s, heads))?;
+        // Pooling and normalisation run in f32 whatever the encoder's dtype.
+        x.reshape((b, s, h))?.to_dtype(DType::F32)
+    }
+
+    /// The layers over token rows `x` (tokens, hidden), with `attention` from the fused Q/K/V
+    /// projection to the context.
+    fn layers_forward(
+        &self,
+        mut x: Tensor,
+        attention: impl Fn(&Tensor) -> candle_core::Result<Tensor>,
+    ) -> candle_core::Result<Tensor> {
         let cpu = x.device().is_cpu();
-        let attention = Attention { heads, batch: b, seq: s, lens };
-        // On a GPU: an additive key mask, (b, 1, 1, s), 0 for real keys and -1e9 for padding.
-        let key_bias = if cpu {
-            None
-        } else {
-            let keep = mask.to_dtype(DType::F32)?;
-            Some(((keep - 1.0)? * 1e9)?.to_dtype(x.dtype())?.reshape((b, 1, 1, s))?)
-        };
         for l in &self.layers {
-            let qkv = l.qkv.forward(&x)?;
-            let ctx = match &key_bias {
-                None => qkv.apply_op1_no_bwd(&attention)?,
-                Some(bias) => device_attention(&qkv, bias, b, s, heads)?,
-            };
+            let ctx = attention(&l.qkv.forward(&x)?)?;
             x = l.attn_norm.forward_residual(&l.attn_out.forward(&ctx)?, &x)?;
             let up = l.up.forward(&x)?;
             let up = match self.act {
@@ -260,8 +303,7 @@ impl Encoder {
             };
             x = l.out_norm.forward_residual(&l.down.forward(&up)?, &x)?;
         }
-        // Pooling and normalisation run in f32 whatever the encoder's dtype.
-        x.reshape((b, s, h))?.to_dtype(DType::F32)
+        Ok(x)
     }
 }
 

@@ -54,7 +54,7 @@ impl DocBuilder {
 
     pub fn finish(self, title: Option<String>) -> ParsedDocument {
         let title = title.as_deref().and_then(clean_title).or_else(|| self.first_line());
-        ParsedDocument { title, text: self.text, blocks: self.blocks, extractor: None }
+        ParsedDocument { title, text: self.text, blocks: self.blocks, extractor: None, attachments: Vec::new() }
     }
 }
 

@@ -1,15 +1,16 @@
 //! E-mail messages (.eml, RFC 5322 with MIME parts): the subject is the title, sender,
 //! recipients and date a block of their own, then the text bodies (HTML ones reduced to
-//! text). Attachments of supported formats are parsed and follow under an
-//! "Attachment: NAME" heading, their location naming the attachment (and page, for PDFs).
+//! text). Attachments of supported formats are handed back unparsed: the pipeline ingests
+//! each as a document of its own that points at its message, so a citation names the
+//! attached file and its page, and the attachment's failure is its own.
 
 use mail_parser::{Address, MessageParser, MimeHeaders};
 
 use super::builder::{collapse_whitespace, DocBuilder};
-use super::{ParsedDocument, PdfParser};
+use super::{Attachment, ParsedDocument};
 use crate::{detect, Format, IngestError};
 
-pub(crate) fn parse(bytes: &[u8], pdf: &PdfParser) -> Result<ParsedDocument, IngestError> {
+pub(crate) fn parse(bytes: &[u8]) -> Result<ParsedDocument, IngestError> {
     let error = |message: &str| IngestError::Parse { format: "e-mail".into(), message: message.into() };
     // mail-parser is pure Rust but reads hostile input: a panic is this message's error.
     let message = std::panic::catch_unwind(|| MessageParser::default().parse(bytes))
@@ -44,20 +45,22 @@ pub(crate) fn parse(bytes: &[u8], pdf: &PdfParser) -> Result<ParsedDocument, Ing
             }
         }
     }
+    let mut attachments = Vec::new();
     for part in message.attachments() {
         let name = part.attachment_name().unwrap_or("attachment").to_string();
         let contents = part.contents();
-        let parsed = detect::detect_format(contents, &name).and_then(|format| match format {
+        match detect::detect_format(contents, &name) {
             // One level only: a message attached to a message is not opened again.
-            Format::Email => Err(IngestError::UnsupportedFormat { detected: "attached e-mail".into() }),
-            f => super::parse(contents, f, &name, pdf),
-        });
-        match parsed {
-            Ok(inner) => append_attachment(&mut doc, &name, &inner),
+            Ok(Format::Email) => tracing::info!(attachment = %name, "attached e-mail skipped"),
+            // Pictures shown in the body (logos, signatures) are decoration, not documents.
+            Ok(Format::Image) if part.content_id().is_some() => {}
+            Ok(_) => attachments.push(Attachment { name, bytes: contents.to_vec() }),
             Err(e) => tracing::info!(attachment = %name, error = %e, "e-mail attachment skipped"),
         }
     }
-    Ok(doc.finish(subject))
+    let mut parsed = doc.finish(subject);
+    parsed.attachments = attachments;
+    Ok(parsed)
 }
 
 fn addresses(a: &Address) -> String {
@@ -71,19 +74,4 @@ fn addresses(a: &Address) -> String {
         .filter(|s| !s.is_empty())
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// The attachment's blocks under "Attachment: NAME", located at the attachment (and its own
-/// location within it).
-fn append_attachment(doc: &mut DocBuilder, name: &str, inner: &ParsedDocument) {
-    let heading = format!("Attachment: {name}");
-    for b in &inner.blocks {
-        let mut path = vec![heading.clone()];
-        path.extend(b.heading_path.iter().cloned());
-        let location = match &b.location {
-            Some(l) => format!("attachment {name}, {l}"),
-            None => format!("attachment {name}"),
-        };
-        doc.push_at(inner.block_text(b), b.page, Some(&location), &path, b.is_heading);
-    }
 }

@@ -310,6 +310,9 @@ fn citation(n: usize, h: &Hit) -> Citation {
 /// The extractive answer: the best evidence sentence, quoted, with its passage's marker.
 pub fn extractive(question: &str, evidence: &Evidence, passages: &[Hit]) -> Answer {
     let Some(best) = evidence.ranked.first() else { return Answer::not_in_corpus() };
+    for s in evidence.ranked.iter().take(3) {
+        tracing::debug!(question, score = s.score, passage = s.passage, index = s.index, text = %s.text, "ranked sentence");
+    }
     let n = evidence.number_of(best.passage).unwrap_or(1);
     let quoted = text::clip(&best.text, question, MAX_QUOTED_WORDS);
     let body = quoted.trim_end_matches(|c: char| text::is_final_punctuation(c) || c.is_whitespace());

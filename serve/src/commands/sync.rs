@@ -71,7 +71,8 @@ pub async fn sync_folder(ingestor: &Ingestor, c: &Collection, dir: &Path) -> any
     collect(dir, dir, &mut files).with_context(|| format!("reading {}", dir.display()))?;
     files.sort();
     let mut by_name: HashMap<String, Vec<kb_index::store::Document>> = HashMap::new();
-    for d in store.documents(c.id).await? {
+    // An e-mail's attachments are no files of the folder: they live and go with their message.
+    for d in store.documents(c.id).await?.into_iter().filter(|d| d.parent_id.is_none()) {
         by_name.entry(d.filename.clone()).or_default().push(d);
     }
     let mut report = SyncReport::default();

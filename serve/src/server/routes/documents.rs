@@ -68,6 +68,9 @@ pub struct DocumentInfo {
     format: Option<String>,
     /// Which extractor produced the text (PDF: pdf-extract, pdftotext, ocr).
     extractor: Option<String>,
+    /// The document that carried this one: the e-mail message of an attachment, which is
+    /// named "MESSAGE/ATTACHMENT" and deleted with its message.
+    parent_id: Option<i64>,
 }
 
 impl From<Document> for DocumentInfo {
@@ -82,6 +85,7 @@ impl From<Document> for DocumentInfo {
             size: d.size_bytes,
             format: d.format,
             extractor: d.extractor,
+            parent_id: d.parent_id,
         }
     }
 }
