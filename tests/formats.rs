@@ -177,20 +177,26 @@ fn sync_mirrors_a_folder_deletions_included() {
             ("epsilon.txt", "The Epsilon choir rehearses madrigals in a lighthouse on Thursdays."),
         ],
     );
+    // An e-mail whose PDF attachment becomes a document of its own: no file of the folder,
+    // yet neither a removed file on the next run nor left behind when the message goes.
+    std::fs::write(folder.join("memo.eml"), fixture("memo.eml")).unwrap();
     let sync = |expect: &str| {
         let (ok, out, err) = kb(&data, &["sync", "--collection", "docs", folder.to_str().unwrap()]);
         assert!(ok, "kb sync failed: {err}");
         assert!(out.contains(expect), "sync said {out:?}, expected {expect:?}");
         out
     };
-    sync("5 added, 0 updated, 0 deleted");
+    sync("6 added, 0 updated, 0 deleted");
     assert!(cli_search(&data, "saffron crocuses under violet lamps", "keyword").contains("alpha.txt"));
+    assert!(cli_search(&data, "safe load limit of the Pelican crane", "keyword").contains("memo.eml/inspection.pdf"));
+    sync("no change");
 
-    // Edit one, delete one, add one.
+    // Edit one, delete two (one of them the e-mail), add one.
     write_files(&folder, &[("alpha.txt", "The Alpha greenhouse now grows vanilla orchids in humid air.")]);
     std::fs::remove_file(folder.join("gamma.txt")).unwrap();
+    std::fs::remove_file(folder.join("memo.eml")).unwrap();
     write_files(&folder, &[("zeta.txt", "The Zeta ferry crosses the fjord to Vikøyri every ninety minutes.")]);
-    sync("1 added, 1 updated, 1 deleted, 3 unchanged");
+    sync("1 added, 1 updated, 2 deleted, 3 unchanged");
     sync("no change");
 
     // The command line opens the store afresh each time, and so does a new server: both are
@@ -213,6 +219,9 @@ fn sync_mirrors_a_folder_deletions_included() {
         }
         let hits = server.search("docs", "Zeta ferry to Vikøyri", mode, 3);
         assert_eq!(hits[0]["filename"], "zeta.txt", "{mode}: {hits:#?}");
+        for hit in server.search("docs", "safe load limit of the Pelican crane 62 tonnes", mode, 10) {
+            assert!(!hit["filename"].as_str().unwrap().starts_with("memo.eml"), "{mode}: deleted e-mail found: {hit}");
+        }
     }
     let names: Vec<String> =
         server.documents("docs").iter().map(|d| d["filename"].as_str().unwrap().to_string()).collect();

@@ -16,6 +16,7 @@ pub mod followup;
 pub mod text;
 pub mod verify;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -35,6 +36,12 @@ const RELEVANCE_MARGIN: f32 = 0.05;
 const MAX_SENTENCES: usize = 2;
 /// The longest quote an extractive answer gives: past it, the clauses that answer.
 const MAX_QUOTED_WORDS: usize = 60;
+/// An extractive answer quotes the runner-up sentence too when both together stay this short
+/// and it ranks nearly as high ([`PAIR_MARGIN`]): a short best sentence often leaves the
+/// answer to the next one ("It was built in 1911."), and two sentences are still an answer,
+/// not a passage.
+const PAIR_WORDS: usize = 50;
+const PAIR_MARGIN: f32 = 0.2;
 /// The share of a question's (IDF-weighted) terms one of the best passages must hold: a third
 /// of what the question is about must be there before an answer can be. (Paraphrased
 /// questions that are answered hold a third or more; on the SQuAD sample, 8 of 300 held
@@ -307,26 +314,53 @@ fn citation(n: usize, h: &Hit) -> Citation {
     }
 }
 
-/// The extractive answer: the best evidence sentence, quoted, with its passage's marker.
+/// The extractive answer: the best evidence sentence, quoted, with its passage's marker; with
+/// the runner-up after it when that is short, close in rank and about the question too.
 pub fn extractive(question: &str, evidence: &Evidence, passages: &[Hit]) -> Answer {
     let Some(best) = evidence.ranked.first() else { return Answer::not_in_corpus() };
     for s in evidence.ranked.iter().take(3) {
         tracing::debug!(question, score = s.score, passage = s.passage, index = s.index, text = %s.text, "ranked sentence");
     }
-    let n = evidence.number_of(best.passage).unwrap_or(1);
-    let quoted = text::clip(&best.text, question, MAX_QUOTED_WORDS);
+    let mut quoted = vec![best];
+    if let Some(next) = evidence.ranked.get(1).filter(|next| pairs_with(question, best, next)) {
+        quoted.push(next);
+        // Two sentences of one passage read in its order.
+        if next.passage == best.passage && next.index < best.index {
+            quoted.reverse();
+        }
+    }
+    let mut answer = Vec::new();
+    let mut citations: Vec<Citation> = Vec::new();
+    for s in quoted {
+        let n = evidence.number_of(s.passage).unwrap_or(1);
+        answer.push(cited(&text::clip(&s.text, question, MAX_QUOTED_WORDS), n));
+        if !citations.iter().any(|c| c.n == n) {
+            citations.push(citation(n, &passages[s.passage]));
+        }
+    }
+    Answer { answer: answer.join(" "), kind: AnswerKind::Extractive, citations, dropped_sentences: 0 }
+}
+
+/// Whether `next` joins `best` in an extractive answer (see [`PAIR_WORDS`]).
+fn pairs_with(question: &str, best: &evidence::Sentence, next: &evidence::Sentence) -> bool {
+    let length = |t: &str| t.split_whitespace().count() + t.chars().filter(|&c| kb_index::is_cjk(c)).count() / 2;
+    let asked: HashSet<String> = text::content_words(question).iter().map(|w| text::stem(w).to_owned()).collect();
+    length(&best.text) + length(&next.text) <= PAIR_WORDS
+        && next.score >= best.score - PAIR_MARGIN
+        && !best.text.contains(next.text.as_str())
+        && !next.text.contains(best.text.as_str())
+        && text::content_words(&next.text).iter().any(|w| asked.contains(text::stem(w)))
+}
+
+/// A quoted sentence ending in its passage's marker: "… [n]." (a question keeps its mark).
+fn cited(quoted: &str, n: usize) -> String {
     let body = quoted.trim_end_matches(|c: char| text::is_final_punctuation(c) || c.is_whitespace());
     let trimmed = quoted.trim_end();
     let end = match trimmed.chars().next_back() {
         Some(c @ ('?' | '!' | '？' | '！')) => &trimmed[trimmed.len() - c.len_utf8()..],
         _ => text::full_stop(body),
     };
-    Answer {
-        answer: format!("{body} [{n}]{end}"),
-        kind: AnswerKind::Extractive,
-        citations: vec![citation(n, &passages[best.passage])],
-        dropped_sentences: 0,
-    }
+    format!("{body} [{n}]{end}")
 }
 
 #[cfg(test)]
@@ -383,5 +417,23 @@ mod tests {
         assert_eq!(ans.kind, AnswerKind::Extractive);
         assert_eq!(ans.answer, "The turbine bolt torque is 42 newton-metres [1].");
         assert_eq!((ans.citations[0].n, ans.citations[0].chunk_id, ans.citations[0].page), (1, 9, Some(2)));
+    }
+
+    #[test]
+    fn a_short_best_sentence_brings_its_close_runner_up() {
+        let a = hit(3, "tower.md", "The Zephyr tower opened in 1911. Its architect was Ada Lind.", None);
+        let b = hit(4, "other.md", "The Zephyr tower is 90 metres tall.", None);
+        let mut e = evidence(&[(0, "Its architect was Ada Lind."), (0, "The Zephyr tower opened in 1911.")]);
+        // Ranked: the architect sentence first, the opening close behind; same passage.
+        e.ranked[0].index = 1;
+        e.ranked[1].index = 0;
+        e.ranked[1].score = 0.9;
+        let ans = extractive("Who designed the Zephyr tower?", &e, &[a.clone(), b.clone()]);
+        assert_eq!(ans.answer, "The Zephyr tower opened in 1911 [1]. Its architect was Ada Lind [1].");
+        assert_eq!(ans.citations.len(), 1);
+        // Far behind in rank, the runner-up stays out.
+        e.ranked[1].score = 0.5;
+        let ans = extractive("Who designed the Zephyr tower?", &e, &[a, b]);
+        assert_eq!(ans.answer, "Its architect was Ada Lind [1].");
     }
 }
