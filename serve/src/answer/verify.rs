@@ -1,7 +1,13 @@
 //! Every sentence of a generated answer checked against the passages it cites: at least 80%
-//! of its content words must occur there, and every number and every name in it too. A
-//! sentence that fails is dropped; one without a marker gets the marker of a passage that
-//! supports it, or is dropped; one that only repeats the question says nothing and is dropped.
+//! of its content words must occur in one place of a passage (a sentence and the one after
+//! it), and every number and every name in it too. A sentence that fails is dropped; one
+//! without a marker gets the marker of a passage that supports it, or is dropped; one that
+//! only repeats the question says nothing and is dropped.
+//!
+//! One place, not the whole passage: a small model recombines a passage's words into claims
+//! it never makes ("John Elway is the current quarterback of the Broncos" from a passage
+//! naming Elway as general manager and Manning as quarterback), and such a sentence holds
+//! every one of its words somewhere in the passage.
 
 use std::collections::HashSet;
 
@@ -26,20 +32,32 @@ pub struct Checked {
     pub informative: bool,
 }
 
-/// A passage as the checker sees it: its words, lower-cased.
+/// A passage as the checker sees it: its words, lower-cased, and the places a claim may
+/// come from (each sentence with the one after it, which may name what it says "it" of).
 pub struct Source {
     words: HashSet<String>,
+    places: Vec<HashSet<String>>,
 }
 
 impl Source {
     pub fn new(text: &str) -> Self {
-        Self { words: words(text).into_iter().collect() }
+        let sentences: Vec<HashSet<String>> = sentences(text).iter().map(|s| words(s).into_iter().collect()).collect();
+        let places = match sentences.len() {
+            0 | 1 => sentences,
+            _ => sentences.windows(2).map(|w| w[0].union(&w[1]).cloned().collect()).collect(),
+        };
+        Self { words: words(text).into_iter().collect(), places }
     }
 }
 
-/// Whether the words of `sentence` (markers removed) are supported by `sources` together.
+/// Whether the words of `sentence` (markers removed) are supported by one place of one of
+/// `sources`.
 pub fn supported(sentence: &str, sources: &[&Source]) -> bool {
-    let has = |w: &str| sources.iter().any(|s| s.words.contains(w));
+    sources.iter().flat_map(|s| &s.places).any(|place| supported_by(sentence, place))
+}
+
+fn supported_by(sentence: &str, place: &HashSet<String>) -> bool {
+    let has = |w: &str| place.contains(w);
     let content = content_words(sentence);
     if content.is_empty() {
         return false;
@@ -107,6 +125,18 @@ pub fn check(draft: &str, question: &str, sources: &[Source]) -> Checked {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn words_from_different_places_make_no_claim() {
+        let s = [Source::new(
+            "John Elway is the general manager of the Broncos. The team won in February. \
+             The Broncos' quarterback is Peyton Manning.",
+        )];
+        let c = check("John Elway is the quarterback of the Broncos [1].", "Who is the quarterback?", &s);
+        assert_eq!((c.text.as_str(), c.dropped), ("", 1), "{c:?}");
+        let c = check("Peyton Manning is the Broncos' quarterback [1].", "Who is the quarterback?", &s);
+        assert_eq!(c.text, "Peyton Manning is the Broncos' quarterback [1].");
+    }
 
     fn sources() -> Vec<Source> {
         vec![
