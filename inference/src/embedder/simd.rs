@@ -44,18 +44,21 @@ fn has_avx512() -> bool {
 /// CPU has them.
 macro_rules! multiversion {
     ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
+        multiversion! { $(#[$doc])* fn $name($($arg: $ty),*) -> () $body }
+    };
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
         $(#[$doc])*
-        pub fn $name($($arg: $ty),*) {
+        pub fn $name($($arg: $ty),*) -> $ret {
             #[inline(always)]
-            fn portable($($arg: $ty),*) $body
+            fn portable($($arg: $ty),*) -> $ret $body
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
-            unsafe fn avx2($($arg: $ty),*) {
+            unsafe fn avx2($($arg: $ty),*) -> $ret {
                 portable($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx512f,avx2,fma")]
-            unsafe fn avx512($($arg: $ty),*) {
+            unsafe fn avx512($($arg: $ty),*) -> $ret {
                 portable($($arg),*)
             }
             #[cfg(target_arch = "x86_64")]
@@ -88,11 +91,10 @@ fn sum(xs: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + rest.iter().sum::<f32>()
 }
 
-/// The dot product of two vectors, on AVX-512 or AVX2 + FMA where the CPU has them (sixteen
-/// running sums, so that the reduction vectorises).
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[inline(always)]
-    fn portable(a: &[f32], b: &[f32]) -> f32 {
+multiversion! {
+    /// The dot product of two vectors (sixteen running sums, so that the reduction
+    /// vectorises).
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
         let mut acc = [0f32; 16];
         let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
         let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
@@ -103,27 +105,6 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
         acc.iter().sum::<f32>() + tail
     }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn avx2(a: &[f32], b: &[f32]) -> f32 {
-        portable(a, b)
-    }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    unsafe fn avx512(a: &[f32], b: &[f32]) -> f32 {
-        portable(a, b)
-    }
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512() {
-        // SAFETY: the CPU has AVX-512F, AVX2 and FMA (checked above).
-        return unsafe { avx512(a, b) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: the CPU has AVX2 and FMA (checked above).
-        return unsafe { avx2(a, b) };
-    }
-    portable(a, b)
 }
 
 #[inline(always)]
