@@ -209,6 +209,7 @@ pub fn sentences(text: &str) -> Vec<String> {
             while j < chars.len() && matches!(chars[j].1, '"' | '\'' | ')' | '”' | '’') {
                 j += 1;
             }
+            j = after_references(&chars, j);
             if j < chars.len() && !chars[j].1.is_whitespace() && !is_cjk(chars[j].1) {
                 continue;
             }
@@ -223,6 +224,37 @@ pub fn sentences(text: &str) -> Vec<String> {
         push_sentence(&mut out, &block[start..]);
     }
     out
+}
+
+/// Past the reference marks that may follow a sentence's full stop and stay with it: "[12]",
+/// "[citation needed]", a page reference ":43" or ":162–164, 301".
+fn after_references(chars: &[(usize, char)], mut j: usize) -> usize {
+    loop {
+        let at = |k: usize| chars.get(k).map(|(_, c)| *c);
+        if at(j) == Some('[') {
+            match (j + 1..chars.len().min(j + 32)).find(|&k| at(k) == Some(']')) {
+                Some(close) => j = close + 1,
+                None => return j,
+            }
+        } else if at(j) == Some(':') && at(j + 1).is_some_and(|c| c.is_ascii_digit()) {
+            j += 1;
+            loop {
+                while at(j).is_some_and(|c| c.is_ascii_digit()) {
+                    j += 1;
+                }
+                // ",154" or "–164" or ", 301": another page.
+                let sep = matches!(at(j), Some(',' | '–' | '-'));
+                let gap = usize::from(at(j + 1) == Some(' '));
+                if sep && at(j + 1 + gap).is_some_and(|c| c.is_ascii_digit()) {
+                    j += 1 + gap;
+                } else {
+                    break;
+                }
+            }
+        } else {
+            return j;
+        }
+    }
 }
 
 fn push_sentence(out: &mut Vec<String>, s: &str) {
@@ -298,6 +330,11 @@ mod tests {
         assert_eq!(
             sentences("Version 2.5 is out. It costs $3.50 now."),
             vec!["Version 2.5 is out.", "It costs $3.50 now."]
+        );
+        // Reference marks after the stop stay with their sentence.
+        assert_eq!(
+            sentences("He won.[12] Then he left.[citation needed] He wrote.:162–164, 301 The end."),
+            vec!["He won.[12]", "Then he left.[citation needed]", "He wrote.:162–164, 301", "The end."]
         );
     }
 

@@ -189,8 +189,9 @@ async fn ask(app: &App, answerer: &Answerer, c: &Collection, question: &str, top
         })
     })?;
     let whole = started.elapsed();
-    // What /search returns for the question: the citations must be among these.
-    let req = SearchRequest { query: question.into(), top_k, mode: SearchMode::Hybrid, distinct_documents: false };
+    // What /search returns for the question by default (each document's best passage): the
+    // citations must be among these.
+    let req = SearchRequest { query: question.into(), top_k, mode: SearchMode::Hybrid, distinct_documents: true };
     let hit_ids = app.engine.search(c, &req).await?.iter().map(|h| h.chunk.id).collect();
     Ok(Outcome { answer, first: first.unwrap_or(whole), whole, hit_ids })
 }
