@@ -30,7 +30,7 @@ pub fn get_weight(
 ) -> Result<Weight, ModelError> {
     let qname = format!("{prefix}.qweight");
     let w = if src.contains(&qname) {
-        if inp % GROUP != 0 || out % 8 != 0 {
+        if !inp.is_multiple_of(GROUP) || !out.is_multiple_of(8) {
             return Err(ModelError::Checkpoint {
                 path: PathBuf::from(prefix),
                 message: format!("AWQ weight of shape ({out}, {inp}): needs out % 8 == 0 and in % {GROUP} == 0"),

@@ -140,7 +140,7 @@ impl Moe {
             // (hd, S * inter) -> S chunks of (hd, inter): a column split, on group boundaries
             // for int4 (else made dense first).
             let mut d = proj("shared_experts.down_proj", hd, si)?;
-            if matches!(d, Weight::Int4(_)) && inter % GROUP != 0 {
+            if matches!(d, Weight::Int4(_)) && !inter.is_multiple_of(GROUP) {
                 d = Weight::Dense(d.dense(dtype)?);
             }
             let parts = (0..shared)

@@ -71,7 +71,7 @@ pub fn q4_gemv_supported(x: &Tensor, q: &Int4Weight) -> bool {
         && x.rank() == 2
         && x.dim(0).is_ok_and(|n| (1..=MAX_TOKENS).contains(&n))
         && q.qweight.rank() == 2
-        && q.in_dim().is_ok_and(|i| i % GROUP == 0 && x.dim(1).is_ok_and(|xi| xi == i))
+        && q.in_dim().is_ok_and(|i| i.is_multiple_of(GROUP) && x.dim(1).is_ok_and(|xi| xi == i))
 }
 
 /// x Wᵀ (N, out) bf16 with W int4, read packed (N <= 8).
@@ -181,7 +181,7 @@ pub fn experts_q4(
     let (t, h) = x.dims2()?;
     let (_, two_i, h8) = gate_up.qweight.dims3()?;
     let inter = two_i / 2;
-    if t > MAX_TOKENS || h8 * 8 != h || h % GROUP != 0 || inter % GROUP != 0 || k + shared > 64 {
+    if t > MAX_TOKENS || h8 * 8 != h || !h.is_multiple_of(GROUP) || !inter.is_multiple_of(GROUP) || k + shared > 64 {
         candle_core::bail!(
             "experts_q4: unsupported shape (tokens {t}, hidden {h}, inter {inter}, slots {})",
             k + shared

@@ -53,7 +53,7 @@ pub struct Int4Weight {
 
 /// Whether a weight with `in_dim` input columns can be stored as int4 groups.
 pub fn quantizable(in_dim: usize) -> bool {
-    in_dim % GROUP == 0
+    in_dim.is_multiple_of(GROUP)
 }
 
 impl Int4Weight {
@@ -129,7 +129,7 @@ impl Int4Weight {
 
     /// Input columns `start..start + len`, both multiples of [`GROUP`].
     pub fn narrow_in(&self, start: usize, len: usize) -> Result<Self> {
-        if start % GROUP != 0 || len % GROUP != 0 {
+        if !start.is_multiple_of(GROUP) || !len.is_multiple_of(GROUP) {
             candle_core::bail!("int4: column range {start}+{len} does not fall on group boundaries");
         }
         Ok(Self {
@@ -341,14 +341,15 @@ mod tests {
                 qweight[i * out / 8 + c] = word as i32;
             }
         }
-        let mut qzeros = vec![0i32; out / 8];
-        for c in 0..out / 8 {
-            let mut word = 0u32;
-            for (nibble, &col) in [0usize, 2, 4, 6, 1, 3, 5, 7].iter().enumerate() {
-                word |= (((8 * c + col) % 16) as u32) << (4 * nibble);
-            }
-            qzeros[c] = word as i32;
-        }
+        let qzeros: Vec<i32> = (0..out / 8)
+            .map(|c| {
+                let mut word = 0u32;
+                for (nibble, &col) in [0usize, 2, 4, 6, 1, 3, 5, 7].iter().enumerate() {
+                    word |= (((8 * c + col) % 16) as u32) << (4 * nibble);
+                }
+                word as i32
+            })
+            .collect();
         let scales: Vec<f32> = (0..out).map(|o| 0.01 * (o + 1) as f32).collect();
         let dev = Device::Cpu;
         let w = Int4Weight::from_awq(
@@ -359,12 +360,12 @@ mod tests {
         )
         .unwrap();
         let deq = w.dequantize(DType::F32).unwrap().to_vec2::<f32>().unwrap(); // (out, in)
-        for o in 0..out {
+        for (o, row) in deq.iter().enumerate() {
             let s = Tensor::new(scales[o], &dev).unwrap().to_dtype(DType::F16).unwrap().to_dtype(DType::F32).unwrap();
             let s = s.to_scalar::<f32>().unwrap();
-            for i in 0..inp {
+            for (i, &got) in row.iter().enumerate() {
                 let want = (((i + 3 * o) % 16) as f32 - (o % 16) as f32) * s;
-                assert_eq!(deq[o][i], want, "({o}, {i})");
+                assert_eq!(got, want, "({o}, {i})");
             }
         }
     }
