@@ -282,13 +282,26 @@ impl Moe {
                         Tensor::cat(&[&r.ids.to_dtype(DType::F32)?, &r.weights], 1)?
                     }
                 };
-                if n <= FUSED_MAX_TOKENS {
-                    if let (Weight::Int4(gu), Weight::Int4(dn)) = (&self.gate_up, &self.down) {
-                        return super::q4_kernels::experts_q4(x, &route, gu, dn, residual, self.top_k, self.shared);
+                if let (Weight::Int4(gu), Weight::Int4(dn), false) = (&self.gate_up, &self.down, prefill) {
+                    // int4 decode batches: the fused int4 kernels, 8 tokens a pass (reading the
+                    // active experts' codes again per pass costs less than dequantising all 66).
+                    let mut outs = Vec::with_capacity(n.div_ceil(FUSED_MAX_TOKENS));
+                    for start in (0..n).step_by(FUSED_MAX_TOKENS) {
+                        let len = FUSED_MAX_TOKENS.min(n - start);
+                        outs.push(super::q4_kernels::experts_q4(
+                            &x.narrow(0, start, len)?,
+                            &route.narrow(0, start, len)?,
+                            gu,
+                            dn,
+                            &residual.narrow(0, start, len)?,
+                            self.top_k,
+                            self.shared,
+                        )?);
                     }
+                    return if outs.len() == 1 { Ok(outs.remove(0)) } else { Tensor::cat(&outs, 0) };
                 }
-                // Past the fused sizes int4 experts are dequantised into a bf16 scratch copy
-                // (the whole layer's, freed after it) and take the bf16 paths.
+                // Prefill with int4 experts: dequantised into a bf16 scratch copy (the whole
+                // layer's, freed after it) for the grouped GEMMs.
                 let gate_up = self.gate_up.dense(self.dtype)?;
                 let down = self.down.dense(self.dtype)?;
                 let (gate_up, down) = (&gate_up, &down);

@@ -164,32 +164,33 @@ pub fn int4_bench(layers: usize, steps: usize, dev: &Device, dev_name: &str) -> 
                                 "note": "FixedDecoder + CUDA graphs, two runs" }),
             dev_name,
         );
-        // Batch 8 (one token each): the fused expert kernels' largest size.
-        let b = 8;
-        let mut caches = (0..b).map(|_| model.new_cache(64 + steps)).collect::<Result<Vec<_>, _>>()?;
-        let prompts: Vec<Vec<u32>> = (0..b).map(|s| prompt(32, s as u32 * 7919)).collect();
-        {
-            let toks: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
-            let mut refs: Vec<_> = caches.iter_mut().collect();
-            model.forward(&toks, &mut refs, LogitsMode::Last)?;
+        // Batches of 8 (the fused expert kernels' largest size) and 32 sequences, one token each.
+        for b in [8usize, 32] {
+            let mut caches = (0..b).map(|_| model.new_cache(64 + steps)).collect::<Result<Vec<_>, _>>()?;
+            let prompts: Vec<Vec<u32>> = (0..b).map(|s| prompt(32, s as u32 * 7919)).collect();
+            {
+                let toks: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
+                let mut refs: Vec<_> = caches.iter_mut().collect();
+                model.forward(&toks, &mut refs, LogitsMode::Last)?;
+            }
+            let mut next: Vec<u32> = vec![1; b];
+            sync(dev)?;
+            let t = Instant::now();
+            let bsteps = steps.min(32);
+            for _ in 0..bsteps {
+                let owned: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+                let toks: Vec<&[u32]> = owned.iter().map(|t| t.as_slice()).collect();
+                let mut refs: Vec<_> = caches.iter_mut().collect();
+                let out = model.forward(&toks, &mut refs, LogitsMode::Last)?;
+                next = out.logits.ok_or("logits")?.argmax(D::Minus1)?.to_vec1::<u32>()?;
+            }
+            let dt = t.elapsed().as_secs_f64() / bsteps as f64;
+            result(
+                "int4_decode_batch",
+                serde_json::json!({ "weights": name, "batch": b, "ms_per_step": dt * 1e3, "tok_s": b as f64 / dt }),
+                dev_name,
+            );
         }
-        let mut next: Vec<u32> = vec![1; b];
-        sync(dev)?;
-        let t = Instant::now();
-        let bsteps = steps.min(32);
-        for _ in 0..bsteps {
-            let owned: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
-            let toks: Vec<&[u32]> = owned.iter().map(|t| t.as_slice()).collect();
-            let mut refs: Vec<_> = caches.iter_mut().collect();
-            let out = model.forward(&toks, &mut refs, LogitsMode::Last)?;
-            next = out.logits.ok_or("logits")?.argmax(D::Minus1)?.to_vec1::<u32>()?;
-        }
-        let dt = t.elapsed().as_secs_f64() / bsteps as f64;
-        result(
-            "int4_decode_b8",
-            serde_json::json!({ "weights": name, "ms_per_step": dt * 1e3, "tok_s": b as f64 / dt }),
-            dev_name,
-        );
         drop(model);
         sync(dev)?;
     }
