@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
 
-fn tiny_config(extra: &[(&str, serde_json::Value)]) -> serde_json::Value {
+pub(crate) fn tiny_config(extra: &[(&str, serde_json::Value)]) -> serde_json::Value {
     let mut v = serde_json::json!({
         "architectures": ["DeepseekV2ForCausalLM"],
         "model_type": "deepseek_v2",
@@ -78,7 +78,7 @@ impl WeightSource for Recording {
 }
 
 /// Writes config.json and two safetensors shards with the index file; returns the config.
-fn write_checkpoint(dir: &Path, config: &serde_json::Value, seed: u64) -> DeepSeekV2Config {
+pub(crate) fn write_checkpoint(dir: &Path, config: &serde_json::Value, seed: u64) -> DeepSeekV2Config {
     let text = serde_json::to_string_pretty(config).unwrap();
     std::fs::write(dir.join("config.json"), &text).unwrap();
     let cfg = DeepSeekV2Config::from_json(&text, &dir.join("config.json")).unwrap();

@@ -3,6 +3,7 @@
 
 mod bert;
 mod deepseek;
+mod deepseek_int4;
 mod deepseek_scheduler;
 mod deepseek_tokenizer;
 mod smollm;

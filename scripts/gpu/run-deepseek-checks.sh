@@ -8,6 +8,8 @@
 # ref-bench: transformers' throughput on the same shape, and the copy bandwidth.
 # gen-bench: kb's continuous-batching scheduler, BATCHES concurrent requests (PROMPT tokens in, NEW out).
 # ref-gen-bench: transformers' generate at the same batch sizes.
+# int4:      int4 (W4A16) against bf16 on the same random Lite-shaped weights, one process: the
+#            W4A16 kernels against dequantised products, loaded memory, logits, prefill, decode.
 set -uo pipefail
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export PYTHONUNBUFFERED=1 RUST_BACKTRACE=1
@@ -27,6 +29,8 @@ for step in "$@"; do
         && "$BIN" compare "$W/lite"; rm -rf "$W/lite" ;;
     bench)
       "$BIN" bench --steps ${STEPS:-64} ;;
+    int4)
+      "$BIN" int4 --steps ${STEPS:-64} ;;
     ref-bench)
       python3 scripts/gpu/deepseek_ref.py --shape lite --out "$W/lite-bench" --no-save --bench --decode-steps ${REF_STEPS:-24} ;;
     gen-bench)

@@ -38,12 +38,16 @@ impl DeepSeek {
             "the DeepSeek generator or embedder needs a checkpoint directory (--model-dir or deepseek.model_dir)",
         )?;
         let random = config.random_weights;
+        let quantize: kb_inference::deepseek::Quantize = config.quantize.into();
         let loaded = tokio::task::spawn_blocking(move || -> anyhow::Result<Self> {
             let tokenizer = DeepSeekTokenizer::from_dir(&dir)?;
             let device = best_device();
-            tracing::info!(dir = %dir.display(), device = ?device, random, "loading DeepSeek-V2");
-            let model =
-                if random { DeepSeekV2::load_random(&dir, &device, 7)? } else { DeepSeekV2::load(&dir, &device)? };
+            tracing::info!(dir = %dir.display(), device = ?device, random, ?quantize, "loading DeepSeek-V2");
+            let model = if random {
+                DeepSeekV2::load_random_quantized(&dir, &device, 7, quantize)?
+            } else {
+                DeepSeekV2::load_quantized(&dir, &device, quantize)?
+            };
             let name =
                 dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "deepseek-v2".into());
             Ok(Self { name, model: Arc::new(model), tokenizer })

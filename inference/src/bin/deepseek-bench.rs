@@ -7,7 +7,13 @@
 //!   deepseek-bench serve-bench [--batches 1,8,32,64] [--prompt N] [--new N] [--layers N]
 //!                                       the continuous-batching scheduler at each concurrency
 //!
+//!   deepseek-bench int4 [--layers N] [--steps N]
+//!                                       int4 (W4A16) against bf16: kernels, memory, logits, speed
+//!
 //! Prints one `RESULT {json}` line per measurement.
+
+#[path = "deepseek_bench/int4.rs"]
+mod int4;
 
 use candle_core::{DType, Device, Tensor, D};
 use kb_inference::deepseek::{
@@ -614,6 +620,7 @@ fn main() -> Res<()> {
                 .unwrap_or_else(|| vec![1, 8, 32, 64]);
             serve_bench(flag("--layers").unwrap_or(27), &batches, flag("--prompt").unwrap_or(1024), flag("--new").unwrap_or(128), &dev, &dev_name)
         }
+        Some("int4") => int4::int4_bench(flag("--layers").unwrap_or(27), flag("--steps").unwrap_or(64), &dev, &dev_name),
         Some("bench") => bench(flag("--layers").unwrap_or(27), flag("--steps").unwrap_or(64), &dev, &dev_name),
         _ => Err("usage: deepseek-bench compare DIR | bench [--layers N] [--steps N] [--cpu] | decode [--layers N] [--steps N]".into()),
     }

@@ -1,6 +1,7 @@
 //! Where the weights come from: a Hugging Face directory of sharded safetensors, or random
 //! tensors made on the device (benchmarks at full shape without a 30 GB download).
 
+use super::quant::{Int4Weight, Quantize, Weight, GROUP};
 use crate::ModelError;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
@@ -13,6 +14,37 @@ pub trait WeightSource {
     fn get(&self, name: &str, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor, ModelError>;
     /// Whether `name` exists (to choose between the per-expert and the fused expert layout).
     fn contains(&self, name: &str) -> bool;
+}
+
+/// The (out, in) projection `{prefix}.weight`, or AWQ's `{prefix}.qweight` / `.qzeros` /
+/// `.scales` when the checkpoint has those (kept packed, whatever `quantize` says), finished as
+/// [`Weight::finish`] says: int4 on CUDA when asked, dense in `dtype` on CPU.
+pub fn get_weight(
+    src: &dyn WeightSource,
+    prefix: &str,
+    out: usize,
+    inp: usize,
+    dtype: DType,
+    device: &Device,
+    quantize: Quantize,
+) -> Result<Weight, ModelError> {
+    let qname = format!("{prefix}.qweight");
+    let w = if src.contains(&qname) {
+        if !inp.is_multiple_of(GROUP) || !out.is_multiple_of(8) {
+            return Err(ModelError::Checkpoint {
+                path: PathBuf::from(prefix),
+                message: format!("AWQ weight of shape ({out}, {inp}): needs out % 8 == 0 and in % {GROUP} == 0"),
+            });
+        }
+        let cpu = &Device::Cpu;
+        let qweight = src.get(&qname, &[inp, out / 8], DType::I32, cpu)?;
+        let qzeros = src.get(&format!("{prefix}.qzeros"), &[inp / GROUP, out / 8], DType::I32, cpu)?;
+        let scales = src.get(&format!("{prefix}.scales"), &[inp / GROUP, out], DType::F16, cpu)?;
+        Weight::Int4(Int4Weight::from_awq(&qweight, &qzeros, &scales, device)?)
+    } else {
+        Weight::Dense(src.get(&format!("{prefix}.weight"), &[out, inp], dtype, device)?)
+    };
+    w.finish(quantize, dtype)
 }
 
 /// Safetensors shards of a checkpoint directory, memory-mapped.

@@ -7,30 +7,31 @@
 
 use super::cache::LatentCache;
 use super::config::DeepSeekV2Config;
-use super::loader::WeightSource;
+use super::loader::{get_weight, WeightSource};
+use super::quant::{Quantize, Weight};
+use super::rms_norm;
 use super::rope::Rope;
-use super::{linear, rms_norm};
 use crate::ModelError;
 use candle_core::{DType, Device, Result, Tensor};
 
 #[derive(Debug, Clone)]
 enum QProj {
-    Direct(Tensor),
-    LowRank { a: Tensor, norm: Tensor, b: Tensor },
+    Direct(Weight),
+    LowRank { a: Weight, norm: Tensor, b: Weight },
 }
 
 #[derive(Debug, Clone)]
 pub struct Mla {
     q: QProj,
     /// (kv_lora_rank + rope, hidden)
-    kv_a: Tensor,
+    kv_a: Weight,
     kv_a_norm: Tensor,
     /// (heads, nope, kv_lora_rank): key half of kv_b_proj, folded into the query.
     w_uk: Tensor,
     /// (heads, kv_lora_rank, v_head): value half of kv_b_proj, transposed for the output.
     w_uv_t: Tensor,
     /// (hidden, heads * v_head)
-    o: Tensor,
+    o: Weight,
     heads: usize,
     nope: usize,
     rope: usize,
@@ -54,36 +55,48 @@ impl Mla {
         prefix: &str,
         dtype: DType,
         device: &Device,
+        quantize: Quantize,
     ) -> std::result::Result<Self, ModelError> {
         let (h, hd) = (cfg.num_attention_heads, cfg.hidden_size);
         let (nope, rope, rank, v) = (cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.kv_lora_rank, cfg.v_head_dim);
         let qk = nope + rope;
         let get = |n: &str, s: &[usize]| src.get(&format!("{prefix}.{n}"), s, dtype, device);
+        let proj = |n: &str, out: usize, inp: usize| {
+            get_weight(src, &format!("{prefix}.{n}"), out, inp, dtype, device, quantize)
+        };
         // Reorder the query rows from per-head [nope | rope] to [all heads' nope | all heads'
         // rope]: each part is then one dense block, and at decode (one token) the per-head
         // views need no copy.
-        let split_heads = |w: Tensor| -> std::result::Result<Tensor, ModelError> {
-            let cols = w.dim(1)?;
-            let w = w.reshape((h, qk, cols))?;
-            let nope_rows = w.narrow(1, 0, nope)?.reshape((h * nope, cols))?;
-            let rope_rows = w.narrow(1, nope, rope)?.reshape((h * rope, cols))?;
-            Ok(Tensor::cat(&[&nope_rows, &rope_rows], 0)?)
+        // Rows only, so the same surgery applies to an int4 weight's codes, scales and zeros.
+        let split_heads = |w: Weight| -> std::result::Result<Weight, ModelError> {
+            Ok(w.map(|w| {
+                let cols = w.dim(1)?;
+                let w = w.reshape((h, qk, cols))?;
+                let nope_rows = w.narrow(1, 0, nope)?.reshape((h * nope, cols))?;
+                let rope_rows = w.narrow(1, nope, rope)?.reshape((h * rope, cols))?;
+                Tensor::cat(&[&nope_rows, &rope_rows], 0)
+            })?)
         };
         let q = match cfg.q_lora_rank {
-            None => QProj::Direct(split_heads(get("q_proj.weight", &[h * qk, hd])?)?),
+            None => QProj::Direct(split_heads(proj("q_proj", h * qk, hd)?)?),
             Some(r) => QProj::LowRank {
-                a: get("q_a_proj.weight", &[r, hd])?,
+                a: proj("q_a_proj", r, hd)?,
                 norm: get("q_a_layernorm.weight", &[r])?,
-                b: split_heads(get("q_b_proj.weight", &[h * qk, r])?)?,
+                b: split_heads(proj("q_b_proj", h * qk, r)?)?,
             },
         };
-        let kv_a = get("kv_a_proj_with_mqa.weight", &[rank + rope, hd])?;
+        let kv_a = proj("kv_a_proj_with_mqa", rank + rope, hd)?;
         let kv_a_norm = get("kv_a_layernorm.weight", &[rank])?;
-        // kv_b_proj rows are, per head, nope key rows then value rows.
-        let kv_b = get("kv_b_proj.weight", &[h * (nope + v), rank])?.reshape((h, nope + v, rank))?;
+        // kv_b_proj rows are, per head, nope key rows then value rows. It is absorbed into
+        // the query and the output as batched products, so it stays dense (dequantised when
+        // the checkpoint is AWQ).
+        let kv_b =
+            get_weight(src, &format!("{prefix}.kv_b_proj"), h * (nope + v), rank, dtype, device, Quantize::None)?
+                .dense(dtype)?
+                .reshape((h, nope + v, rank))?;
         let w_uk = kv_b.narrow(1, 0, nope)?.contiguous()?;
         let w_uv_t = kv_b.narrow(1, nope, v)?.transpose(1, 2)?.contiguous()?;
-        let o = get("o_proj.weight", &[hd, h * v])?;
+        let o = proj("o_proj", hd, h * v)?;
         Ok(Self {
             q,
             kv_a,
@@ -99,6 +112,16 @@ impl Mla {
             scale: cfg.softmax_scale(),
             eps: cfg.rms_norm_eps,
         })
+    }
+
+    /// Bytes of the weights on the device.
+    pub fn weight_bytes(&self) -> usize {
+        let t = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let q = match &self.q {
+            QProj::Direct(w) => w.bytes(),
+            QProj::LowRank { a, norm, b } => a.bytes() + t(norm) + b.bytes(),
+        };
+        q + self.kv_a.bytes() + t(&self.kv_a_norm) + t(&self.w_uk) + t(&self.w_uv_t) + self.o.bytes()
     }
 
     /// Attention for the flattened tokens `x` (N, hidden) of several sequences. Each sequence's
@@ -157,7 +180,7 @@ impl Mla {
         let o_lat = if outs.len() == 1 { outs.pop().expect("one span") } else { Tensor::cat(&outs, 1)? };
         // Absorb W_UV: (h, N, rank) x (h, rank, v) -> (h, N, v) -> (N, h * v).
         let o = o_lat.matmul(&self.w_uv_t)?.transpose(0, 1)?.reshape((n, h * self.v_head))?;
-        linear(&o, &self.o)
+        self.o.forward(&o)
     }
 
     /// The absorbed query (heads, N, rank + rope) and the latent the cache keeps (N, rank + rope).
@@ -165,8 +188,8 @@ impl Mla {
         let n = x.dim(0)?;
         let (h, nope, rope) = (self.heads, self.nope, self.rope);
         let q = match &self.q {
-            QProj::Direct(w) => linear(x, w)?,
-            QProj::LowRank { a, norm, b } => linear(&rms_norm(&linear(x, a)?, norm, self.eps)?, b)?,
+            QProj::Direct(w) => w.forward(x)?,
+            QProj::LowRank { a, norm, b } => b.forward(&rms_norm(&a.forward(x)?, norm, self.eps)?)?,
         };
         // (heads, N, nope) and (1, heads, N, rope): rows were reordered at load.
         let q_nope = q.narrow(1, 0, h * nope)?.reshape((n, h, nope))?.transpose(0, 1)?.contiguous()?;
@@ -177,7 +200,7 @@ impl Mla {
         let q_lat = q_nope.matmul(&self.w_uk)?;
         let q_full = Tensor::cat(&[&q_lat, &q_pe], 2)?; // (h, N, rank + rope)
 
-        let kv = linear(x, &self.kv_a)?; // (N, rank + rope)
+        let kv = self.kv_a.forward(x)?; // (N, rank + rope)
         let c_kv = rms_norm(&kv.narrow(1, 0, self.rank)?.contiguous()?, &self.kv_a_norm, self.eps)?;
         let k_pe = kv.narrow(1, self.rank, rope)?.contiguous()?.reshape((1, 1, n, rope))?;
         let k_pe = Rope::apply(&k_pe, cos, sin)?.reshape((n, rope))?;
@@ -209,10 +232,10 @@ impl Mla {
         let n = x.dim(0)?;
         let (h, nope) = (self.heads, self.nope);
         let q = match &self.q {
-            QProj::Direct(w) => linear(x, w)?,
-            QProj::LowRank { a, norm, b } => linear(&rms_norm(&linear(x, a)?, norm, self.eps)?, b)?,
+            QProj::Direct(w) => w.forward(x)?,
+            QProj::LowRank { a, norm, b } => b.forward(&rms_norm(&a.forward(x)?, norm, self.eps)?)?,
         };
-        let kv = linear(x, &self.kv_a)?; // (n, rank + rope)
+        let kv = self.kv_a.forward(x)?; // (n, rank + rope)
         super::kernels::mla_latent_write(
             &kv,
             &self.kv_a_norm,
@@ -229,7 +252,7 @@ impl Mla {
             q.narrow(1, 0, h * nope)?.reshape((n, h, nope))?.transpose(0, 1)?.contiguous()?.matmul(&self.w_uk)?;
         let o_lat = super::kernels::mla_decode_attn(&q, &q_lat, cos_t, sin_t, meta, buf, h, nope, self.scale)?;
         let o = o_lat.matmul(&self.w_uv_t)?.transpose(0, 1)?.reshape((n, h * self.v_head))?; // (n, h * v)
-        linear(&o, &self.o)
+        self.o.forward(&o)
     }
 
     /// One token of one sequence with every address and shape fixed, so the step can be
@@ -257,7 +280,7 @@ impl Mla {
         let probs = candle_nn::ops::softmax_last_dim(&scores)?;
         let o_lat = probs.matmul(&kv_all)?.narrow(1, 0, self.rank)?.reshape((h, 1, self.rank))?;
         let o = o_lat.matmul(&self.w_uv_t)?.reshape((1, h * self.v_head))?;
-        linear(&o, &self.o)
+        self.o.forward(&o)
     }
 }
 

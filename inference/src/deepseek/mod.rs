@@ -4,6 +4,7 @@
 //! - [`loader`]: sharded safetensors (or random weights for benchmarks), shape-checked.
 //! - [`mla`]: multi-head latent attention in absorbed form over a latent-only cache ([`cache`]).
 //! - [`moe`]: shared + routed experts, tokens grouped per expert.
+//! - [`quant`]: int4 weights (W4A16, group 128), quantised at load or read from AWQ checkpoints.
 //! - [`decode`]: batch-1 decode with fixed addresses, replayed as CUDA graphs.
 //! - [`tokenizer`]: tokenizer.json + DeepSeek-V2-Chat's chat template.
 //! - [`model`]: the batched forward pass — many sequences, each with its own cache and
@@ -18,6 +19,9 @@ pub mod loader;
 pub mod mla;
 pub mod model;
 pub mod moe;
+#[cfg(feature = "cuda")]
+pub mod q4_kernels;
+pub mod quant;
 pub mod rope;
 pub mod scheduler;
 pub mod tokenizer;
@@ -27,6 +31,7 @@ pub use config::{DeepSeekV2Config, TopkMethod, YarnScaling};
 pub use decode::FixedDecoder;
 pub use loader::{RandomSource, SafetensorsSource, WeightSource};
 pub use model::{DeepSeekV2, ForwardOutput, LogitsMode};
+pub use quant::{Int4Weight, Quantize, Weight};
 pub use tokenizer::{ChatFormat, DeepSeekTokenizer};
 
 use candle_core::{Device, Result, Tensor};

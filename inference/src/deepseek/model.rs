@@ -5,6 +5,7 @@ use super::config::DeepSeekV2Config;
 use super::loader::{SafetensorsSource, WeightSource};
 use super::mla::{causal_mask, MaskCache, Mla, SeqSpan};
 use super::moe::{Mlp, Moe};
+use super::quant::Quantize;
 use super::rope::{Rope, DEFAULT_MAX_POSITIONS};
 use super::{linear, rms_norm};
 use crate::ModelError;
@@ -65,21 +66,37 @@ impl DeepSeekV2 {
     /// Loads a Hugging Face checkpoint directory (`config.json` + safetensors shards): bf16 on
     /// CUDA, f32 on CPU.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, ModelError> {
+        Self::load_quantized(dir, device, Quantize::None)
+    }
+
+    /// [`Self::load`] with the experts and dense projections quantised as `quantize` says
+    /// (an AWQ checkpoint's int4 weights are kept as they are either way).
+    pub fn load_quantized(dir: &Path, device: &Device, quantize: Quantize) -> Result<Self, ModelError> {
         let cfg = DeepSeekV2Config::from_file(&dir.join("config.json"))?;
         let src = SafetensorsSource::open(dir)?;
         let dtype = if device.is_cuda() { DType::BF16 } else { DType::F32 };
-        Self::from_source(cfg, &src, dtype, device)
+        Self::from_source_quantized(cfg, &src, dtype, device, quantize)
     }
 
     /// Random weights (std 0.02) of the shape `dir/config.json` gives: for measuring speed at
     /// real size without the checkpoint.
     pub fn load_random(dir: &Path, device: &Device, seed: u64) -> Result<Self, ModelError> {
+        Self::load_random_quantized(dir, device, seed, Quantize::None)
+    }
+
+    /// [`Self::load_random`], quantised as `quantize` says.
+    pub fn load_random_quantized(
+        dir: &Path,
+        device: &Device,
+        seed: u64,
+        quantize: Quantize,
+    ) -> Result<Self, ModelError> {
         let cfg = DeepSeekV2Config::from_file(&dir.join("config.json"))?;
         let dtype = if device.is_cuda() { DType::BF16 } else { DType::F32 };
         if device.is_cuda() {
             device.set_seed(seed)?;
         }
-        Self::from_source(cfg, &super::loader::RandomSource::new(0.02, seed), dtype, device)
+        Self::from_source_quantized(cfg, &super::loader::RandomSource::new(0.02, seed), dtype, device, quantize)
     }
 
     /// [`Self::load`] in a chosen dtype (f32 on CUDA for exact comparisons).
@@ -96,6 +113,19 @@ impl DeepSeekV2 {
         dtype: DType,
         device: &Device,
     ) -> Result<Self, ModelError> {
+        Self::from_source_quantized(cfg, src, dtype, device, Quantize::None)
+    }
+
+    /// [`Self::from_source`] with the experts and the dense projections (attention q, kv_a and
+    /// o, the dense MLPs) quantised as `quantize` says. Embeddings, norms, the router, kv_b
+    /// and the vocabulary projection stay in `dtype`.
+    pub fn from_source_quantized(
+        cfg: DeepSeekV2Config,
+        src: &dyn WeightSource,
+        dtype: DType,
+        device: &Device,
+        quantize: Quantize,
+    ) -> Result<Self, ModelError> {
         let hd = cfg.hidden_size;
         let started = std::time::Instant::now();
         let embed = src.get("model.embed_tokens.weight", &[cfg.vocab_size, hd], dtype, device)?;
@@ -103,13 +133,13 @@ impl DeepSeekV2 {
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
             let ffn = if cfg.is_moe_layer(i) {
-                Ffn::Moe(Moe::load(&cfg, src, &format!("{p}.mlp"), dtype, device)?)
+                Ffn::Moe(Moe::load(&cfg, src, &format!("{p}.mlp"), dtype, device, quantize)?)
             } else {
-                Ffn::Dense(Mlp::load(src, &format!("{p}.mlp"), hd, cfg.intermediate_size, dtype, device)?)
+                Ffn::Dense(Mlp::load(src, &format!("{p}.mlp"), hd, cfg.intermediate_size, dtype, device, quantize)?)
             };
             layers.push(Layer {
                 input_norm: src.get(&format!("{p}.input_layernorm.weight"), &[hd], dtype, device)?,
-                attn: Mla::load(&cfg, src, &format!("{p}.self_attn"), dtype, device)?,
+                attn: Mla::load(&cfg, src, &format!("{p}.self_attn"), dtype, device, quantize)?,
                 post_norm: src.get(&format!("{p}.post_attention_layernorm.weight"), &[hd], dtype, device)?,
                 ffn,
             });
@@ -129,10 +159,31 @@ impl DeepSeekV2 {
             layers = cfg.num_hidden_layers,
             experts = cfg.n_routed_experts,
             ?dtype,
+            ?quantize,
             secs = started.elapsed().as_secs_f32(),
             "loaded DeepSeek-V2"
         );
         Ok(Self { cfg, embed, layers, norm, lm_head, rope, dtype, device: device.clone() })
+    }
+
+    /// Bytes of every weight the model holds on its device (int4 parts packed).
+    pub fn weight_bytes(&self) -> usize {
+        let t = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                t(&l.input_norm)
+                    + t(&l.post_norm)
+                    + l.attn.weight_bytes()
+                    + match &l.ffn {
+                        Ffn::Dense(m) => m.weight_bytes(),
+                        Ffn::Moe(m) => m.weight_bytes(),
+                    }
+            })
+            .sum();
+        let head = if self.cfg.tie_word_embeddings { 0 } else { t(&self.lm_head) };
+        t(&self.embed) + layers + t(&self.norm) + head
     }
 
     pub fn config(&self) -> &DeepSeekV2Config {

@@ -8,15 +8,16 @@
 
 use super::config::{DeepSeekV2Config, TopkMethod};
 use super::linear;
-use super::loader::WeightSource;
+use super::loader::{get_weight, WeightSource};
+use super::quant::{Quantize, Weight, GROUP};
 use crate::ModelError;
 use candle_core::{DType, Device, Result, Tensor, D};
 
 /// SwiGLU MLP with gate and up fused into one (2 * inter, hidden) matrix.
 #[derive(Debug, Clone)]
 pub struct Mlp {
-    gate_up: Tensor,
-    down: Tensor,
+    gate_up: Weight,
+    down: Weight,
     inter: usize,
 }
 
@@ -28,24 +29,32 @@ impl Mlp {
         inter: usize,
         dtype: DType,
         device: &Device,
+        quantize: Quantize,
     ) -> std::result::Result<Self, ModelError> {
-        let get = |n: &str, s: &[usize]| src.get(&format!("{prefix}.{n}"), s, dtype, device);
-        let gate = get("gate_proj.weight", &[inter, hidden])?;
-        let up = get("up_proj.weight", &[inter, hidden])?;
-        let down = get("down_proj.weight", &[hidden, inter])?;
-        Ok(Self { gate_up: Tensor::cat(&[&gate, &up], 0)?, down, inter })
+        let proj = |n: &str, out: usize, inp: usize| {
+            get_weight(src, &format!("{prefix}.{n}"), out, inp, dtype, device, quantize)
+        };
+        let gate = proj("gate_proj", inter, hidden)?;
+        let up = proj("up_proj", inter, hidden)?;
+        let down = proj("down_proj", hidden, inter)?;
+        Ok(Self { gate_up: Weight::cat(&[gate, up], 0, dtype)?, down, inter })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         swiglu_down(x, &self.gate_up, &self.down, self.inter)
     }
+
+    /// Bytes of the weights on the device.
+    pub fn weight_bytes(&self) -> usize {
+        self.gate_up.bytes() + self.down.bytes()
+    }
 }
 
 /// down(silu(x gate^T) * (x up^T)) with gate and up stacked in `gate_up`.
-fn swiglu_down(x: &Tensor, gate_up: &Tensor, down: &Tensor, inter: usize) -> Result<Tensor> {
-    let gu = linear(x, gate_up)?;
+fn swiglu_down(x: &Tensor, gate_up: &Weight, down: &Weight, inter: usize) -> Result<Tensor> {
+    let gu = gate_up.forward(x)?;
     let act = (candle_nn::ops::silu(&gu.narrow(D::Minus1, 0, inter)?)? * gu.narrow(D::Minus1, inter, inter)?)?;
-    linear(&act, down)
+    down.forward(&act)
 }
 
 /// Which experts each token goes to, and with what weight.
@@ -73,9 +82,10 @@ pub struct Moe {
     gate: Tensor,
     /// (E + S, 2 * inter, hidden): every routed expert's gate and up rows, then the shared
     /// experts cut into S chunks of `inter` (a SwiGLU MLP is the sum of its chunks).
-    gate_up: Tensor,
+    gate_up: Weight,
     /// (E + S, hidden, inter)
-    down: Tensor,
+    down: Weight,
+    dtype: DType,
     /// S: shared chunks, n_shared_experts of them.
     shared: usize,
     inter: usize,
@@ -93,41 +103,57 @@ impl Moe {
         prefix: &str,
         dtype: DType,
         device: &Device,
+        quantize: Quantize,
     ) -> std::result::Result<Self, ModelError> {
         let (hd, inter, e) = (cfg.hidden_size, cfg.moe_intermediate_size, cfg.n_routed_experts);
         let gate = src.get(&format!("{prefix}.gate.weight"), &[e, hd], DType::F32, device)?;
+        // Parts are loaded as the checkpoint has them (AWQ packed, else dense) and quantised
+        // once stacked; an AWQ checkpoint is never re-quantised.
+        let awq = src.contains(&format!("{prefix}.experts.0.gate_proj.qweight"));
+        let proj = |n: &str, out: usize, inp: usize| {
+            get_weight(src, &format!("{prefix}.{n}"), out, inp, dtype, device, Quantize::None)
+        };
         // Two layouts: the hub's one tensor per expert, or transformers 5's fused 3-D tensors.
         let fused = format!("{prefix}.experts.gate_up_proj");
         let (mut gate_up, mut down) = if src.contains(&fused) {
             let gate_up = src.get(&fused, &[e, 2 * inter, hd], dtype, device)?;
             let down = src.get(&format!("{prefix}.experts.down_proj"), &[e, hd, inter], dtype, device)?;
-            (vec![gate_up], vec![down])
+            (vec![Weight::Dense(gate_up)], vec![Weight::Dense(down)])
         } else {
             let mut gu = Vec::with_capacity(e);
             let mut dn = Vec::with_capacity(e);
             for i in 0..e {
-                let get = |n: &str, s: &[usize]| src.get(&format!("{prefix}.experts.{i}.{n}"), s, dtype, device);
-                let g = get("gate_proj.weight", &[inter, hd])?;
-                let u = get("up_proj.weight", &[inter, hd])?;
-                gu.push(Tensor::cat(&[&g, &u], 0)?.unsqueeze(0)?);
-                dn.push(get("down_proj.weight", &[hd, inter])?.unsqueeze(0)?);
+                let g = proj(&format!("experts.{i}.gate_proj"), inter, hd)?;
+                let u = proj(&format!("experts.{i}.up_proj"), inter, hd)?;
+                gu.push(Weight::cat(&[g, u], 0, dtype)?.map(|t| t.unsqueeze(0))?);
+                dn.push(proj(&format!("experts.{i}.down_proj"), hd, inter)?.map(|t| t.unsqueeze(0))?);
             }
             (gu, dn)
         };
         let shared = cfg.n_shared_experts;
         if shared > 0 {
             let si = inter * shared;
-            let get = |n: &str, s: &[usize]| src.get(&format!("{prefix}.shared_experts.{n}"), s, dtype, device);
-            let g = get("gate_proj.weight", &[si, hd])?.reshape((shared, inter, hd))?;
-            let u = get("up_proj.weight", &[si, hd])?.reshape((shared, inter, hd))?;
-            gate_up.push(Tensor::cat(&[&g, &u], 1)?);
-            let d = get("down_proj.weight", &[hd, si])?.reshape((hd, shared, inter))?;
-            down.push(d.transpose(0, 1)?.contiguous()?);
+            let g = proj("shared_experts.gate_proj", si, hd)?;
+            let u = proj("shared_experts.up_proj", si, hd)?;
+            let chunks = |w: &Weight| w.map(|t| t.reshape((shared, inter, t.dim(1)?)));
+            gate_up.push(Weight::cat(&[chunks(&g)?, chunks(&u)?], 1, dtype)?);
+            // (hd, S * inter) -> S chunks of (hd, inter): a column split, on group boundaries
+            // for int4 (else made dense first).
+            let mut d = proj("shared_experts.down_proj", hd, si)?;
+            if matches!(d, Weight::Int4(_)) && !inter.is_multiple_of(GROUP) {
+                d = Weight::Dense(d.dense(dtype)?);
+            }
+            let parts = (0..shared)
+                .map(|c| d.narrow_in(c * inter, inter)?.map(|t| t.contiguous()?.unsqueeze(0)))
+                .collect::<Result<Vec<_>>>()?;
+            down.push(Weight::cat(&parts, 0, dtype)?);
         }
+        let finish = if awq { Quantize::None } else { quantize };
         Ok(Self {
             gate,
-            gate_up: Tensor::cat(&gate_up, 0)?,
-            down: Tensor::cat(&down, 0)?,
+            gate_up: Weight::cat(&gate_up, 0, dtype)?.finish(finish, dtype)?,
+            down: Weight::cat(&down, 0, dtype)?.finish(finish, dtype)?,
+            dtype,
             shared,
             inter,
             n_experts: e,
@@ -136,6 +162,16 @@ impl Moe {
             norm_topk_prob: cfg.norm_topk_prob,
             scaling: cfg.routed_scaling_factor,
         })
+    }
+
+    /// Bytes of the weights on the device (router, experts).
+    pub fn weight_bytes(&self) -> usize {
+        self.gate.elem_count() * 4 + self.gate_up.bytes() + self.down.bytes()
+    }
+
+    /// Whether the experts are kept as int4.
+    pub fn is_int4(&self) -> bool {
+        self.gate_up.as_int4().is_some()
     }
 
     pub fn top_k(&self) -> usize {
@@ -170,23 +206,23 @@ impl Moe {
     /// The shared experts over every row of `x` as two matmuls: their gate/up chunks are one
     /// contiguous (S * 2I, H) slab, their down chunks one batched product summed over chunks.
     #[cfg(feature = "cuda")]
-    fn shared_dense(&self, x: &Tensor) -> Result<Option<Tensor>> {
+    fn shared_dense(&self, x: &Tensor, gate_up: &Tensor, down: &Tensor) -> Result<Option<Tensor>> {
         if self.shared == 0 {
             return Ok(None);
         }
         let (n, h) = x.dims2()?;
         let (s, i) = (self.shared, self.inter);
-        let w = self.gate_up.narrow(0, self.n_experts, s)?.reshape((s * 2 * i, h))?;
+        let w = gate_up.narrow(0, self.n_experts, s)?.reshape((s * 2 * i, h))?;
         let gu = linear(x, &w)?.reshape((n, s, 2 * i))?;
         let act = (candle_nn::ops::silu(&gu.narrow(2, 0, i)?)? * gu.narrow(2, i, i)?)?; // (n, S, I)
-        let down = self.down.narrow(0, self.n_experts, s)?; // (S, H, I)
+        let down = down.narrow(0, self.n_experts, s)?; // (S, H, I)
         let y = act.transpose(0, 1)?.contiguous()?.matmul(&down.transpose(1, 2)?)?; // (S, n, H)
         Ok(Some(y.sum(0)?))
     }
 
     /// Expert `e` (routed, or shared chunk e - E) applied to every row of `x`, unweighted.
     pub fn expert_forward(&self, e: usize, x: &Tensor) -> Result<Tensor> {
-        swiglu_down(x, &self.gate_up.get(e)?, &self.down.get(e)?, self.inter)
+        swiglu_down(x, &self.gate_up.map(|t| t.get(e))?, &self.down.map(|t| t.get(e))?, self.inter)
     }
     /// Softmax gating and top-k (group-limited when configured), all on the device.
     pub fn route(&self, x: &Tensor) -> Result<Routing> {
@@ -246,20 +282,35 @@ impl Moe {
                         Tensor::cat(&[&r.ids.to_dtype(DType::F32)?, &r.weights], 1)?
                     }
                 };
+                if let (Weight::Int4(gu), Weight::Int4(dn), false) = (&self.gate_up, &self.down, prefill) {
+                    // int4 decode batches: the fused int4 kernels, 8 tokens a pass (reading the
+                    // active experts' codes again per pass costs less than dequantising all 66).
+                    let mut outs = Vec::with_capacity(n.div_ceil(FUSED_MAX_TOKENS));
+                    for start in (0..n).step_by(FUSED_MAX_TOKENS) {
+                        let len = FUSED_MAX_TOKENS.min(n - start);
+                        outs.push(super::q4_kernels::experts_q4(
+                            &x.narrow(0, start, len)?,
+                            &route.narrow(0, start, len)?,
+                            gu,
+                            dn,
+                            &residual.narrow(0, start, len)?,
+                            self.top_k,
+                            self.shared,
+                        )?);
+                    }
+                    return if outs.len() == 1 { Ok(outs.remove(0)) } else { Tensor::cat(&outs, 0) };
+                }
+                // Prefill with int4 experts: dequantised into a bf16 scratch copy (the whole
+                // layer's, freed after it) for the grouped GEMMs.
+                let gate_up = self.gate_up.dense(self.dtype)?;
+                let down = self.down.dense(self.dtype)?;
+                let (gate_up, down) = (&gate_up, &down);
                 if n <= FUSED_MAX_TOKENS {
-                    return super::kernels::experts(
-                        x,
-                        &route,
-                        &self.gate_up,
-                        &self.down,
-                        residual,
-                        self.top_k,
-                        self.shared,
-                    );
+                    return super::kernels::experts(x, &route, gate_up, down, residual, self.top_k, self.shared);
                 }
                 // The shared experts see every token: for a batch that is a dense GEMM, which
                 // cuBLAS does at full bandwidth; the grouped kernels take only the routed experts.
-                let residual = match self.shared_dense(x)? {
+                let residual = match self.shared_dense(x, gate_up, down)? {
                     Some(shared) => (residual + shared)?,
                     None => residual.clone(),
                 };
@@ -267,8 +318,8 @@ impl Moe {
                     return super::kernels::experts_prefill(
                         x,
                         &route,
-                        &self.gate_up,
-                        &self.down,
+                        gate_up,
+                        down,
                         &residual,
                         self.top_k,
                         self.n_experts,
@@ -277,8 +328,8 @@ impl Moe {
                 return super::kernels::experts_grouped(
                     x,
                     &route,
-                    &self.gate_up,
-                    &self.down,
+                    gate_up,
+                    down,
                     &residual,
                     self.top_k,
                     self.n_experts,
@@ -320,6 +371,13 @@ impl Moe {
         let tokens = Tensor::from_vec(tokens, total, x.device())?;
         let weights = Tensor::from_vec(weights, (total, 1), x.device())?;
         let mut out = Tensor::zeros((n, hd), DType::F32, x.device())?;
+        // int4 experts: one dequantised copy for the whole call (not one per active expert).
+        let (gate_up, down) = match (&self.gate_up, &self.down) {
+            (Weight::Int4(_), _) | (_, Weight::Int4(_)) => {
+                (Weight::Dense(self.gate_up.dense(self.dtype)?), Weight::Dense(self.down.dense(self.dtype)?))
+            }
+            _ => (self.gate_up.clone(), self.down.clone()),
+        };
         for e in 0..self.n_experts {
             let (start, len) = (offsets[e], counts[e]);
             if len == 0 {
@@ -327,7 +385,7 @@ impl Moe {
             }
             let idx = tokens.narrow(0, start, len)?;
             let xs = if n == 1 { x.clone() } else { x.index_select(&idx, 0)? };
-            let y = swiglu_down(&xs, &self.gate_up.get(e)?, &self.down.get(e)?, self.inter)?;
+            let y = swiglu_down(&xs, &gate_up.map(|t| t.get(e))?, &down.map(|t| t.get(e))?, self.inter)?;
             let y = y.to_dtype(DType::F32)?.broadcast_mul(&weights.narrow(0, start, len)?)?;
             out = out.index_add(&idx, &y, 0)?;
         }

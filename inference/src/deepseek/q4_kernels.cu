@@ -1,0 +1,193 @@
+// W4A16 kernels: int4 weights (kb's layout, see quant.rs: codes packed 8 per u32 along the
+// input, column 8c + j in bits 4j..4j + 4; f16 scales and u8 zero points per 128 columns),
+// bf16 activations, f32 accumulation.
+
+typedef unsigned short bf16_t;
+typedef unsigned short f16_t;
+#define Q4_GROUP 128
+
+__device__ __forceinline__ float bf2f(bf16_t v) { return __uint_as_float(((unsigned int)v) << 16); }
+__device__ __forceinline__ bf16_t f2bf(float f) {
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7f800000u) == 0x7f800000u) return (bf16_t)((u >> 16) | ((u & 0xffffu) ? 0x40u : 0u));
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (bf16_t)(u >> 16);
+}
+__device__ __forceinline__ float h2f(f16_t h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+__device__ __forceinline__ float lo(unsigned int w) { return __uint_as_float(w << 16); }
+__device__ __forceinline__ float hi(unsigned int w) { return __uint_as_float(w & 0xffff0000u); }
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Code j of a word as a float with no int-to-float conversion: 2^23 + q is 0x4B000000 | q, so
+// subtracting zoff = 2^23 + zero leaves q - zero exactly.
+#define Q4(w, j, zoff) (__uint_as_float(0x4B000000u | (((w) >> (4 * (j))) & 0xFu)) - (zoff))
+
+// sum_j (q_j - zero) * x_j over the 8 codes of w and 8 bf16 activations.
+__device__ __forceinline__ float dot8_q4(unsigned int w, uint4 x, float zoff) {
+    float a = Q4(w, 0, zoff) * lo(x.x);
+    a = fmaf(Q4(w, 1, zoff), hi(x.x), a);
+    a = fmaf(Q4(w, 2, zoff), lo(x.y), a);
+    a = fmaf(Q4(w, 3, zoff), hi(x.y), a);
+    a = fmaf(Q4(w, 4, zoff), lo(x.z), a);
+    a = fmaf(Q4(w, 5, zoff), hi(x.z), a);
+    a = fmaf(Q4(w, 6, zoff), lo(x.w), a);
+    a = fmaf(Q4(w, 7, zoff), hi(x.w), a);
+    return a;
+}
+// The same against 8 f32 activations.
+__device__ __forceinline__ float dot8_q4f(unsigned int w, float4 a0, float4 a1, float zoff) {
+    float a = Q4(w, 0, zoff) * a0.x;
+    a = fmaf(Q4(w, 1, zoff), a0.y, a);
+    a = fmaf(Q4(w, 2, zoff), a0.z, a);
+    a = fmaf(Q4(w, 3, zoff), a0.w, a);
+    a = fmaf(Q4(w, 4, zoff), a1.x, a);
+    a = fmaf(Q4(w, 5, zoff), a1.y, a);
+    a = fmaf(Q4(w, 6, zoff), a1.z, a);
+    a = fmaf(Q4(w, 7, zoff), a1.w, a);
+    return a;
+}
+// 32 codes (one 16-byte load, a quarter of a group) against 32 bf16 activations.
+__device__ __forceinline__ float dot32_q4(uint4 w, uint4 x0, uint4 x1, uint4 x2, uint4 x3, float zoff) {
+    return dot8_q4(w.x, x0, zoff) + dot8_q4(w.y, x1, zoff) + dot8_q4(w.z, x2, zoff) + dot8_q4(w.w, x3, zoff);
+}
+
+// grid (ceil(OUT / (2 * warps))), block 256: y[t][r] = x[t] . W[r] for T <= 8 tokens. Each warp
+// takes two output rows and walks them in 16-byte chunks (32 codes), every token at once.
+// x (T, IN) bf16, qw (OUT, IN / 32) uint4, sc / zr (OUT, IN / 128), y (T, OUT) bf16.
+extern "C" __global__ void q4_linear(const bf16_t* x, const uint4* qw, const f16_t* sc, const unsigned char* zr,
+                                     bf16_t* y, int T, int IN, int OUT) {
+    const int lane = threadIdx.x & 31;
+    const int r0 = 2 * (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5));
+    if (r0 >= OUT) return;
+    const int r1 = r0 + 1 < OUT ? r0 + 1 : r0;
+    const int C = IN / 32, NG = IN / Q4_GROUP;
+    const uint4* w0 = qw + (size_t)r0 * C;
+    const uint4* w1 = qw + (size_t)r1 * C;
+    float a0[8], a1[8];
+#pragma unroll
+    for (int t = 0; t < 8; t++) a0[t] = a1[t] = 0.f;
+    for (int c = lane; c < C; c += 32) {
+        const uint4 p = w0[c], q = w1[c];
+        const int g = c >> 2;
+        const float s0 = h2f(sc[(size_t)r0 * NG + g]), z0 = 8388608.f + (float)zr[(size_t)r0 * NG + g];
+        const float s1 = h2f(sc[(size_t)r1 * NG + g]), z1 = 8388608.f + (float)zr[(size_t)r1 * NG + g];
+#pragma unroll
+        for (int t = 0; t < 8; t++) {
+            if (t < T) {
+                const uint4* xv = (const uint4*)(x + (size_t)t * IN) + 4 * c;
+                const uint4 x0 = xv[0], x1 = xv[1], x2 = xv[2], x3 = xv[3];
+                a0[t] = fmaf(s0, dot32_q4(p, x0, x1, x2, x3, z0), a0[t]);
+                a1[t] = fmaf(s1, dot32_q4(q, x0, x1, x2, x3, z1), a1[t]);
+            }
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < 8; t++) {
+        if (t < T) {
+            const float v0 = warp_sum(a0[t]), v1 = warp_sum(a1[t]);
+            if (lane == 0) {
+                y[(size_t)t * OUT + r0] = f2bf(v0);
+                if (r1 != r0) y[(size_t)t * OUT + r1] = f2bf(v1);
+            }
+        }
+    }
+}
+
+// grid (ceil(I / (2 * warps)), T * S): as moe_gate_up (kernels.cu) with int4 experts:
+// act[t * S + k][j] = silu(gate_e[j] . x_t) * (up_e[j] . x_t), e the k-th routed expert of token
+// t or shared chunk k - K. qw (E_all, 2I, H / 32) uint4, sc / zr (E_all, 2I, H / 128).
+extern "C" __global__ void moe_gate_up_q4(const bf16_t* x, const float* route, const uint4* qw, const f16_t* sc,
+                                          const unsigned char* zr, float* act, int H, int I, int K, int S, int E) {
+    const int pair = blockIdx.y, t = pair / S, k = pair % S;
+    const int e = k < K ? (int)route[(size_t)t * 2 * K + k] : E + (k - K);
+    const int lane = threadIdx.x & 31;
+    const int j0 = 2 * (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5));
+    if (j0 >= I) return;
+    const int j1 = j0 + 1 < I ? j0 + 1 : j0;
+    const int C = H / 32, NG = H / Q4_GROUP;
+    const size_t rg0 = (size_t)e * 2 * I + j0, ru0 = rg0 + I, rg1 = (size_t)e * 2 * I + j1, ru1 = rg1 + I;
+    const uint4* xv = (const uint4*)(x + (size_t)t * H);
+    float ag0 = 0.f, au0 = 0.f, ag1 = 0.f, au1 = 0.f;
+    for (int c = lane; c < C; c += 32) {
+        const uint4 wg0 = qw[rg0 * C + c], wu0 = qw[ru0 * C + c], wg1 = qw[rg1 * C + c], wu1 = qw[ru1 * C + c];
+        const int g = c >> 2;
+        const uint4 x0 = xv[4 * c], x1 = xv[4 * c + 1], x2 = xv[4 * c + 2], x3 = xv[4 * c + 3];
+        ag0 = fmaf(h2f(sc[rg0 * NG + g]), dot32_q4(wg0, x0, x1, x2, x3, 8388608.f + (float)zr[rg0 * NG + g]), ag0);
+        au0 = fmaf(h2f(sc[ru0 * NG + g]), dot32_q4(wu0, x0, x1, x2, x3, 8388608.f + (float)zr[ru0 * NG + g]), au0);
+        ag1 = fmaf(h2f(sc[rg1 * NG + g]), dot32_q4(wg1, x0, x1, x2, x3, 8388608.f + (float)zr[rg1 * NG + g]), ag1);
+        au1 = fmaf(h2f(sc[ru1 * NG + g]), dot32_q4(wu1, x0, x1, x2, x3, 8388608.f + (float)zr[ru1 * NG + g]), au1);
+    }
+    ag0 = warp_sum(ag0); au0 = warp_sum(au0); ag1 = warp_sum(ag1); au1 = warp_sum(au1);
+    if (lane == 0) {
+        act[(size_t)pair * I + j0] = ag0 / (1.f + __expf(-ag0)) * au0;
+        if (j1 != j0) act[(size_t)pair * I + j1] = ag1 / (1.f + __expf(-ag1)) * au1;
+    }
+}
+
+// grid (ceil(H / (warps / 2)), T): as moe_down (kernels.cu) with int4 experts: out[t][r] =
+// residual[t][r] + sum_k w_k * (down_e[r] . act[t * S + k]). Two warps per row, striding over
+// the row's S * I / 32 chunks. qw (E_all, H, I / 32) uint4, sc / zr (E_all, H, I / 128).
+extern "C" __global__ void moe_down_q4(const float* act, const float* route, const uint4* qw, const f16_t* sc,
+                                       const unsigned char* zr, const bf16_t* residual, bf16_t* out, int H, int I,
+                                       int K, int S, int E) {
+    const int t = blockIdx.y, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int r = blockIdx.x * (blockDim.x >> 6) + (warp >> 1), half = warp & 1;
+    __shared__ int se[64];
+    __shared__ float sw[64];
+    __shared__ float part[32];
+    if (threadIdx.x < S && threadIdx.x < 64) {
+        const int k = threadIdx.x;
+        if (k < K) { se[k] = (int)route[(size_t)t * 2 * K + k]; sw[k] = route[(size_t)t * 2 * K + K + k]; }
+        else { se[k] = E + (k - K); sw[k] = 1.f; }
+    }
+    __syncthreads();
+    const int C = I / 32, NG = I / Q4_GROUP;
+    float acc = 0.f;
+    if (r < H) {
+#pragma unroll 2
+        for (int idx = half * 32 + lane; idx < S * C; idx += 64) {
+            const int k = idx / C, c = idx - k * C;
+            const size_t row = (size_t)se[k] * H + r;
+            const uint4 p = qw[row * C + c];
+            const int g = c >> 2;
+            const float zoff = 8388608.f + (float)zr[row * NG + g];
+            const float4* a = (const float4*)(act + ((size_t)t * S + k) * I) + 8 * c;
+            const float d = dot8_q4f(p.x, a[0], a[1], zoff) + dot8_q4f(p.y, a[2], a[3], zoff)
+                          + dot8_q4f(p.z, a[4], a[5], zoff) + dot8_q4f(p.w, a[6], a[7], zoff);
+            acc = fmaf(sw[k] * h2f(sc[row * NG + g]), d, acc);
+        }
+    }
+    acc = warp_sum(acc);
+    if (lane == 0) part[warp] = acc;
+    __syncthreads();
+    if (r < H && half == 0 && lane == 0)
+        out[(size_t)t * H + r] = f2bf(part[warp] + part[warp + 1] + bf2f(residual[(size_t)t * H + r]));
+}
+
+// Grid-stride over the words: out (rows, IN) bf16 = (q - zero) * scale, 8 columns (16 bytes) a
+// thread. qw (rows, IN8) u32, sc / zr (rows, IN8 / 16).
+extern "C" __global__ void q4_dequant(const unsigned int* qw, const f16_t* sc, const unsigned char* zr, uint4* out,
+                                      long long words, int IN8) {
+    const int NG = IN8 / (Q4_GROUP / 8);
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < words;
+         i += (long long)gridDim.x * blockDim.x) {
+        const long long row = i / IN8;
+        const int c = (int)(i - row * IN8), g = c / (Q4_GROUP / 8);
+        const float s = h2f(sc[row * NG + g]), zoff = 8388608.f + (float)zr[row * NG + g];
+        const unsigned int w = qw[i];
+        unsigned int o[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const float v0 = Q4(w, 2 * j, zoff) * s, v1 = Q4(w, 2 * j + 1, zoff) * s;
+            o[j] = (unsigned int)f2bf(v0) | ((unsigned int)f2bf(v1) << 16);
+        }
+        out[i] = make_uint4(o[0], o[1], o[2], o[3]);
+    }
+}

@@ -1,0 +1,278 @@
+//! W4A16 CUDA kernels (`q4_kernels.cu`, compiled once with NVRTC): the int4 GEMV for the dense
+//! projections and the fused int4 expert kernels at decode sizes (at most 8 tokens), and the
+//! dequantisation into a bf16 scratch copy that larger batches multiply with cuBLAS.
+//!
+//! Why: decode at batch 1 is bound by reading weights, and int4 codes are a quarter of bf16's
+//! bytes; the codes are unpacked in registers (no int-to-float conversions, see the .cu).
+
+use super::quant::{Int4Weight, GROUP};
+use candle_core::backend::BackendStorage;
+use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
+use candle_core::cuda_backend::CudaStorage;
+use candle_core::{CustomOp1, DType, Layout, Result, Shape, Storage, Tensor};
+use half::{bf16, f16};
+use std::sync::OnceLock;
+
+const MODULE: &str = "kb_deepseek_q4";
+const SRC: &str = include_str!("q4_kernels.cu");
+/// Warps per block (256 threads).
+const WARPS: u32 = 8;
+/// Most tokens the GEMV and the fused expert kernels take (the GEMV keeps 8 sums per row).
+pub const MAX_TOKENS: usize = 8;
+
+fn ptx() -> Result<&'static str> {
+    static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
+    let r = PTX.get_or_init(|| {
+        let opts = CompileOptions { arch: Some("compute_80"), ..Default::default() };
+        compile_ptx_with_opts(SRC, opts).map(|p| p.to_src()).map_err(|e| format!("nvrtc (q4): {e:?}"))
+    });
+    r.as_deref().map_err(|e| candle_core::Error::Msg(e.clone()))
+}
+
+fn launch_err(e: impl std::error::Error + Send + Sync + 'static) -> candle_core::Error {
+    candle_core::Error::Cuda(Box::new(e))
+}
+
+/// A contiguous CUDA tensor's storage and layout.
+fn cuda_of(t: &Tensor) -> Result<(candle_core::StorageRef<'_>, Layout)> {
+    let (s, l) = t.storage_and_layout();
+    if !matches!(&*s, Storage::Cuda(_)) {
+        candle_core::bail!("q4 kernel: tensor not on CUDA")
+    }
+    if !l.is_contiguous() {
+        candle_core::bail!("q4 kernel: tensor must be contiguous")
+    }
+    Ok((s, l.clone()))
+}
+
+macro_rules! slice_of {
+    ($guard:expr, $layout:expr, $t:ty) => {
+        match &*$guard {
+            Storage::Cuda(c) => c.as_cuda_slice::<$t>()?.slice($layout.start_offset()..),
+            _ => unreachable!("checked by cuda_of"),
+        }
+    };
+}
+
+/// The packed parts, contiguous, codes on 16-byte boundaries.
+fn parts(q: &Int4Weight) -> Result<(Tensor, Tensor, Tensor)> {
+    let qw = q.qweight.contiguous()?;
+    if qw.layout().start_offset() % 4 != 0 {
+        return Ok((qw.copy()?, q.scales.contiguous()?, q.zeros.contiguous()?));
+    }
+    Ok((qw, q.scales.contiguous()?, q.zeros.contiguous()?))
+}
+
+/// Whether [`q4_gemv`] takes x (N, in) against this weight: CUDA, bf16, N <= 8, a 2-D weight.
+pub fn q4_gemv_supported(x: &Tensor, q: &Int4Weight) -> bool {
+    x.device().is_cuda()
+        && x.dtype() == DType::BF16
+        && x.rank() == 2
+        && x.dim(0).is_ok_and(|n| (1..=MAX_TOKENS).contains(&n))
+        && q.qweight.rank() == 2
+        && q.in_dim().is_ok_and(|i| i.is_multiple_of(GROUP) && x.dim(1).is_ok_and(|xi| xi == i))
+}
+
+/// x Wᵀ (N, out) bf16 with W int4, read packed (N <= 8).
+pub fn q4_gemv(x: &Tensor, q: &Int4Weight) -> Result<Tensor> {
+    let (qw, sc, zr) = parts(q)?;
+    x.contiguous()?.apply_op1_no_bwd(&Q4Linear { qw: &qw, sc: &sc, zr: &zr })
+}
+
+struct Q4Linear<'a> {
+    qw: &'a Tensor,
+    sc: &'a Tensor,
+    zr: &'a Tensor,
+}
+
+impl CustomOp1 for Q4Linear<'_> {
+    fn name(&self) -> &'static str {
+        "deepseek-q4-linear"
+    }
+    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
+        candle_core::bail!("q4 kernels are CUDA-only")
+    }
+    fn cuda_fwd(&self, x: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = x.device().clone();
+        let (t, inp) = xl.shape().dims2()?;
+        let (out, _) = self.qw.dims2()?;
+        let (qg, ql) = cuda_of(self.qw)?;
+        let (sg, sl) = cuda_of(self.sc)?;
+        let (zg, zl) = cuda_of(self.zr)?;
+        let x = x.as_cuda_slice::<bf16>()?.slice(xl.start_offset()..);
+        let qw = slice_of!(qg, ql, u32);
+        let sc = slice_of!(sg, sl, f16);
+        let zr = slice_of!(zg, zl, u8);
+        // SAFETY: uninitialised device memory, every element written by the kernel below.
+        let y = unsafe { dev.alloc::<bf16>(t * out)? };
+        let f = dev.get_or_load_custom_func("q4_linear", MODULE, ptx()?)?;
+        let cfg = LaunchConfig {
+            grid_dim: ((out as u32).div_ceil(2 * WARPS), 1, 1),
+            block_dim: (32 * WARPS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (ti, ii, oi) = (t as i32, inp as i32, out as i32);
+        let mut b = f.builder();
+        b.arg(&x).arg(&qw).arg(&sc).arg(&zr).arg(&y).arg(&ti).arg(&ii).arg(&oi);
+        // SAFETY: x (t, in) bf16, qw (out, in / 8) u32 at a 16-byte aligned start (checked by `parts`), sc / zr (out, in / 128) and y (t, out) match q4_linear's (x, qw, sc, zr, y, T, IN, OUT); t <= 8 (checked by q4_gemv_supported) and in % 128 == 0; two rows per warp cover out.
+        unsafe { b.launch(cfg) }.map_err(launch_err)?;
+        Ok((CudaStorage::wrap_cuda_slice(y, dev), Shape::from((t, out))))
+    }
+}
+
+/// The bf16 dense copy of an int4 weight (…, out, in), one kernel.
+pub fn q4_dequantize(q: &Int4Weight) -> Result<Tensor> {
+    let (qw, sc, zr) = parts(q)?;
+    let mut shape = qw.dims().to_vec();
+    let last = shape.len() - 1;
+    shape[last] *= 8;
+    let flat = qw.flatten_all()?;
+    let out = flat.apply_op1_no_bwd(&Q4Dequant { sc: &sc, zr: &zr, in8: qw.dim(last)? })?;
+    out.reshape(shape)
+}
+
+struct Q4Dequant<'a> {
+    sc: &'a Tensor,
+    zr: &'a Tensor,
+    in8: usize,
+}
+
+impl CustomOp1 for Q4Dequant<'_> {
+    fn name(&self) -> &'static str {
+        "deepseek-q4-dequant"
+    }
+    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
+        candle_core::bail!("q4 kernels are CUDA-only")
+    }
+    fn cuda_fwd(&self, qw: &CudaStorage, ql: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = qw.device().clone();
+        let words = ql.shape().elem_count();
+        let (sg, sl) = cuda_of(self.sc)?;
+        let (zg, zl) = cuda_of(self.zr)?;
+        let qw = qw.as_cuda_slice::<u32>()?.slice(ql.start_offset()..);
+        let sc = slice_of!(sg, sl, f16);
+        let zr = slice_of!(zg, zl, u8);
+        // SAFETY: uninitialised device memory, every element written by the kernel below.
+        let out = unsafe { dev.alloc::<bf16>(words * 8)? };
+        let f = dev.get_or_load_custom_func("q4_dequant", MODULE, ptx()?)?;
+        let blocks = words.div_ceil(256).min(1 << 20) as u32;
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let (n, in8) = (words as i64, self.in8 as i32);
+        let mut b = f.builder();
+        b.arg(&qw).arg(&sc).arg(&zr).arg(&out).arg(&n).arg(&in8);
+        // SAFETY: qw (words) u32, sc / zr (words / in8 rows, in8 / 16) and out (words * 8) bf16 written as 16-byte words match q4_dequant's (qw, sc, zr, out, words, IN8); a grid-stride loop covers every word.
+        unsafe { b.launch(cfg) }.map_err(launch_err)?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from(words * 8)))
+    }
+}
+
+/// residual + MoE(x) at decode sizes (T <= 8) with int4 experts: route (T, 2K) as
+/// `kernels::route` gives it, gate_up (E + S, 2I, H) and down (E + S, H, I) int4.
+pub fn experts_q4(
+    x: &Tensor,
+    route: &Tensor,
+    gate_up: &Int4Weight,
+    down: &Int4Weight,
+    residual: &Tensor,
+    k: usize,
+    shared: usize,
+) -> Result<Tensor> {
+    let (t, h) = x.dims2()?;
+    let (_, two_i, h8) = gate_up.qweight.dims3()?;
+    let inter = two_i / 2;
+    if t > MAX_TOKENS || h8 * 8 != h || !h.is_multiple_of(GROUP) || !inter.is_multiple_of(GROUP) || k + shared > 64 {
+        candle_core::bail!(
+            "experts_q4: unsupported shape (tokens {t}, hidden {h}, inter {inter}, slots {})",
+            k + shared
+        )
+    }
+    let (gw, gs, gz) = parts(gate_up)?;
+    let (dw, ds, dz) = parts(down)?;
+    let residual = residual.contiguous()?;
+    let route = route.contiguous()?;
+    x.contiguous()?.apply_op1_no_bwd(&ExpertsQ4 {
+        route: &route,
+        gate_up: [&gw, &gs, &gz],
+        down: [&dw, &ds, &dz],
+        residual: &residual,
+        k,
+        shared,
+    })
+}
+
+struct ExpertsQ4<'a> {
+    route: &'a Tensor,
+    gate_up: [&'a Tensor; 3],
+    down: [&'a Tensor; 3],
+    residual: &'a Tensor,
+    k: usize,
+    shared: usize,
+}
+
+impl CustomOp1 for ExpertsQ4<'_> {
+    fn name(&self) -> &'static str {
+        "deepseek-moe-experts-q4"
+    }
+    fn cpu_fwd(&self, _: &candle_core::CpuStorage, _: &Layout) -> Result<(candle_core::CpuStorage, Shape)> {
+        candle_core::bail!("q4 kernels are CUDA-only")
+    }
+    fn cuda_fwd(&self, x: &CudaStorage, xl: &Layout) -> Result<(CudaStorage, Shape)> {
+        let dev = x.device().clone();
+        let (t, h) = xl.shape().dims2()?;
+        let (e_all, two_i, _) = self.gate_up[0].dims3()?;
+        let inter = two_i / 2;
+        let (rg, rl) = cuda_of(self.route)?;
+        let (g0, l0) = cuda_of(self.gate_up[0])?;
+        let (g1, l1) = cuda_of(self.gate_up[1])?;
+        let (g2, l2) = cuda_of(self.gate_up[2])?;
+        let (d0, m0) = cuda_of(self.down[0])?;
+        let (d1, m1) = cuda_of(self.down[1])?;
+        let (d2, m2) = cuda_of(self.down[2])?;
+        let (resg, resl) = cuda_of(self.residual)?;
+        let x = x.as_cuda_slice::<bf16>()?.slice(xl.start_offset()..);
+        let route = slice_of!(rg, rl, f32);
+        let (gw, gs, gz) = (slice_of!(g0, l0, u32), slice_of!(g1, l1, f16), slice_of!(g2, l2, u8));
+        let (dw, ds, dz) = (slice_of!(d0, m0, u32), slice_of!(d1, m1, f16), slice_of!(d2, m2, u8));
+        let residual = slice_of!(resg, resl, bf16);
+        let s = self.k + self.shared;
+        let (hi, ii, ki, si, ei) = (h as i32, inter as i32, self.k as i32, s as i32, (e_all - self.shared) as i32);
+        // SAFETY: uninitialised device memory, every element written by moe_gate_up_q4 below.
+        let act = unsafe { dev.alloc::<f32>(t * s * inter)? };
+        // SAFETY: uninitialised device memory, every element written by moe_down_q4 below.
+        let out = unsafe { dev.alloc::<bf16>(t * h)? };
+        let block = (32 * WARPS, 1, 1);
+        let f = dev.get_or_load_custom_func("moe_gate_up_q4", MODULE, ptx()?)?;
+        let cfg = LaunchConfig {
+            grid_dim: ((inter as u32).div_ceil(2 * WARPS), (t * s) as u32, 1),
+            block_dim: block,
+            shared_mem_bytes: 0,
+        };
+        let mut b = f.builder();
+        b.arg(&x).arg(&route).arg(&gw).arg(&gs).arg(&gz).arg(&act).arg(&hi).arg(&ii).arg(&ki).arg(&si).arg(&ei);
+        // SAFETY: x (t, h) bf16, route (t, 2k) f32, the int4 gate_up (e_all, 2I, h / 8) u32 with (e_all, 2I, h / 128) scales and zeros, act (t * s, I) match moe_gate_up_q4's arguments; h and I are multiples of 128 (checked by experts_q4); the grid covers I / 16 blocks by t * s pairs.
+        unsafe { b.launch(cfg) }.map_err(launch_err)?;
+        let f = dev.get_or_load_custom_func("moe_down_q4", MODULE, ptx()?)?;
+        let cfg = LaunchConfig {
+            grid_dim: ((h as u32).div_ceil(WARPS / 2), t as u32, 1),
+            block_dim: block,
+            shared_mem_bytes: 0,
+        };
+        let mut b = f.builder();
+        b.arg(&act)
+            .arg(&route)
+            .arg(&dw)
+            .arg(&ds)
+            .arg(&dz)
+            .arg(&residual)
+            .arg(&out)
+            .arg(&hi)
+            .arg(&ii)
+            .arg(&ki)
+            .arg(&si)
+            .arg(&ei);
+        // SAFETY: act (t * s, I) f32, route, the int4 down (e_all, h, I / 8) u32 with (e_all, h, I / 128) scales and zeros, residual and out (t, h) bf16 match moe_down_q4's arguments; s <= 64 (checked by experts_q4); the grid covers h rows (WARPS / 2 per block) by t tokens.
+        unsafe { b.launch(cfg) }.map_err(launch_err)?;
+        Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((t, h))))
+    }
+}
