@@ -106,6 +106,23 @@ fn f16_round(v: f32) -> f32 {
 /// AWQ's pack order: nibble i of a word holds output column 8c + AWQ_ORDER[i].
 const AWQ_ORDER: [usize; 8] = [0, 2, 4, 6, 1, 3, 5, 7];
 
+/// AWQ's packing of `codes[column][row]` (4-bit): for each of `rows` rows, eight output columns
+/// a word, in [`AWQ_ORDER`].
+fn pack_awq(codes: &[Vec<u8>], rows: usize) -> Vec<i32> {
+    let words = codes.len() / 8;
+    (0..rows)
+        .flat_map(|r| {
+            (0..words).map(move |c| {
+                AWQ_ORDER
+                    .iter()
+                    .enumerate()
+                    .fold(0u32, |acc, (nib, &col)| acc | (codes[8 * c + col][r] as u32) << (4 * nib))
+                    as i32
+            })
+        })
+        .collect()
+}
+
 #[test]
 fn int4_tiny_model_dequantises_within_half_a_step_and_keeps_logits_close() {
     let dir = tempfile::tempdir().unwrap();
@@ -198,26 +215,10 @@ fn awq_checkpoint_loads_as_its_own_dequantisation() {
         let (out, inp) = w.dims2().unwrap();
         let (q, zeros, scales) = quantise_host(w);
         let groups = inp / GROUP;
-        let mut qweight = vec![0i32; inp * out / 8];
-        for i in 0..inp {
-            for c in 0..out / 8 {
-                let word = AWQ_ORDER
-                    .iter()
-                    .enumerate()
-                    .fold(0u32, |acc, (nib, &col)| acc | (q[8 * c + col][i] as u32) << (4 * nib));
-                qweight[i * out / 8 + c] = word as i32;
-            }
-        }
-        let mut qzeros = vec![0i32; groups * out / 8];
+        let qweight = pack_awq(&q, inp);
+        let qzeros = pack_awq(&zeros, groups);
         let mut sc = vec![0f32; groups * out];
         for g in 0..groups {
-            for c in 0..out / 8 {
-                let word = AWQ_ORDER
-                    .iter()
-                    .enumerate()
-                    .fold(0u32, |acc, (nib, &col)| acc | (zeros[8 * c + col][g] as u32) << (4 * nib));
-                qzeros[g * out / 8 + c] = word as i32;
-            }
             for o in 0..out {
                 sc[g * out + o] = scales[o][g];
             }
