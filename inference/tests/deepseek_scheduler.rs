@@ -52,8 +52,16 @@ fn collect(rx: &Receiver<Event>) -> (Vec<u32>, FinishReason) {
 }
 
 fn config(max_sequences: usize, max_queued: usize) -> SchedulerConfig {
-    // Small prefill chunks: prompts are fed over several steps, beside other sequences' decoding.
-    SchedulerConfig { max_sequences, max_queued, prefill_chunk: 4, cache_tokens: 4096, ..SchedulerConfig::default() }
+    // Small prefill chunks and step budgets: prompts are fed over several steps, beside other
+    // sequences' decoding.
+    SchedulerConfig {
+        max_sequences,
+        max_queued,
+        prefill_chunk: 4,
+        max_step_tokens: 8,
+        cache_tokens: 4096,
+        ..SchedulerConfig::default()
+    }
 }
 
 #[test]

@@ -328,7 +328,8 @@ settings! {
         max_queued: usize = 256, env "KB_DEEPSEEK_MAX_QUEUED", flag "deepseek-max-queued";
         /// How long a request may wait for a place.
         queue_wait_secs: u64 = 10, env "KB_DEEPSEEK_QUEUE_WAIT_SECS", flag "deepseek-queue-wait-secs";
-        /// Prompt tokens of one sequence prefilled per step.
+        /// Prompt tokens of one sequence prefilled per step while others decode (with none
+        /// decoding a prompt goes in whole, up to 4,096 tokens a step).
         prefill_chunk: usize = 512, env "KB_DEEPSEEK_PREFILL_CHUNK", flag "deepseek-prefill-chunk";
         /// Weights of the experts and dense projections: `none` (bf16 on a GPU) or `int4`
         /// (group-wise W4A16, quantised at load: about a quarter of the memory and of the bytes

@@ -17,7 +17,7 @@ mod int4;
 
 use candle_core::{DType, Device, Tensor, D};
 use kb_inference::deepseek::{
-    rope, CachePool, DeepSeekV2, DeepSeekV2Config, FixedDecoder, LatentCache, LogitsMode, RandomSource,
+    rope, BatchDecoder, CachePool, DeepSeekV2, DeepSeekV2Config, FixedDecoder, LatentCache, LogitsMode, RandomSource,
 };
 use std::path::Path;
 use std::time::Instant;
@@ -439,6 +439,19 @@ fn check_batched(model: &DeepSeekV2, dev_name: &str) -> Res<()> {
     let mut refs: Vec<&mut LatentCache> = caches.iter_mut().collect();
     let generic = model.forward(&toks, &mut refs, LogitsMode::Last)?.logits.expect("logits");
     result("batched_decode_vs_generic", metrics(&batched, &generic)?, dev_name);
+    // The same step through the scheduler's BatchDecoder: eager, then captured as a CUDA graph
+    // (second step of a batch size), then replayed; each must equal the eager batched step.
+    let mut graphs = BatchDecoder::new(model, 8)?;
+    for round in ["eager", "capture", "replay"] {
+        for (c, &n) in caches.iter_mut().zip(lens.iter()) {
+            c.truncate(n);
+        }
+        let mut refs: Vec<&mut LatentCache> = caches.iter_mut().collect();
+        let got = graphs.step(model, &next, &mut refs, &pool)?.copy()?;
+        let mut m = metrics(&got, &batched)?;
+        m["graphs"] = graphs.graphs().into();
+        result(&format!("batch_decoder_{round}_vs_batched"), m, dev_name);
+    }
     // The single-sequence fused path (FixedDecoder, CUDA graphs) against the same.
     let p = tokens(lens[2], 2, vocab);
     let mut dec = FixedDecoder::new(model, 1024)?;
@@ -528,7 +541,8 @@ fn serve_bench(layers: usize, batches: &[usize], prompt: usize, new: usize, dev:
 
 /// Only batched decode steps (for profilers and tuning): `batch` sequences prefilled to
 /// `prompt` tokens, then `steps` forward_decode steps with a device argmax. Also reports how
-/// long the host takes to enqueue a step (no sync) against the step's wall time.
+/// long the host takes to enqueue a step (no sync) against the step's wall time, and the same
+/// steps replayed as a CUDA graph (BatchDecoder).
 fn decode_batch(layers: usize, batch: usize, prompt: usize, steps: usize, dev: &Device, dev_name: &str) -> Res<()> {
     let cfg = DeepSeekV2Config::from_json(&lite_config(layers).to_string(), Path::new("lite-shaped config"))?;
     let vocab = cfg.vocab_size;
@@ -538,12 +552,12 @@ fn decode_batch(layers: usize, batch: usize, prompt: usize, steps: usize, dev: &
     let mut pool = CachePool::new(
         c.num_hidden_layers,
         c.latent_dim(),
-        batch * (prompt + steps + 8),
+        batch * (prompt + 2 * steps + 16),
         model.dtype(),
         model.device(),
     )?;
     let mut caches: Vec<LatentCache> =
-        (0..batch).map(|_| pool.alloc(prompt + steps + 8).map(|c| c.expect("room"))).collect::<Result<_, _>>()?;
+        (0..batch).map(|_| pool.alloc(prompt + 2 * steps + 16).map(|c| c.expect("room"))).collect::<Result<_, _>>()?;
     for (i, cache) in caches.iter_mut().enumerate() {
         let p = tokens(prompt, i as u64, vocab);
         model.forward(&[p.as_slice()], &mut [cache], LogitsMode::None)?;
@@ -575,6 +589,18 @@ fn decode_batch(layers: usize, batch: usize, prompt: usize, steps: usize, dev: &
     }
     sync(dev)?;
     let queued = t.elapsed().as_secs_f64() / steps.min(4) as f64;
+    // The same steps through BatchDecoder: one CUDA graph for this batch size, replayed.
+    let mut graphs = BatchDecoder::new(&model, batch)?;
+    let mut t = Instant::now();
+    for i in 0..steps + 2 {
+        if i == 2 {
+            sync(dev)?;
+            t = Instant::now();
+        }
+        let mut refs: Vec<&mut LatentCache> = caches.iter_mut().collect();
+        next = graphs.step(&model, &next, &mut refs, &pool)?.argmax(D::Minus1)?.to_vec1::<u32>()?;
+    }
+    let graph_wall = t.elapsed().as_secs_f64() / steps as f64;
     result(
         "decode_batch",
         serde_json::json!({
@@ -582,6 +608,7 @@ fn decode_batch(layers: usize, batch: usize, prompt: usize, steps: usize, dev: &
             "ms_per_step": wall * 1e3, "tok_s": batch as f64 / wall,
             "host_enqueue_ms_per_step": enqueue * 1e3 / steps.min(4) as f64,
             "no_sync_ms_per_step": queued * 1e3,
+            "graphs": graphs.graphs(), "graph_ms_per_step": graph_wall * 1e3, "graph_tok_s": batch as f64 / graph_wall,
         }),
         dev_name,
     );

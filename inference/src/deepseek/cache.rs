@@ -87,6 +87,12 @@ impl CachePool {
         &self.layers[layer]
     }
 
+    /// Tells pools apart (graphs captured over one pool's buffers are not replayed on another).
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub(crate) fn id(&self) -> usize {
+        self.id
+    }
+
     /// The first row of `cache` in this pool, if it is one of this pool's caches.
     pub(crate) fn base_of(&self, cache: &LatentCache) -> Option<usize> {
         cache.slot.filter(|s| s.0 == self.id).map(|s| s.1)

@@ -13,7 +13,7 @@
 //! and the following steps upload 8 bytes and replay it. On CPU the same fixed step runs
 //! eagerly (tests check it against the ordinary forward).
 
-use super::cache::LatentCache;
+use super::cache::{CachePool, LatentCache};
 use super::model::{DeepSeekV2, LogitsMode};
 use crate::ModelError;
 use candle_core::{DType, Tensor};
@@ -162,36 +162,176 @@ impl FixedDecoder {
 
     #[cfg(feature = "cuda")]
     fn run(&mut self, window: usize) -> Result<(), ModelError> {
-        use candle_core::cuda_backend::cudarc::driver::sys;
         if !self.use_graphs {
             return Ok(self.eager(window)?);
         }
         let me = std::thread::current().id();
-        if self.graph_thread != Some(me) {
+        if self.graph_thread.replace(me) != Some(me) {
             self.graphs.clear();
-            self.graph_thread = Some(me);
         }
         if let Some(g) = self.graphs.get(&window) {
             g.0.launch().map_err(|e| candle_core::Error::Cuda(Box::new(e)))?;
             return Ok(());
         }
-        let candle_core::Device::Cuda(cuda) = self.model.device() else { unreachable!("graphs only on CUDA") };
-        // Small host->device uploads candle makes inside ops (shapes, strides) are cached on
-        // the device while this guard lives, so the captured graph reads them from there.
-        let _cache = cuda.enable_cuda_graph_htod_cache();
-        // First step of this window: run it for real (it also warms every kernel and fills
-        // the upload cache), then capture the same step without running it.
-        self.eager(window)?;
-        let stream = cuda.cuda_stream();
-        let err = |e| ModelError::from(candle_core::Error::Cuda(Box::new(e)));
+        let graph = capture(self.model.device(), || Ok(self.eager(window)?))??;
+        tracing::debug!(window, "captured DeepSeek decode graph");
+        self.graphs.insert(window, graph);
+        Ok(())
+    }
+}
+
+/// Runs `step` for real (it also warms every kernel and fills candle's upload cache), then
+/// captures the same step as a graph without running it. `Err`: the step failed; `Ok(Err)`:
+/// it ran (its results are written) but could not be captured.
+#[cfg(feature = "cuda")]
+fn capture(
+    device: &candle_core::Device,
+    step: impl Fn() -> Result<(), ModelError>,
+) -> Result<Result<Graph, ModelError>, ModelError> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let candle_core::Device::Cuda(cuda) = device else { unreachable!("graphs only on CUDA") };
+    // Small host->device uploads candle makes inside ops (shapes, strides) are cached on the
+    // device while this guard lives, so the captured graph reads them from there.
+    let _cache = cuda.enable_cuda_graph_htod_cache();
+    step()?;
+    let stream = cuda.cuda_stream();
+    let err = |e| ModelError::from(candle_core::Error::Cuda(Box::new(e)));
+    Ok((|| {
         stream.begin_capture(sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL).map_err(err)?;
-        let captured = self.eager(window);
+        let captured = step();
         let graph = stream.end_capture(sys::CUgraphInstantiate_flags(0)).map_err(err);
         captured?;
         let graph = graph?.ok_or_else(|| ModelError::InvalidInput("CUDA graph capture produced no graph".into()))?;
         graph.upload().map_err(err)?;
-        tracing::debug!(window, "captured DeepSeek decode graph");
-        self.graphs.insert(window, Graph(graph));
-        Ok(())
+        Ok(Graph(graph))
+    })())
+}
+
+/// The scheduler's batched decode step ([`DeepSeekV2::forward_decode`]) with fixed device
+/// addresses, replayed as CUDA graphs, one per batch size.
+///
+/// At a batch of 32 the host takes longer to issue a step's ~1,500 kernels than the GPU takes
+/// to run them; a graph issues them in one call. The step's inputs go to preallocated buffers
+/// (token ids; positions then first pool rows) and its logits come back in one (max, vocab)
+/// buffer, so every address a graph holds stays valid: the model's weights, the pool's layers
+/// and these buffers. A batch size is captured the second
+/// time it is stepped (sizes seen once, while sequences come and go, are not worth a capture).
+/// Graphs belong to one pool and one thread (candle's stream is per thread); another pool or
+/// thread recaptures. Without CUDA, or with `KB_DEEPSEEK_CUDA_GRAPHS=0`, steps run eagerly.
+pub struct BatchDecoder {
+    ids: Tensor,
+    meta: Tensor,
+    logits: Tensor,
+    max: usize,
+    /// Steps taken at each batch size before its capture.
+    #[cfg(feature = "cuda")]
+    seen: HashMap<usize, u32>,
+    #[cfg(feature = "cuda")]
+    graphs: HashMap<usize, Graph>,
+    /// The pool and thread the graphs were captured for.
+    #[cfg(feature = "cuda")]
+    owner: Option<(usize, std::thread::ThreadId)>,
+    use_graphs: bool,
+}
+
+impl BatchDecoder {
+    /// Buffers for batches of up to `max` sequences on the model's device.
+    pub fn new(model: &DeepSeekV2, max: usize) -> Result<Self, ModelError> {
+        let max = max.max(1);
+        let dev = model.device();
+        let use_graphs = dev.is_cuda() && std::env::var("KB_DEEPSEEK_CUDA_GRAPHS").map(|v| v != "0").unwrap_or(true);
+        Ok(Self {
+            ids: Tensor::zeros(max, DType::U32, dev)?,
+            meta: Tensor::zeros(2 * max, DType::U32, dev)?,
+            logits: Tensor::zeros((max, model.config().vocab_size), DType::F32, dev)?,
+            max,
+            #[cfg(feature = "cuda")]
+            seen: HashMap::new(),
+            #[cfg(feature = "cuda")]
+            graphs: HashMap::new(),
+            #[cfg(feature = "cuda")]
+            owner: None,
+            use_graphs,
+        })
+    }
+
+    /// Turns graphs off (or back on, on CUDA) — for comparisons.
+    pub fn set_use_graphs(&mut self, on: bool) {
+        self.use_graphs = on && self.logits.device().is_cuda();
+    }
+
+    /// Graphs captured so far.
+    pub fn graphs(&self) -> usize {
+        #[cfg(feature = "cuda")]
+        return self.graphs.len();
+        #[cfg(not(feature = "cuda"))]
+        0
+    }
+
+    /// [`DeepSeekV2::forward_decode`]: `tokens[s]` at position `caches[s].len()`, caches in
+    /// `pool`. Returns the f32 logits (n, vocab) as a view of the output buffer, valid until
+    /// the next step, and advances the caches.
+    pub fn step(
+        &mut self,
+        model: &DeepSeekV2,
+        tokens: &[u32],
+        caches: &mut [&mut LatentCache],
+        pool: &CachePool,
+    ) -> Result<Tensor, ModelError> {
+        let n = tokens.len();
+        if n > self.max {
+            return model.forward_decode(tokens, caches, pool);
+        }
+        let meta = model.decode_meta(tokens, caches, pool)?;
+        let dev = model.device();
+        self.ids.slice_set(&Tensor::new(tokens, dev)?, 0, 0)?;
+        self.meta.slice_set(&Tensor::from_vec(meta, 2 * n, dev)?, 0, 0)?;
+        self.run(model, n, pool)?;
+        for cache in caches.iter_mut() {
+            cache.advance(1);
+        }
+        Ok(self.logits.narrow(0, 0, n)?)
+    }
+
+    fn eager(&self, model: &DeepSeekV2, n: usize, pool: &CachePool) -> Result<(), ModelError> {
+        let logits = model.decode_layers(&self.ids.narrow(0, 0, n)?, &self.meta.narrow(0, 0, 2 * n)?, pool)?;
+        Ok(self.logits.slice_set(&logits, 0, 0)?)
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    fn run(&mut self, model: &DeepSeekV2, n: usize, pool: &CachePool) -> Result<(), ModelError> {
+        self.eager(model, n, pool)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn run(&mut self, model: &DeepSeekV2, n: usize, pool: &CachePool) -> Result<(), ModelError> {
+        let owner = (pool.id(), std::thread::current().id());
+        if self.owner.replace(owner) != Some(owner) {
+            self.graphs.clear();
+            self.seen.clear();
+        }
+        if let Some(g) = self.graphs.get(&n).filter(|_| self.use_graphs) {
+            g.0.launch().map_err(|e| candle_core::Error::Cuda(Box::new(e)))?;
+            return Ok(());
+        }
+        let seen = self.seen.entry(n).or_insert(0);
+        *seen += 1;
+        if !self.use_graphs || *seen < 2 {
+            return self.eager(model, n, pool);
+        }
+        match capture(model.device(), || self.eager(model, n, pool))? {
+            Ok(graph) => {
+                tracing::debug!(batch = n, "captured DeepSeek batched decode graph");
+                self.graphs.insert(n, graph);
+                Ok(())
+            }
+            // The step ran: its logits are in the buffer. One that cannot be captured (a host
+            // read somewhere in it) keeps running eagerly.
+            Err(e) => {
+                tracing::warn!(batch = n, error = %e, "batched decode graph capture failed; decoding eagerly");
+                self.use_graphs = false;
+                Ok(())
+            }
+        }
     }
 }

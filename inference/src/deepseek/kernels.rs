@@ -54,33 +54,50 @@ static PREFILL_KERNELS: AtomicU8 = AtomicU8::new(0);
 
 fn ptx() -> Result<&'static str> {
     static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
-    let r = PTX.get_or_init(|| {
-        let options = nvrtc_options();
+    compiled(&PTX, SRC, nvrtc_options())
+}
+
+/// `src` compiled by NVRTC for sm_80 and later, once per `cell` (kb's kernel modules).
+pub(super) fn compiled(
+    cell: &'static OnceLock<std::result::Result<String, String>>,
+    src: &str,
+    options: Vec<String>,
+) -> Result<&'static str> {
+    let r = cell.get_or_init(|| {
         let opts = CompileOptions { arch: Some("compute_80"), options, ..Default::default() };
-        compile_ptx_with_opts(SRC, opts).map(|p| p.to_src()).map_err(|e| format!("nvrtc: {e:?}"))
+        compile_ptx_with_opts(src, opts).map(|p| p.to_src()).map_err(|e| format!("nvrtc: {e:?}"))
     });
     r.as_deref().map_err(|e| candle_core::Error::Msg(e.clone()))
 }
 
-fn cuda_of(t: &Tensor) -> Result<(candle_core::StorageRef<'_>, Layout)> {
+/// A contiguous CUDA tensor's storage and layout.
+pub(super) fn cuda_contiguous(t: &Tensor) -> Result<(candle_core::StorageRef<'_>, Layout)> {
     let (s, l) = t.storage_and_layout();
-    if !matches!(&*s, Storage::Cuda(_)) {
-        candle_core::bail!("moe kernel: tensor not on CUDA")
-    }
-    if !l.is_contiguous() || l.start_offset() % 8 != 0 {
-        candle_core::bail!("moe kernel: tensor must be contiguous and 16-byte aligned")
+    if !matches!(&*s, Storage::Cuda(_)) || !l.is_contiguous() {
+        candle_core::bail!("kb kernel: input must be a contiguous CUDA tensor")
     }
     Ok((s, l.clone()))
 }
 
+/// [`cuda_contiguous`], starting on a 16-byte boundary (the kernels' vector loads).
+fn cuda_of(t: &Tensor) -> Result<(candle_core::StorageRef<'_>, Layout)> {
+    let (s, l) = cuda_contiguous(t)?;
+    if l.start_offset() % 8 != 0 {
+        candle_core::bail!("moe kernel: tensor must start 16-byte aligned")
+    }
+    Ok((s, l))
+}
+
+/// The typed device slice of a tensor checked by [`cuda_contiguous`], from its offset.
 macro_rules! slice_of {
     ($guard:expr, $layout:expr, $t:ty) => {
         match &*$guard {
             Storage::Cuda(c) => c.as_cuda_slice::<$t>()?.slice($layout.start_offset()..),
-            _ => unreachable!("checked by cuda_of"),
+            _ => unreachable!("checked by cuda_contiguous"),
         }
     };
 }
+pub(super) use slice_of;
 
 /// Router: x (T, H) bf16 -> (T, 2K) f32 of K expert ids then K weights.
 struct Route<'a> {
@@ -283,7 +300,7 @@ impl CustomOp1 for Experts<'_> {
     }
 }
 
-fn launch_err(e: impl std::error::Error + Send + Sync + 'static) -> candle_core::Error {
+pub(super) fn launch_err(e: impl std::error::Error + Send + Sync + 'static) -> candle_core::Error {
     candle_core::Error::Cuda(Box::new(e))
 }
 
@@ -337,14 +354,6 @@ pub fn mla_supported(x: &Tensor, rank: usize, rope: usize) -> bool {
     x.device().is_cuda() && x.dtype() == DType::BF16 && rank == 512 && rope == 64
 }
 
-fn cuda_of_u32(t: &Tensor) -> Result<(candle_core::StorageRef<'_>, Layout)> {
-    let (s, l) = t.storage_and_layout();
-    if !matches!(&*s, Storage::Cuda(_)) || !l.is_contiguous() {
-        candle_core::bail!("mla kernel: input must be a contiguous CUDA tensor")
-    }
-    Ok((s, l.clone()))
-}
-
 /// residual + the routed experts of x for a decode batch, tokens grouped by expert on the
 /// device (`experts`: the routed count; the shared ones are the caller's).
 pub fn experts_grouped(
@@ -388,7 +397,7 @@ pub fn mla_latent_write(
     let (wg, wl) = cuda_of(norm_w)?;
     let (cg, cl) = cuda_of(cos)?;
     let (sg, sl) = cuda_of(sin)?;
-    let (mg, ml) = cuda_of_u32(meta)?;
+    let (mg, ml) = cuda_contiguous(meta)?;
     let (pg, pl) = cuda_of(pool)?;
     let kv_s = slice_of!(kg, kl, bf16);
     let w_s = slice_of!(wg, wl, bf16);
@@ -450,7 +459,7 @@ impl CustomOp1 for Attn<'_> {
         let (lg, ll) = cuda_of(self.q_lat)?;
         let (cg, cl) = cuda_of(self.cos)?;
         let (sg, sl) = cuda_of(self.sin)?;
-        let (mg, ml) = cuda_of_u32(self.meta)?;
+        let (mg, ml) = cuda_contiguous(self.meta)?;
         let (pg, pl) = cuda_of(self.pool)?;
         let l_s = slice_of!(lg, ll, bf16);
         let c_s = slice_of!(cg, cl, bf16);
@@ -602,9 +611,9 @@ impl CustomOp1 for PrefillExperts<'_> {
         let (gg, gl) = cuda_of(self.gate_up)?;
         let (dg, dl) = cuda_of(self.down)?;
         let (resg, resl) = cuda_of(self.residual)?;
-        let (tg, tl) = cuda_of_u32(&g.row_token)?;
-        let (wg, wl) = cuda_of_u32(&g.row_weight)?;
-        let (pg, pl) = cuda_of_u32(&g.pair_row)?;
+        let (tg, tl) = cuda_contiguous(&g.row_token)?;
+        let (wg, wl) = cuda_contiguous(&g.row_weight)?;
+        let (pg, pl) = cuda_contiguous(&g.pair_row)?;
         let x = x.as_cuda_slice::<bf16>()?.slice(xl.start_offset()..);
         let gate_up = slice_of!(gg, gl, bf16);
         let down = slice_of!(dg, dl, bf16);

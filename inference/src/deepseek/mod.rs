@@ -5,7 +5,8 @@
 //! - [`mla`]: multi-head latent attention in absorbed form over a latent-only cache ([`cache`]).
 //! - [`moe`]: shared + routed experts, tokens grouped per expert.
 //! - [`quant`]: int4 weights (W4A16, group 128), quantised at load or read from AWQ checkpoints.
-//! - [`decode`]: batch-1 decode with fixed addresses, replayed as CUDA graphs.
+//! - [`decode`]: decode steps with fixed addresses (one sequence, and the scheduler's
+//!   batches), replayed as CUDA graphs.
 //! - [`tokenizer`]: tokenizer.json + DeepSeek-V2-Chat's chat template.
 //! - [`model`]: the batched forward pass — many sequences, each with its own cache and
 //!   position, one call for prefill and decode alike — returning logits and final hidden states.
@@ -28,7 +29,7 @@ pub mod tokenizer;
 
 pub use cache::{CachePool, LatentCache};
 pub use config::{DeepSeekV2Config, TopkMethod, YarnScaling};
-pub use decode::FixedDecoder;
+pub use decode::{BatchDecoder, FixedDecoder};
 pub use loader::{RandomSource, SafetensorsSource, WeightSource};
 pub use model::{DeepSeekV2, ForwardOutput, LogitsMode};
 pub use quant::{Int4Weight, Quantize, Weight};

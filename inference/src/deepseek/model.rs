@@ -327,12 +327,31 @@ impl DeepSeekV2 {
     /// One decode step for sequences whose caches are rows of `pool`: `tokens[s]` goes at
     /// position `caches[s].len()`. Returns f32 logits (n, vocab) and advances the caches. Only
     /// where [`Self::batched_decode_supported`]; [`Self::forward`] computes the same.
+    /// [`super::decode::BatchDecoder`] runs the same step as CUDA graphs.
     pub fn forward_decode(
         &self,
         tokens: &[u32],
         caches: &mut [&mut LatentCache],
         pool: &CachePool,
     ) -> Result<Tensor, ModelError> {
+        let meta = self.decode_meta(tokens, caches, pool)?;
+        let meta = Tensor::from_vec(meta, 2 * tokens.len(), &self.device)?;
+        let ids = Tensor::from_vec(tokens.to_vec(), tokens.len(), &self.device)?;
+        let logits = self.decode_layers(&ids, &meta, pool)?;
+        for cache in caches.iter_mut() {
+            cache.advance(1);
+        }
+        Ok(logits)
+    }
+
+    /// Checks a batched decode step and returns what its kernels read: every sequence's
+    /// position, then every sequence's first pool row (2n u32). Reserves the new rows.
+    pub(crate) fn decode_meta(
+        &self,
+        tokens: &[u32],
+        caches: &mut [&mut LatentCache],
+        pool: &CachePool,
+    ) -> Result<Vec<u32>, ModelError> {
         let n = tokens.len();
         if n != caches.len() || !self.batched_decode_supported(n) {
             return Err(ModelError::InvalidInput(format!(
@@ -356,24 +375,19 @@ impl DeepSeekV2 {
             bases.push(base as u32);
         }
         meta.extend(bases);
-        let meta = Tensor::from_vec(meta, 2 * n, &self.device)?;
-        let ids = Tensor::from_vec(tokens.to_vec(), n, &self.device)?;
-        let logits = self.decode_layers(&ids, &meta, pool)?;
-        for cache in caches.iter_mut() {
-            cache.advance(1);
-        }
-        Ok(logits)
+        Ok(meta)
     }
 
+    /// The batched decode step's layers on device-held `ids` (n) and `meta` (2n): f32 logits.
     #[cfg(feature = "cuda")]
-    fn decode_layers(&self, ids: &Tensor, meta: &Tensor, pool: &CachePool) -> Result<Tensor, ModelError> {
+    pub(crate) fn decode_layers(&self, ids: &Tensor, meta: &Tensor, pool: &CachePool) -> Result<Tensor, ModelError> {
         let (cos_t, sin_t) = self.rope.tables();
         let hidden = self.stack(ids, |i, attn, h| attn.forward_decode_batch(h, cos_t, sin_t, meta, pool.layer(i)))?;
         Ok(linear(&hidden, &self.lm_head)?.to_dtype(DType::F32)?)
     }
 
     #[cfg(not(feature = "cuda"))]
-    fn decode_layers(&self, _: &Tensor, _: &Tensor, _: &CachePool) -> Result<Tensor, ModelError> {
+    pub(crate) fn decode_layers(&self, _: &Tensor, _: &Tensor, _: &CachePool) -> Result<Tensor, ModelError> {
         Err(ModelError::InvalidInput("batched decode needs the cuda feature".into()))
     }
 

@@ -5,10 +5,10 @@
 //! Why: decode at batch 1 is bound by reading weights, and int4 codes are a quarter of bf16's
 //! bytes; the codes are unpacked in registers (no int-to-float conversions, see the .cu).
 
+use super::kernels::{compiled, cuda_contiguous, launch_err, slice_of};
 use super::quant::{Int4Weight, GROUP};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
-use candle_core::cuda_backend::cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 use candle_core::cuda_backend::CudaStorage;
 use candle_core::{CustomOp1, DType, Layout, Result, Shape, Storage, Tensor};
 use half::{bf16, f16};
@@ -23,36 +23,7 @@ pub const MAX_TOKENS: usize = 8;
 
 fn ptx() -> Result<&'static str> {
     static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
-    let r = PTX.get_or_init(|| {
-        let opts = CompileOptions { arch: Some("compute_80"), ..Default::default() };
-        compile_ptx_with_opts(SRC, opts).map(|p| p.to_src()).map_err(|e| format!("nvrtc (q4): {e:?}"))
-    });
-    r.as_deref().map_err(|e| candle_core::Error::Msg(e.clone()))
-}
-
-fn launch_err(e: impl std::error::Error + Send + Sync + 'static) -> candle_core::Error {
-    candle_core::Error::Cuda(Box::new(e))
-}
-
-/// A contiguous CUDA tensor's storage and layout.
-fn cuda_of(t: &Tensor) -> Result<(candle_core::StorageRef<'_>, Layout)> {
-    let (s, l) = t.storage_and_layout();
-    if !matches!(&*s, Storage::Cuda(_)) {
-        candle_core::bail!("q4 kernel: tensor not on CUDA")
-    }
-    if !l.is_contiguous() {
-        candle_core::bail!("q4 kernel: tensor must be contiguous")
-    }
-    Ok((s, l.clone()))
-}
-
-macro_rules! slice_of {
-    ($guard:expr, $layout:expr, $t:ty) => {
-        match &*$guard {
-            Storage::Cuda(c) => c.as_cuda_slice::<$t>()?.slice($layout.start_offset()..),
-            _ => unreachable!("checked by cuda_of"),
-        }
-    };
+    compiled(&PTX, SRC, Vec::new())
 }
 
 /// The packed parts, contiguous, codes on 16-byte boundaries.
@@ -97,9 +68,9 @@ impl CustomOp1 for Q4Linear<'_> {
         let dev = x.device().clone();
         let (t, inp) = xl.shape().dims2()?;
         let (out, _) = self.qw.dims2()?;
-        let (qg, ql) = cuda_of(self.qw)?;
-        let (sg, sl) = cuda_of(self.sc)?;
-        let (zg, zl) = cuda_of(self.zr)?;
+        let (qg, ql) = cuda_contiguous(self.qw)?;
+        let (sg, sl) = cuda_contiguous(self.sc)?;
+        let (zg, zl) = cuda_contiguous(self.zr)?;
         let x = x.as_cuda_slice::<bf16>()?.slice(xl.start_offset()..);
         let qw = slice_of!(qg, ql, u32);
         let sc = slice_of!(sg, sl, f16);
@@ -148,8 +119,8 @@ impl CustomOp1 for Q4Dequant<'_> {
     fn cuda_fwd(&self, qw: &CudaStorage, ql: &Layout) -> Result<(CudaStorage, Shape)> {
         let dev = qw.device().clone();
         let words = ql.shape().elem_count();
-        let (sg, sl) = cuda_of(self.sc)?;
-        let (zg, zl) = cuda_of(self.zr)?;
+        let (sg, sl) = cuda_contiguous(self.sc)?;
+        let (zg, zl) = cuda_contiguous(self.zr)?;
         let qw = qw.as_cuda_slice::<u32>()?.slice(ql.start_offset()..);
         let sc = slice_of!(sg, sl, f16);
         let zr = slice_of!(zg, zl, u8);
@@ -222,14 +193,14 @@ impl CustomOp1 for ExpertsQ4<'_> {
         let (t, h) = xl.shape().dims2()?;
         let (e_all, two_i, _) = self.gate_up[0].dims3()?;
         let inter = two_i / 2;
-        let (rg, rl) = cuda_of(self.route)?;
-        let (g0, l0) = cuda_of(self.gate_up[0])?;
-        let (g1, l1) = cuda_of(self.gate_up[1])?;
-        let (g2, l2) = cuda_of(self.gate_up[2])?;
-        let (d0, m0) = cuda_of(self.down[0])?;
-        let (d1, m1) = cuda_of(self.down[1])?;
-        let (d2, m2) = cuda_of(self.down[2])?;
-        let (resg, resl) = cuda_of(self.residual)?;
+        let (rg, rl) = cuda_contiguous(self.route)?;
+        let (g0, l0) = cuda_contiguous(self.gate_up[0])?;
+        let (g1, l1) = cuda_contiguous(self.gate_up[1])?;
+        let (g2, l2) = cuda_contiguous(self.gate_up[2])?;
+        let (d0, m0) = cuda_contiguous(self.down[0])?;
+        let (d1, m1) = cuda_contiguous(self.down[1])?;
+        let (d2, m2) = cuda_contiguous(self.down[2])?;
+        let (resg, resl) = cuda_contiguous(self.residual)?;
         let x = x.as_cuda_slice::<bf16>()?.slice(xl.start_offset()..);
         let route = slice_of!(rg, rl, f32);
         let (gw, gs, gz) = (slice_of!(g0, l0, u32), slice_of!(g1, l1, f16), slice_of!(g2, l2, u8));

@@ -4,7 +4,8 @@
 //! New requests join at the next step, finished or abandoned ones leave at once, and every
 //! sequence has its own latent cache: a row range of one preallocated pool, reserved for its
 //! prompt and longest answer when it is admitted. When every sequence in a step is decoding,
-//! the step runs the batched decode path (on CUDA: fused kernels over the pool).
+//! the step runs the batched decode path (on CUDA: fused kernels over the pool, replayed as
+//! CUDA graphs per batch size).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 use candle_core::{Device, D};
 
 use super::model::{DeepSeekV2, LogitsMode};
-use super::{CachePool, LatentCache};
+use super::{BatchDecoder, CachePool, LatentCache};
 use crate::generator::sampling::{RepeatPenalty, Sampler};
 use crate::generator::{FinishReason, SamplingParams};
 use crate::ModelError;
@@ -26,7 +27,7 @@ pub struct SchedulerConfig {
     pub max_sequences: usize,
     /// Requests waiting for a place beyond these are refused ([`SubmitError::QueueFull`]).
     pub max_queued: usize,
-    /// Prompt tokens of one sequence fed per step.
+    /// Prompt tokens of one sequence fed per step while other sequences are decoding.
     pub prefill_chunk: usize,
     /// Cache tokens (prompt + max_tokens of every admitted sequence): the pool's rows.
     pub cache_tokens: usize,
@@ -104,6 +105,7 @@ impl Scheduler {
             model.dtype(),
             model.device(),
         )?;
+        let decoder = BatchDecoder::new(&model, config.max_sequences.min(64))?;
         let (tx, rx) = mpsc::sync_channel::<Job>(config.max_queued.max(1));
         let queued = Arc::new(AtomicUsize::new(0));
         let handle = Self {
@@ -116,7 +118,7 @@ impl Scheduler {
         std::thread::Builder::new()
             .name("kb-deepseek-scheduler".into())
             .spawn(move || {
-                Worker { model, config, rx, queued, pool, waiting: VecDeque::new(), active: Vec::new() }.run()
+                Worker { model, config, rx, queued, pool, decoder, waiting: VecDeque::new(), active: Vec::new() }.run()
             })
             .map_err(|e| ModelError::InvalidInput(format!("spawning the scheduler thread: {e}")))?;
         Ok(handle)
@@ -177,6 +179,8 @@ struct Worker {
     rx: mpsc::Receiver<Job>,
     queued: Arc<AtomicUsize>,
     pool: CachePool,
+    /// Steps where every sequence decodes (CUDA graphs per batch size).
+    decoder: BatchDecoder,
     waiting: VecDeque<Job>,
     active: Vec<Sequence>,
 }
@@ -256,9 +260,10 @@ impl Worker {
     }
 
     /// Which sequences this step feeds, and what: every decoding sequence's last token, then
-    /// prompt chunks while the step's token budget lasts (at least one chunk).
+    /// prompt chunks while the step's token budget lasts (at least one chunk). With nothing
+    /// decoding there is no one for a long chunk to stall, so prompts go in up to the whole
+    /// budget: each extra chunk of a prompt costs a pass's fixed cost before its first token.
     fn plan(&self) -> Vec<(usize, Vec<u32>)> {
-        let chunk = self.config.prefill_chunk.max(1);
         let mut plan: Vec<(usize, Vec<u32>)> = self
             .active
             .iter()
@@ -266,6 +271,7 @@ impl Worker {
             .filter(|(_, s)| s.decoding())
             .map(|(i, s)| (i, vec![*s.generated.last().expect("a decoding sequence has a token")]))
             .collect();
+        let chunk = if plan.is_empty() { self.config.max_step_tokens } else { self.config.prefill_chunk }.max(1);
         let mut budget = self.config.max_step_tokens.saturating_sub(plan.len());
         for (i, s) in self.active.iter().enumerate().filter(|(_, s)| !s.decoding()) {
             if budget == 0 && !plan.is_empty() {
@@ -290,7 +296,7 @@ impl Worker {
                 plan.iter().map(|(i, _)| picked[*i].take().expect("each sequence planned once")).collect();
             if all_decoding && self.model.batched_decode_supported(plan.len()) {
                 let tokens: Vec<u32> = plan.iter().map(|(_, t)| t[0]).collect();
-                self.model.forward_decode(&tokens, &mut caches, &self.pool)?
+                self.decoder.step(&self.model, &tokens, &mut caches, &self.pool)?
             } else {
                 let tokens: Vec<&[u32]> = plan.iter().map(|(_, t)| t.as_slice()).collect();
                 self.model.forward(&tokens, &mut caches, LogitsMode::Last)?.logits.expect("logits were asked for")

@@ -1,10 +1,12 @@
 //! `deepseek-bench int4`: int4 (W4A16) against bf16 on the same random Lite-shaped weights, in
 //! one process: the kernels against dequantised bf16 products, then per model the memory it
-//! holds, its logits, prefill and batch-1 decode.
+//! holds, its logits, prefill, batch-1 decode and batched decode as the scheduler runs it.
 
 use super::{lite_config, metrics, result, sync, Res};
 use candle_core::{DType, Device, Tensor, D};
-use kb_inference::deepseek::{DeepSeekV2, DeepSeekV2Config, FixedDecoder, LogitsMode, Quantize, RandomSource};
+use kb_inference::deepseek::{
+    BatchDecoder, CachePool, DeepSeekV2, DeepSeekV2Config, FixedDecoder, LogitsMode, Quantize, RandomSource,
+};
 use std::path::Path;
 use std::time::Instant;
 
@@ -164,30 +166,37 @@ pub fn int4_bench(layers: usize, steps: usize, dev: &Device, dev_name: &str) -> 
                                 "note": "FixedDecoder + CUDA graphs, two runs" }),
             dev_name,
         );
-        // Batches of 8 (the fused expert kernels' largest size) and 32 sequences, one token each.
+        // Batches of 8 (the fused expert kernels' largest size) and 32 sequences, one token each,
+        // as the scheduler decodes them: pooled caches, BatchDecoder (a CUDA graph per size).
         for b in [8usize, 32] {
-            let mut caches = (0..b).map(|_| model.new_cache(64 + steps)).collect::<Result<Vec<_>, _>>()?;
+            let bsteps = steps.min(32);
+            let rows = 32 + bsteps + 8;
+            let c = model.config();
+            let mut pool = CachePool::new(c.num_hidden_layers, c.latent_dim(), b * rows, model.dtype(), dev)?;
+            let mut caches =
+                (0..b).map(|_| pool.alloc(rows).map(|c| c.expect("room"))).collect::<Result<Vec<_>, _>>()?;
             let prompts: Vec<Vec<u32>> = (0..b).map(|s| prompt(32, s as u32 * 7919)).collect();
             {
                 let toks: Vec<&[u32]> = prompts.iter().map(|p| p.as_slice()).collect();
                 let mut refs: Vec<_> = caches.iter_mut().collect();
-                model.forward(&toks, &mut refs, LogitsMode::Last)?;
+                model.forward(&toks, &mut refs, LogitsMode::None)?;
             }
+            let mut dec = BatchDecoder::new(&model, b)?;
             let mut next: Vec<u32> = vec![1; b];
-            sync(dev)?;
-            let t = Instant::now();
-            let bsteps = steps.min(32);
-            for _ in 0..bsteps {
-                let owned: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
-                let toks: Vec<&[u32]> = owned.iter().map(|t| t.as_slice()).collect();
+            let mut t = Instant::now();
+            for i in 0..bsteps + 2 {
+                if i == 2 {
+                    sync(dev)?; // the first two steps run eagerly and capture the graph
+                    t = Instant::now();
+                }
                 let mut refs: Vec<_> = caches.iter_mut().collect();
-                let out = model.forward(&toks, &mut refs, LogitsMode::Last)?;
-                next = out.logits.ok_or("logits")?.argmax(D::Minus1)?.to_vec1::<u32>()?;
+                next = dec.step(&model, &next, &mut refs, &pool)?.argmax(D::Minus1)?.to_vec1::<u32>()?;
             }
             let dt = t.elapsed().as_secs_f64() / bsteps as f64;
             result(
                 "int4_decode_batch",
-                serde_json::json!({ "weights": name, "batch": b, "ms_per_step": dt * 1e3, "tok_s": b as f64 / dt }),
+                serde_json::json!({ "weights": name, "batch": b, "ms_per_step": dt * 1e3, "tok_s": b as f64 / dt,
+                                    "graphs": dec.graphs() }),
                 dev_name,
             );
         }
