@@ -210,8 +210,8 @@ fn capture(
 /// The scheduler's batched decode step ([`DeepSeekV2::forward_decode`]) with fixed device
 /// addresses, replayed as CUDA graphs, one per batch size.
 ///
-/// At a batch of 32 the host takes longer to issue a step's ~1,500 kernels than the GPU takes
-/// to run them; a graph issues them in one call. The step's inputs go to preallocated buffers
+/// Issued one by one, a batch-32 step's kernels keep the host busy for ~15 of its ~21 ms; a
+/// graph issues them in one call (on an H100: 21.05 -> 19.22 ms a step). The step's inputs go to preallocated buffers
 /// (token ids; positions then first pool rows) and its logits come back in one (max, vocab)
 /// buffer, so every address a graph holds stays valid: the model's weights, the pool's layers
 /// and these buffers. A batch size is captured the second
