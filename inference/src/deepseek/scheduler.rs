@@ -158,6 +158,27 @@ impl Scheduler {
     }
 }
 
+/// What one step feeds, as (sequence, tokens): every decoding sequence (`left[i]` None) its one
+/// token, then the prompts (`left[i]`: prompt tokens still to feed) in order, a chunk each, while
+/// the step's budget of `max_step_tokens` lasts (at least one chunk). A chunk is `prefill_chunk`
+/// while any sequence decodes (a long prompt stalls them one chunk at most); with none decoding
+/// there is no one to stall, so prompts go in up to the whole budget: each extra chunk of a
+/// prompt costs a pass's fixed cost before its first token.
+fn step_plan(left: &[Option<usize>], prefill_chunk: usize, max_step_tokens: usize) -> Vec<(usize, usize)> {
+    let mut plan: Vec<(usize, usize)> = (0..left.len()).filter(|&i| left[i].is_none()).map(|i| (i, 1)).collect();
+    let chunk = if plan.is_empty() { max_step_tokens } else { prefill_chunk }.max(1);
+    let mut budget = max_step_tokens.saturating_sub(plan.len());
+    for (i, remaining) in left.iter().enumerate().filter_map(|(i, l)| l.map(|r| (i, r))) {
+        if budget == 0 && !plan.is_empty() {
+            break;
+        }
+        let n = chunk.min(remaining).min(budget.max(1));
+        plan.push((i, n));
+        budget = budget.saturating_sub(n);
+    }
+    plan
+}
+
 struct Sequence {
     job: Job,
     cache: LatentCache,
@@ -259,30 +280,20 @@ impl Worker {
         true
     }
 
-    /// Which sequences this step feeds, and what: every decoding sequence's last token, then
-    /// prompt chunks while the step's token budget lasts (at least one chunk). With nothing
-    /// decoding there is no one for a long chunk to stall, so prompts go in up to the whole
-    /// budget: each extra chunk of a prompt costs a pass's fixed cost before its first token.
+    /// Which sequences this step feeds, and what: see [`step_plan`].
     fn plan(&self) -> Vec<(usize, Vec<u32>)> {
-        let mut plan: Vec<(usize, Vec<u32>)> = self
-            .active
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.decoding())
-            .map(|(i, s)| (i, vec![*s.generated.last().expect("a decoding sequence has a token")]))
-            .collect();
-        let chunk = if plan.is_empty() { self.config.max_step_tokens } else { self.config.prefill_chunk }.max(1);
-        let mut budget = self.config.max_step_tokens.saturating_sub(plan.len());
-        for (i, s) in self.active.iter().enumerate().filter(|(_, s)| !s.decoding()) {
-            if budget == 0 && !plan.is_empty() {
-                break;
-            }
-            let prompt = &s.job.request.prompt;
-            let n = chunk.min(prompt.len() - s.fed).min(budget.max(1));
-            plan.push((i, prompt[s.fed..s.fed + n].to_vec()));
-            budget = budget.saturating_sub(n);
-        }
-        plan
+        let left: Vec<Option<usize>> =
+            self.active.iter().map(|s| (!s.decoding()).then(|| s.job.request.prompt.len() - s.fed)).collect();
+        step_plan(&left, self.config.prefill_chunk, self.config.max_step_tokens)
+            .into_iter()
+            .map(|(i, n)| {
+                let s = &self.active[i];
+                match left[i] {
+                    None => (i, vec![*s.generated.last().expect("a decoding sequence has a token")]),
+                    Some(_) => (i, s.job.request.prompt[s.fed..s.fed + n].to_vec()),
+                }
+            })
+            .collect()
     }
 
     /// One forward pass over the planned sequences, then sampling for those past their prompt.
@@ -359,5 +370,25 @@ impl Worker {
                 s.sampler.sample(&host.get(*row)?, &s.generated)
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::step_plan;
+
+    #[test]
+    fn a_prompt_alone_goes_in_whole_and_beside_decoding_in_chunks() {
+        // Nothing decoding: whole prompts, up to the step budget.
+        assert_eq!(step_plan(&[Some(1024)], 512, 4096), vec![(0, 1024)]);
+        assert_eq!(step_plan(&[Some(3000), Some(3000)], 512, 4096), vec![(0, 3000), (1, 1096)]);
+        assert_eq!(step_plan(&[Some(10_000)], 512, 4096), vec![(0, 4096)]);
+        // A sequence decoding: its token first, then prompt chunks of prefill_chunk.
+        assert_eq!(step_plan(&[Some(1024), None], 512, 4096), vec![(1, 1), (0, 512)]);
+        assert_eq!(step_plan(&[None, Some(100), Some(1000)], 512, 4096), vec![(0, 1), (1, 100), (2, 512)]);
+        // Decoders use up the budget: no prompt this step.
+        assert_eq!(step_plan(&[None, None, Some(10)], 4, 2), vec![(0, 1), (1, 1)]);
+        // A budget smaller than a chunk still feeds one token of one prompt.
+        assert_eq!(step_plan(&[Some(10), Some(10)], 4, 0), vec![(0, 1)]);
     }
 }
