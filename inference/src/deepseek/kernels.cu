@@ -1,14 +1,5 @@
+// MoE, MLA and prefill kernels (kernels.rs); the shared helpers are in kernels_common.cuh.
 
-typedef unsigned short bf16_t;
-__device__ __forceinline__ float bf2f(bf16_t v) { return __uint_as_float(((unsigned int)v) << 16); }
-__device__ __forceinline__ bf16_t f2bf(float f) {
-    unsigned int u = __float_as_uint(f);
-    if ((u & 0x7f800000u) == 0x7f800000u) return (bf16_t)((u >> 16) | ((u & 0xffffu) ? 0x40u : 0u));
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (bf16_t)(u >> 16);
-}
-__device__ __forceinline__ float lo(unsigned int w) { return __uint_as_float(w << 16); }
-__device__ __forceinline__ float hi(unsigned int w) { return __uint_as_float(w & 0xffff0000u); }
 __device__ __forceinline__ float dot8(uint4 a, uint4 b) {
     return lo(a.x) * lo(b.x) + hi(a.x) * hi(b.x) + lo(a.y) * lo(b.y) + hi(a.y) * hi(b.y)
          + lo(a.z) * lo(b.z) + hi(a.z) * hi(b.z) + lo(a.w) * lo(b.w) + hi(a.w) * hi(b.w);
@@ -16,10 +7,6 @@ __device__ __forceinline__ float dot8(uint4 a, uint4 b) {
 __device__ __forceinline__ float dot8f(uint4 a, float4 b0, float4 b1) {
     return lo(a.x) * b0.x + hi(a.x) * b0.y + lo(a.y) * b0.z + hi(a.y) * b0.w
          + lo(a.z) * b1.x + hi(a.z) * b1.y + lo(a.w) * b1.z + hi(a.w) * b1.w;
-}
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
 }
 
 // grid (ceil(E / warps), T): router logits, one warp per expert: logits[t][e] = x_t . gate_e (f32 weights).
@@ -110,11 +97,7 @@ extern "C" __global__ void moe_down(const float* act, const float* route, const 
     __shared__ int se[64];
     __shared__ float sw[64];
     __shared__ float part[32];
-    if (threadIdx.x < S && threadIdx.x < 64) {
-        const int k = threadIdx.x;
-        if (k < K) { se[k] = (int)route[(size_t)t * 2 * K + k]; sw[k] = route[(size_t)t * 2 * K + K + k]; }
-        else { se[k] = E + (k - K); sw[k] = 1.f; }
-    }
+    stage_route(route, t, K, S, E, se, sw);
     __syncthreads();
     const int C = I / 8;
     float acc = 0.f;

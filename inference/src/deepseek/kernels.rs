@@ -21,7 +21,8 @@ const MODULE: &str = "kb_deepseek_moe";
 const ROWS: u32 = 8;
 
 /// The kernels' CUDA C, compiled at first use with NVRTC.
-const SRC: &str = include_str!("kernels.cu");
+/// The module with the shared helpers in front (one NVRTC program per module).
+const SRC: &str = concat!(include_str!("kernels_common.cuh"), include_str!("kernels.cu"));
 
 /// KB_DEEPSEEK_NVRTC_OPTIONS (e.g. "-DTBG=4 -DUNR=2") overrides the kernels' tile
 /// constants, for tuning on a new GPU without a rebuild.

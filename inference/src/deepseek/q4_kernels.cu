@@ -1,28 +1,14 @@
 // W4A16 kernels: int4 weights (kb's layout, see quant.rs: codes packed 8 per u32 along the
 // input, column 8c + j in bits 4j..4j + 4; f16 scales and u8 zero points per 128 columns),
-// bf16 activations, f32 accumulation.
+// bf16 activations, f32 accumulation. The shared helpers are in kernels_common.cuh.
 
-typedef unsigned short bf16_t;
 typedef unsigned short f16_t;
 #define Q4_GROUP 128
 
-__device__ __forceinline__ float bf2f(bf16_t v) { return __uint_as_float(((unsigned int)v) << 16); }
-__device__ __forceinline__ bf16_t f2bf(float f) {
-    unsigned int u = __float_as_uint(f);
-    if ((u & 0x7f800000u) == 0x7f800000u) return (bf16_t)((u >> 16) | ((u & 0xffffu) ? 0x40u : 0u));
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (bf16_t)(u >> 16);
-}
 __device__ __forceinline__ float h2f(f16_t h) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
     return f;
-}
-__device__ __forceinline__ float lo(unsigned int w) { return __uint_as_float(w << 16); }
-__device__ __forceinline__ float hi(unsigned int w) { return __uint_as_float(w & 0xffff0000u); }
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
 }
 
 // Code j of a word as a float with no int-to-float conversion: 2^23 + q is 0x4B000000 | q, so
@@ -142,11 +128,7 @@ extern "C" __global__ void moe_down_q4(const float* act, const float* route, con
     __shared__ int se[64];
     __shared__ float sw[64];
     __shared__ float part[32];
-    if (threadIdx.x < S && threadIdx.x < 64) {
-        const int k = threadIdx.x;
-        if (k < K) { se[k] = (int)route[(size_t)t * 2 * K + k]; sw[k] = route[(size_t)t * 2 * K + K + k]; }
-        else { se[k] = E + (k - K); sw[k] = 1.f; }
-    }
+    stage_route(route, t, K, S, E, se, sw);
     __syncthreads();
     const int C = I / 32, NG = I / Q4_GROUP;
     float acc = 0.f;

@@ -15,7 +15,7 @@ use half::{bf16, f16};
 use std::sync::OnceLock;
 
 const MODULE: &str = "kb_deepseek_q4";
-const SRC: &str = include_str!("q4_kernels.cu");
+const SRC: &str = concat!(include_str!("kernels_common.cuh"), include_str!("q4_kernels.cu"));
 /// Warps per block (256 threads).
 const WARPS: u32 = 8;
 /// Most tokens the GEMV and the fused expert kernels take (the GEMV keeps 8 sums per row).
