@@ -249,19 +249,7 @@ fn bench(layers: usize, steps: usize, dev: &Device, dev_name: &str) -> Res<()> {
         result("prefill_kernels_vs_generic", m, dev_name);
         for on in [false, true] {
             kb_inference::deepseek::kernels::set_prefill_kernels(on);
-            let toks = prompt(n, 11);
-            let run = || -> Res<f64> {
-                let mut cache = model.new_cache(n)?;
-                sync(dev)?;
-                let t = Instant::now();
-                let out = model.forward(&[&toks], &mut [&mut cache], LogitsMode::Last)?;
-                let _ = out.logits.expect("logits").argmax(D::Minus1)?.to_vec1::<u32>()?;
-                Ok(t.elapsed().as_secs_f64())
-            };
-            run()?;
-            let mut times: Vec<f64> = (0..5).map(|_| run()).collect::<Res<_>>()?;
-            times.sort_by(f64::total_cmp);
-            let dt = times[2];
+            let dt = prefill_median(&model, &prompt(n, 11), 5, dev)?;
             let kind = if on { "prefill" } else { "prefill_generic" };
             result(
                 kind,
@@ -272,23 +260,12 @@ fn bench(layers: usize, steps: usize, dev: &Device, dev_name: &str) -> Res<()> {
     }
     #[cfg(not(feature = "cuda"))]
     for n in [512usize, 2048] {
-        let toks = prompt(n, 11);
-        let run = || -> Res<f64> {
-            let mut cache = model.new_cache(n)?;
-            sync(dev)?;
-            let t = Instant::now();
-            let out = model.forward(&[&toks], &mut [&mut cache], LogitsMode::Last)?;
-            let _ = out.logits.expect("logits").argmax(D::Minus1)?.to_vec1::<u32>()?;
-            Ok(t.elapsed().as_secs_f64())
-        };
-        run()?;
-        let reps = 3;
-        let mut total = 0.0;
-        for _ in 0..reps {
-            total += run()?;
-        }
-        let dt = total / reps as f64;
-        result("prefill", serde_json::json!({ "prompt_tokens": n, "ms": dt * 1e3, "tok_s": n as f64 / dt }), dev_name);
+        let dt = prefill_median(&model, &prompt(n, 11), 3, dev)?;
+        result(
+            "prefill",
+            serde_json::json!({ "prompt_tokens": n, "ms": dt * 1e3, "tok_s": n as f64 / dt, "median_of": 3 }),
+            dev_name,
+        );
     }
 
     // Greedy decode at batch 1 after a 32-token prompt; the token goes to the host each step.
@@ -317,21 +294,7 @@ fn bench(layers: usize, steps: usize, dev: &Device, dev_name: &str) -> Res<()> {
 
     // The same greedy decode through FixedDecoder: fixed addresses, one CUDA graph per
     // 256-token attention window (captured on the window's first step, which is included).
-    let fixed = |steps: usize, graphs: bool| -> Res<(f64, Vec<u32>)> {
-        let toks = prompt(32, 5);
-        let mut dec = FixedDecoder::new(&model, 32 + steps + 1)?;
-        dec.set_use_graphs(graphs);
-        let logits = dec.prefill(&toks)?;
-        let mut next = logits.argmax(D::Minus1)?.to_vec1::<u32>()?[0];
-        let mut out = vec![next];
-        sync(dev)?;
-        let t = Instant::now();
-        for _ in 0..steps {
-            next = dec.step(next)?.argmax(D::Minus1)?.to_vec1::<u32>()?[0];
-            out.push(next);
-        }
-        Ok((t.elapsed().as_secs_f64() / steps as f64, out))
-    };
+    let fixed = |steps: usize, graphs: bool| fixed_greedy(&model, &prompt(32, 5), steps, graphs, dev);
     fixed(4, true)?;
     let (dt_eager, toks_eager) = fixed(steps, false)?;
     result(
@@ -402,6 +365,40 @@ fn decode_only(layers: usize, steps: usize, dev: &Device, dev_name: &str) -> Res
     let dt = t.elapsed().as_secs_f64() / steps as f64;
     result("decode_only", serde_json::json!({ "steps": steps, "ms_per_step": dt * 1e3 }), dev_name);
     Ok(())
+}
+
+/// Seconds one prefill of `toks` takes (a fresh cache, the last token's logits read back):
+/// the median of `reps` runs after one warm-up.
+fn prefill_median(model: &DeepSeekV2, toks: &[u32], reps: usize, dev: &Device) -> Res<f64> {
+    let run = || -> Res<f64> {
+        let mut cache = model.new_cache(toks.len())?;
+        sync(dev)?;
+        let t = Instant::now();
+        let out = model.forward(&[toks], &mut [&mut cache], LogitsMode::Last)?;
+        let _ = out.logits.ok_or("logits")?.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        Ok(t.elapsed().as_secs_f64())
+    };
+    run()?;
+    let mut times: Vec<f64> = (0..reps.max(1)).map(|_| run()).collect::<Res<_>>()?;
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+/// Greedy decode of `steps` tokens after `prompt` through [`FixedDecoder`] (CUDA graphs when
+/// `graphs`, captured on each window's first step, which is timed): seconds per step and the
+/// tokens (the prefill's first, then one per step).
+fn fixed_greedy(model: &DeepSeekV2, prompt: &[u32], steps: usize, graphs: bool, dev: &Device) -> Res<(f64, Vec<u32>)> {
+    let mut dec = FixedDecoder::new(model, prompt.len() + steps + 1)?;
+    dec.set_use_graphs(graphs);
+    let mut next = dec.prefill(prompt)?.argmax(D::Minus1)?.to_vec1::<u32>()?[0];
+    let mut out = vec![next];
+    sync(dev)?;
+    let t = Instant::now();
+    for _ in 0..steps {
+        next = dec.step(next)?.argmax(D::Minus1)?.to_vec1::<u32>()?[0];
+        out.push(next);
+    }
+    Ok((t.elapsed().as_secs_f64() / steps as f64, out))
 }
 
 /// Random token ids (a small LCG: the same prompts every run).

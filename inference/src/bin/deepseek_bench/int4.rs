@@ -2,10 +2,10 @@
 //! one process: the kernels against dequantised bf16 products, then per model the memory it
 //! holds, its logits, prefill, batch-1 decode and batched decode as the scheduler runs it.
 
-use super::{lite_config, metrics, result, sync, Res};
+use super::{fixed_greedy, lite_config, metrics, prefill_median, result, sync, Res};
 use candle_core::{DType, Device, Tensor, D};
 use kb_inference::deepseek::{
-    BatchDecoder, CachePool, DeepSeekV2, DeepSeekV2Config, FixedDecoder, LogitsMode, Quantize, RandomSource,
+    BatchDecoder, CachePool, DeepSeekV2, DeepSeekV2Config, LogitsMode, Quantize, RandomSource,
 };
 use std::path::Path;
 use std::time::Instant;
@@ -123,39 +123,15 @@ pub fn int4_bench(layers: usize, steps: usize, dev: &Device, dev_name: &str) -> 
         logits.push(out.logits.ok_or("logits")?.to_dtype(DType::F32)?);
         // Prefill, median of 5.
         for n in [512usize, 2048] {
-            let toks = prompt(n, 11);
-            let run = || -> Res<f64> {
-                let mut cache = model.new_cache(n)?;
-                sync(dev)?;
-                let t = Instant::now();
-                let out = model.forward(&[&toks], &mut [&mut cache], LogitsMode::Last)?;
-                let _ = out.logits.ok_or("logits")?.argmax(D::Minus1)?.to_vec1::<u32>()?;
-                Ok(t.elapsed().as_secs_f64())
-            };
-            run()?;
-            let mut times: Vec<f64> = (0..5).map(|_| run()).collect::<Res<_>>()?;
-            times.sort_by(f64::total_cmp);
+            let dt = prefill_median(&model, &prompt(n, 11), 5, dev)?;
             result(
                 "int4_prefill",
-                serde_json::json!({ "weights": name, "prompt_tokens": n, "ms": times[2] * 1e3, "tok_s": n as f64 / times[2], "median_of": 5 }),
+                serde_json::json!({ "weights": name, "prompt_tokens": n, "ms": dt * 1e3, "tok_s": n as f64 / dt, "median_of": 5 }),
                 dev_name,
             );
         }
         // Batch-1 decode through FixedDecoder with CUDA graphs (capture included), twice.
-        let fixed = |steps: usize| -> Res<(f64, Vec<u32>)> {
-            let toks = prompt(32, 5);
-            let mut dec = FixedDecoder::new(&model, 32 + steps + 1)?;
-            let logits = dec.prefill(&toks)?;
-            let mut next = logits.argmax(D::Minus1)?.to_vec1::<u32>()?[0];
-            let mut out = vec![next];
-            sync(dev)?;
-            let t = Instant::now();
-            for _ in 0..steps {
-                next = dec.step(next)?.argmax(D::Minus1)?.to_vec1::<u32>()?[0];
-                out.push(next);
-            }
-            Ok((t.elapsed().as_secs_f64() / steps as f64, out))
-        };
+        let fixed = |steps: usize| fixed_greedy(&model, &prompt(32, 5), steps, true, dev);
         fixed(4)?;
         let (dt1, toks1) = fixed(steps)?;
         let (dt2, _) = fixed(steps)?;
