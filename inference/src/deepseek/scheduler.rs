@@ -105,7 +105,11 @@ impl Scheduler {
             model.dtype(),
             model.device(),
         )?;
-        let decoder = BatchDecoder::new(&model, config.max_sequences.min(64))?;
+        // Its buffers only where the batched decode path runs (CUDA).
+        let decoder = model
+            .batched_decode_supported(1)
+            .then(|| BatchDecoder::new(&model, config.max_sequences.min(64)))
+            .transpose()?;
         let (tx, rx) = mpsc::sync_channel::<Job>(config.max_queued.max(1));
         let queued = Arc::new(AtomicUsize::new(0));
         let handle = Self {
@@ -200,8 +204,8 @@ struct Worker {
     rx: mpsc::Receiver<Job>,
     queued: Arc<AtomicUsize>,
     pool: CachePool,
-    /// Steps where every sequence decodes (CUDA graphs per batch size).
-    decoder: BatchDecoder,
+    /// Steps where every sequence decodes (CUDA graphs per batch size); None off CUDA.
+    decoder: Option<BatchDecoder>,
     waiting: VecDeque<Job>,
     active: Vec<Sequence>,
 }
@@ -305,9 +309,11 @@ impl Worker {
                 self.active.iter_mut().map(|s| Some(&mut s.cache)).collect();
             let mut caches: Vec<&mut LatentCache> =
                 plan.iter().map(|(i, _)| picked[*i].take().expect("each sequence planned once")).collect();
-            if all_decoding && self.model.batched_decode_supported(plan.len()) {
+            let batched =
+                self.decoder.as_mut().filter(|_| all_decoding && self.model.batched_decode_supported(plan.len()));
+            if let Some(decoder) = batched {
                 let tokens: Vec<u32> = plan.iter().map(|(_, t)| t[0]).collect();
-                self.decoder.step(&self.model, &tokens, &mut caches, &self.pool)?
+                decoder.step(&self.model, &tokens, &mut caches, &self.pool)?
             } else {
                 let tokens: Vec<&[u32]> = plan.iter().map(|(_, t)| t.as_slice()).collect();
                 self.model.forward(&tokens, &mut caches, LogitsMode::Last)?.logits.expect("logits were asked for")
