@@ -149,9 +149,12 @@ fn sync(dev: &Device) -> Res<()> {
     Ok(())
 }
 
-/// Bytes read per decode step at batch 1: every weight a token touches (attention, dense
-/// MLP, router, shared + top-k routed experts, final norm, lm_head; one embedding row).
-fn active_bytes(cfg: &DeepSeekV2Config, dtype: DType) -> f64 {
+/// Bytes read per decode step of `batch` sequences at `context` cached tokens each: every weight
+/// the step touches (attention, dense MLP, router, shared experts, the routed experts any token
+/// chose, final norm, lm_head; the embedding rows) and the latent cache rows attention reads.
+/// Routed experts touched: exactly k at batch 1; for a batch, the expectation under uniform
+/// routing, E (1 - (1 - k/E)^batch) (random weights route about uniformly).
+fn step_bytes(cfg: &DeepSeekV2Config, dtype: DType, batch: usize, context: usize) -> f64 {
     let b = dtype.size_in_bytes() as f64;
     let (hd, h) = (cfg.hidden_size as f64, cfg.num_attention_heads as f64);
     let qk = cfg.qk_head_dim() as f64;
@@ -161,37 +164,37 @@ fn active_bytes(cfg: &DeepSeekV2Config, dtype: DType) -> f64 {
         + hd * h * cfg.v_head_dim as f64
         + cfg.kv_lora_rank as f64
         + 2.0 * hd;
+    let (e, k) = (cfg.n_routed_experts as f64, cfg.num_experts_per_tok as f64);
+    let routed = if batch <= 1 { k } else { e * (1.0 - (1.0 - k / e).powi(batch as i32)) };
+    let expert = 3.0 * hd * cfg.moe_intermediate_size as f64;
     let mut params = 0.0;
     let mut router = 0.0;
     for i in 0..cfg.num_hidden_layers {
         params += attn;
         if cfg.is_moe_layer(i) {
-            params +=
-                (cfg.num_experts_per_tok + cfg.n_shared_experts) as f64 * 3.0 * hd * cfg.moe_intermediate_size as f64;
-            router += cfg.n_routed_experts as f64 * hd; // f32
+            params += (routed + cfg.n_shared_experts as f64) * expert;
+            router += e * hd; // f32
         } else {
             params += 3.0 * hd * cfg.intermediate_size as f64;
         }
     }
-    params += hd + hd * cfg.vocab_size as f64; // final norm, lm_head (embed: one row)
-    params * b + router * 4.0
+    params += hd + hd * cfg.vocab_size as f64 + batch as f64 * hd; // final norm, lm_head, embedding rows
+    let cache = (batch * context * cfg.latent_dim() * cfg.num_hidden_layers) as f64;
+    (params + cache) * b + router * 4.0
 }
 
-fn bench(layers: usize, steps: usize, dev: &Device, dev_name: &str) -> Res<()> {
-    let text = lite_config(layers).to_string();
-    let cfg = DeepSeekV2Config::from_json(&text, Path::new("lite-shaped config"))?;
-    let dtype = if dev.is_cuda() { DType::BF16 } else { DType::F32 };
-    dev.set_seed(7)?;
-    let t = Instant::now();
-    let model = DeepSeekV2::from_source(cfg.clone(), &RandomSource::new(0.02, 7), dtype, dev)?;
-    sync(dev)?;
-    eprintln!("random Lite-shaped weights ({layers} layers) made in {:.1}s", t.elapsed().as_secs_f32());
-    let vocab = cfg.vocab_size as u32;
-    let prompt = |n: usize, seed: u32| -> Vec<u32> {
-        (0..n as u32).map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed)) % vocab).collect()
-    };
+/// The weight-read floor of a decode step of `batch` sequences at `context` tokens: its bytes
+/// ([`step_bytes`]) at the measured copy bandwidth.
+fn floor(cfg: &DeepSeekV2Config, dtype: DType, batch: usize, context: usize, bw: f64) -> serde_json::Value {
+    let bytes = step_bytes(cfg, dtype, batch, context);
+    let ms = bytes / bw * 1e3;
+    serde_json::json!({ "bytes_per_step_GB": bytes / 1e9, "copy_bandwidth_GBps": bw / 1e9, "ms_per_step": ms,
+                        "tok_s": batch as f64 * 1e3 / ms, "context": context })
+}
 
-    // Memory bandwidth: copy 4 GiB (read + write).
+/// HBM bandwidth in bytes/s (read + write of a 4 GiB device-to-device copy; a candle copy
+/// elsewhere), and candle's own elementwise copy rate, which undershoots it.
+fn copy_bandwidth(dev: &Device) -> Res<(f64, f64)> {
     let n = 1usize << 31;
     let x = Tensor::zeros(n, DType::BF16, dev)?;
     let _ = x.copy()?;
@@ -203,8 +206,6 @@ fn bench(layers: usize, steps: usize, dev: &Device, dev_name: &str) -> Res<()> {
     sync(dev)?;
     let candle_copy_bw = 5.0 * 2.0 * (n * 2) as f64 / t.elapsed().as_secs_f64();
     drop(x);
-    // candle's copy is an elementwise kernel (2 bytes a thread for bf16) and undershoots the
-    // HBM bandwidth; the floor uses a driver device-to-device copy where there is one.
     let bw = match dev {
         #[cfg(feature = "cuda")]
         Device::Cuda(cuda) => {
@@ -223,7 +224,25 @@ fn bench(layers: usize, steps: usize, dev: &Device, dev_name: &str) -> Res<()> {
         }
         _ => candle_copy_bw,
     };
-    let bytes = active_bytes(&cfg, dtype);
+    Ok((bw, candle_copy_bw))
+}
+
+fn bench(layers: usize, steps: usize, dev: &Device, dev_name: &str) -> Res<()> {
+    let text = lite_config(layers).to_string();
+    let cfg = DeepSeekV2Config::from_json(&text, Path::new("lite-shaped config"))?;
+    let dtype = if dev.is_cuda() { DType::BF16 } else { DType::F32 };
+    dev.set_seed(7)?;
+    let t = Instant::now();
+    let model = DeepSeekV2::from_source(cfg.clone(), &RandomSource::new(0.02, 7), dtype, dev)?;
+    sync(dev)?;
+    eprintln!("random Lite-shaped weights ({layers} layers) made in {:.1}s", t.elapsed().as_secs_f32());
+    let vocab = cfg.vocab_size as u32;
+    let prompt = |n: usize, seed: u32| -> Vec<u32> {
+        (0..n as u32).map(|i| (i.wrapping_mul(2654435761).wrapping_add(seed)) % vocab).collect()
+    };
+
+    let (bw, candle_copy_bw) = copy_bandwidth(dev)?;
+    let bytes = step_bytes(&cfg, dtype, 1, 0);
     let floor_ms = bytes / bw * 1e3;
     result(
         "floor",
@@ -472,7 +491,8 @@ fn serve_bench(layers: usize, batches: &[usize], prompt: usize, new: usize, dev:
     let cfg = DeepSeekV2Config::from_json(&lite_config(layers).to_string(), Path::new("lite-shaped config"))?;
     let vocab = cfg.vocab_size;
     let dtype = if dev.is_cuda() { DType::BF16 } else { DType::F32 };
-    let model = Arc::new(DeepSeekV2::from_source(cfg, &RandomSource::new(0.02, 7), dtype, dev)?);
+    let model = Arc::new(DeepSeekV2::from_source(cfg.clone(), &RandomSource::new(0.02, 7), dtype, dev)?);
+    let (bw, _) = copy_bandwidth(dev)?;
     if model.batched_decode_supported(5) {
         check_batched(&model, dev_name)?;
     }
@@ -529,6 +549,7 @@ fn serve_bench(layers: usize, batches: &[usize], prompt: usize, new: usize, dev:
                 "decode_tok_s": in_window as f64 / window.max(1e-9),
                 "decode_ms_per_step": window * 1e3 / steps.max(1) as f64,
                 "end_to_end_tok_s": (b * new) as f64 / total,
+                "floor": floor(&cfg, dtype, b, prompt + new / 2, bw),
             }),
             dev_name,
         );
@@ -544,7 +565,8 @@ fn decode_batch(layers: usize, batch: usize, prompt: usize, steps: usize, dev: &
     let cfg = DeepSeekV2Config::from_json(&lite_config(layers).to_string(), Path::new("lite-shaped config"))?;
     let vocab = cfg.vocab_size;
     let dtype = if dev.is_cuda() { DType::BF16 } else { DType::F32 };
-    let model = DeepSeekV2::from_source(cfg, &RandomSource::new(0.02, 7), dtype, dev)?;
+    let model = DeepSeekV2::from_source(cfg.clone(), &RandomSource::new(0.02, 7), dtype, dev)?;
+    let (bw, _) = copy_bandwidth(dev)?;
     let c = model.config();
     let mut pool = CachePool::new(
         c.num_hidden_layers,
@@ -606,6 +628,7 @@ fn decode_batch(layers: usize, batch: usize, prompt: usize, steps: usize, dev: &
             "host_enqueue_ms_per_step": enqueue * 1e3 / steps.min(4) as f64,
             "no_sync_ms_per_step": queued * 1e3,
             "graphs": graphs.graphs(), "graph_ms_per_step": graph_wall * 1e3, "graph_tok_s": batch as f64 / graph_wall,
+            "floor": floor(&cfg, dtype, batch, prompt + steps, bw),
         }),
         dev_name,
     );

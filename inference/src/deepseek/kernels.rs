@@ -24,8 +24,8 @@ const ROWS: u32 = 8;
 /// The module with the shared helpers in front (one NVRTC program per module).
 const SRC: &str = concat!(include_str!("kernels_common.cuh"), include_str!("kernels.cu"));
 
-/// KB_DEEPSEEK_NVRTC_OPTIONS (e.g. "-DTBG=4 -DUNR=2") overrides the kernels' tile
-/// constants, for tuning on a new GPU without a rebuild.
+/// KB_DEEPSEEK_NVRTC_OPTIONS (e.g. "-DTBG=4 -DUNR=2", "-DWNC=0") overrides the kernels' tile
+/// constants and load hints, for tuning on a new GPU without a rebuild.
 fn nvrtc_options() -> Vec<String> {
     std::env::var("KB_DEEPSEEK_NVRTC_OPTIONS")
         .map(|o| o.split_whitespace().map(str::to_owned).collect())
@@ -417,6 +417,19 @@ pub fn mla_latent_write(
     Ok(())
 }
 
+/// Heads one attention block takes (`ATT_HEADS` in kernels.cu): each cache row it stages is
+/// read once for all of them.
+const ATT_HEADS: usize = 16;
+
+/// Slices each sequence's rows are split into (flash-decoding): enough blocks to fill the GPU
+/// when the batch is small (batch 1: 16 slices), one slice when the batch fills it alone. A
+/// function of the batch shape only, so a captured CUDA graph keeps its grid; each block finds
+/// its rows from the device-held position at run time.
+fn attn_splits(heads: usize, n: usize) -> usize {
+    const TARGET_BLOCKS: usize = 256;
+    (TARGET_BLOCKS / (heads.div_ceil(ATT_HEADS) * n).max(1)).clamp(1, 32)
+}
+
 /// Attention of every head of every sequence over its pool rows up to its position: q is the
 /// raw (n, heads * (nope + rope)) projection, q_lat (heads, n, 512). Returns (heads, n, 512).
 #[allow(clippy::too_many_arguments)]
@@ -467,11 +480,15 @@ impl CustomOp1 for Attn<'_> {
         let s_s = slice_of!(sg, sl, bf16);
         let m_s = slice_of!(mg, ml, u32);
         let p_s = slice_of!(pg, pl, bf16);
-        // SAFETY: uninitialised device memory, written by the kernels below before it is read.
+        let splits = attn_splits(self.heads, n);
+        // SAFETY: uninitialised device memory, written by the kernels below before it is read
+        // (every (head, sequence, slice) partial by mla_decode_attn, every output by the combine).
+        let part = unsafe { dev.alloc::<f32>(self.heads * n * splits * 514)? };
         let out = unsafe { dev.alloc::<bf16>(self.heads * n * 512)? };
         let f = dev.get_or_load_custom_func("mla_decode_attn", MODULE, ptx()?)?;
+        let groups = self.heads.div_ceil(ATT_HEADS) as u32;
         let cfg =
-            LaunchConfig { grid_dim: (self.heads as u32, n as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+            LaunchConfig { grid_dim: (groups, n as u32, splits as u32), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         let (h, nn, ni) = (self.heads as i32, self.nope as i32, n as i32);
         let mut b = f.builder();
         b.arg(&q_s)
@@ -480,12 +497,20 @@ impl CustomOp1 for Attn<'_> {
             .arg(&s_s)
             .arg(&m_s)
             .arg(&p_s)
-            .arg(&out)
+            .arg(&part)
             .arg(&h)
             .arg(&nn)
             .arg(&self.scale)
             .arg(&ni);
-        // SAFETY: q, q_lat (heads, n, 512), cos, sin, meta, pool and out (heads, n, 512) match mla_decode_attn's (q, q_lat, cos_t, sin_t, meta, pool, out, H, N, scale, n); the grid is heads by n, one block per (head, sequence).
+        // SAFETY: q, q_lat (heads, n, 512), cos, sin, meta, pool and part (heads, n, splits, 514) match mla_decode_attn's (q, q_lat, cos_t, sin_t, meta, pool, part, H, N, scale, n); the grid is (head groups of 16, n, splits).
+        unsafe { b.launch(cfg) }.map_err(launch_err)?;
+        let f = dev.get_or_load_custom_func("mla_decode_combine", MODULE, ptx()?)?;
+        let cfg =
+            LaunchConfig { grid_dim: (self.heads as u32, n as u32, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+        let si = splits as i32;
+        let mut b = f.builder();
+        b.arg(&part).arg(&out).arg(&ni).arg(&si);
+        // SAFETY: part (heads, n, splits, 514) written above and out (heads, n, 512) match mla_decode_combine's (part, out, n, S); the grid is heads by n.
         unsafe { b.launch(cfg) }.map_err(launch_err)?;
         Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((self.heads, n, 512))))
     }
