@@ -59,6 +59,7 @@ fn config(max_sequences: usize, max_queued: usize) -> SchedulerConfig {
         max_queued,
         prefill_chunk: 4,
         max_step_tokens: 8,
+        max_prefill_tokens: 8,
         cache_tokens: 4096,
         ..SchedulerConfig::default()
     }

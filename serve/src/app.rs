@@ -160,6 +160,7 @@ impl App {
                     max_sequences: d.max_sequences,
                     max_queued: d.max_queued,
                     prefill_chunk: d.prefill_chunk,
+                    max_prefill_tokens: d.max_prefill_tokens,
                     cache_tokens: d.cache_tokens,
                     queue_wait: Duration::from_secs(d.queue_wait_secs),
                     ..SchedulerConfig::default()

@@ -328,9 +328,10 @@ settings! {
         max_queued: usize = 256, env "KB_DEEPSEEK_MAX_QUEUED", flag "deepseek-max-queued";
         /// How long a request may wait for a place.
         queue_wait_secs: u64 = 10, env "KB_DEEPSEEK_QUEUE_WAIT_SECS", flag "deepseek-queue-wait-secs";
-        /// Prompt tokens of one sequence prefilled per step while others decode (with none
-        /// decoding a prompt goes in whole, up to 4,096 tokens a step).
+        /// Prompt tokens of one sequence prefilled per step while others decode.
         prefill_chunk: usize = 512, env "KB_DEEPSEEK_PREFILL_CHUNK", flag "deepseek-prefill-chunk";
+        /// Prompt tokens one step prefills while none decode: whole prompts, many at once.
+        max_prefill_tokens: usize = 16_384, env "KB_DEEPSEEK_MAX_PREFILL_TOKENS", flag "deepseek-max-prefill-tokens";
         /// Weights of the experts and dense projections: `none` (bf16 on a GPU) or `int4`
         /// (group-wise W4A16, quantised at load: about a quarter of the memory and of the bytes
         /// a decode step reads). AWQ checkpoints load as int4 either way.
@@ -398,6 +399,7 @@ impl Config {
             ("deepseek.max_sequences", d.max_sequences),
             ("deepseek.cache_tokens", d.cache_tokens),
             ("deepseek.prefill_chunk", d.prefill_chunk),
+            ("deepseek.max_prefill_tokens", d.max_prefill_tokens),
         ];
         for (key, value) in at_least_one {
             if value == 0 {
