@@ -166,14 +166,6 @@ impl Scheduler {
     }
 }
 
-/// The step budgets of [`step_plan`], from [`SchedulerConfig`].
-#[derive(Debug, Clone, Copy)]
-struct Budget {
-    prefill_chunk: usize,
-    max_step_tokens: usize,
-    max_prefill_tokens: usize,
-}
-
 /// What one step feeds, as (sequence, tokens): every decoding sequence (`left[i]` None) its one
 /// token, then the prompts (`left[i]`: prompt tokens still to feed) in order, a chunk each, while
 /// the step's budget lasts (at least one chunk). While any sequence decodes, a chunk is
@@ -181,12 +173,12 @@ struct Budget {
 /// with none decoding there is no one to stall, so prompts go in whole, up to
 /// `max_prefill_tokens`: each extra pass costs every waiting prompt its fixed cost before its
 /// first token, and one pass over many prompts runs the experts' GEMMs fuller.
-fn step_plan(left: &[Option<usize>], b: Budget) -> Vec<(usize, usize)> {
+fn step_plan(left: &[Option<usize>], c: &SchedulerConfig) -> Vec<(usize, usize)> {
     let mut plan: Vec<(usize, usize)> = (0..left.len()).filter(|&i| left[i].is_none()).map(|i| (i, 1)).collect();
     let (chunk, step) = if plan.is_empty() {
-        (b.max_prefill_tokens, b.max_prefill_tokens)
+        (c.max_prefill_tokens, c.max_prefill_tokens)
     } else {
-        (b.prefill_chunk, b.max_step_tokens)
+        (c.prefill_chunk, c.max_step_tokens)
     };
     let chunk = chunk.max(1);
     let mut budget = step.saturating_sub(plan.len());
@@ -306,13 +298,7 @@ impl Worker {
     fn plan(&self) -> Vec<(usize, Vec<u32>)> {
         let left: Vec<Option<usize>> =
             self.active.iter().map(|s| (!s.decoding()).then(|| s.job.request.prompt.len() - s.fed)).collect();
-        let c = &self.config;
-        let budget = Budget {
-            prefill_chunk: c.prefill_chunk,
-            max_step_tokens: c.max_step_tokens,
-            max_prefill_tokens: c.max_prefill_tokens,
-        };
-        step_plan(&left, budget)
+        step_plan(&left, &self.config)
             .into_iter()
             .map(|(i, n)| {
                 let s = &self.active[i];
@@ -405,26 +391,26 @@ impl Worker {
 
 #[cfg(test)]
 mod tests {
-    use super::{step_plan, Budget};
+    use super::{step_plan, SchedulerConfig};
 
-    fn budget(prefill_chunk: usize, max_step_tokens: usize, max_prefill_tokens: usize) -> Budget {
-        Budget { prefill_chunk, max_step_tokens, max_prefill_tokens }
+    fn budget(prefill_chunk: usize, max_step_tokens: usize, max_prefill_tokens: usize) -> SchedulerConfig {
+        SchedulerConfig { prefill_chunk, max_step_tokens, max_prefill_tokens, ..SchedulerConfig::default() }
     }
 
     #[test]
     fn a_prompt_alone_goes_in_whole_and_beside_decoding_in_chunks() {
         let b = budget(512, 4096, 4096);
         // Nothing decoding: whole prompts, up to the prefill budget.
-        assert_eq!(step_plan(&[Some(1024)], b), vec![(0, 1024)]);
-        assert_eq!(step_plan(&[Some(3000), Some(3000)], b), vec![(0, 3000), (1, 1096)]);
-        assert_eq!(step_plan(&[Some(10_000)], b), vec![(0, 4096)]);
+        assert_eq!(step_plan(&[Some(1024)], &b), vec![(0, 1024)]);
+        assert_eq!(step_plan(&[Some(3000), Some(3000)], &b), vec![(0, 3000), (1, 1096)]);
+        assert_eq!(step_plan(&[Some(10_000)], &b), vec![(0, 4096)]);
         // A sequence decoding: its token first, then prompt chunks of prefill_chunk.
-        assert_eq!(step_plan(&[Some(1024), None], b), vec![(1, 1), (0, 512)]);
-        assert_eq!(step_plan(&[None, Some(100), Some(1000)], b), vec![(0, 1), (1, 100), (2, 512)]);
+        assert_eq!(step_plan(&[Some(1024), None], &b), vec![(1, 1), (0, 512)]);
+        assert_eq!(step_plan(&[None, Some(100), Some(1000)], &b), vec![(0, 1), (1, 100), (2, 512)]);
         // Decoders use up the budget: no prompt this step.
-        assert_eq!(step_plan(&[None, None, Some(10)], budget(4, 2, 2)), vec![(0, 1), (1, 1)]);
+        assert_eq!(step_plan(&[None, None, Some(10)], &budget(4, 2, 2)), vec![(0, 1), (1, 1)]);
         // A budget smaller than a chunk still feeds one token of one prompt.
-        assert_eq!(step_plan(&[Some(10), Some(10)], budget(4, 0, 0)), vec![(0, 1)]);
+        assert_eq!(step_plan(&[Some(10), Some(10)], &budget(4, 0, 0)), vec![(0, 1)]);
     }
 
     #[test]
@@ -432,17 +418,15 @@ mod tests {
         let b = budget(512, 4096, 16_384);
         // 32 prompts of 1,024 tokens arrive at once: the first pass takes 16 of them whole.
         let burst = vec![Some(1024); 32];
-        let plan = step_plan(&burst, b);
+        let plan = step_plan(&burst, &b);
         assert_eq!(plan.len(), 16);
         assert!(plan.iter().all(|&(_, n)| n == 1024));
         // Once those decode, the rest share max_step_tokens in chunks: 16 tokens of decoding,
         // then 512-token chunks while 4,080 last.
         let mut left = vec![None; 16];
         left.extend(vec![Some(1024); 16]);
-        let plan = step_plan(&left, b);
-        assert_eq!(
-            plan.iter().filter(|&&(i, _)| i >= 16).map(|&(_, n)| n).collect::<Vec<_>>(),
-            [512; 7].iter().copied().chain([496]).collect::<Vec<_>>()
-        );
+        let plan = step_plan(&left, &b);
+        let chunks: Vec<usize> = plan.iter().filter(|&&(i, _)| i >= 16).map(|&(_, n)| n).collect();
+        assert_eq!(chunks, [512, 512, 512, 512, 512, 512, 512, 496]);
     }
 }
