@@ -5,7 +5,9 @@
 //!   deepseek-bench bench [--layers N] [--steps N] [--cpu]
 //!                                       random Lite-shaped bf16 weights made on the device
 //!   deepseek-bench serve-bench [--batches 1,8,32,64] [--prompt N] [--new N] [--layers N]
+//!                              [--max-prefill 4096,16384]
 //!                                       the continuous-batching scheduler at each concurrency
+//!                                       (and each prefill budget, to compare them in one run)
 //!
 //!   deepseek-bench int4 [--layers N] [--steps N]
 //!                                       int4 (W4A16) against bf16: kernels, memory, logits, speed
@@ -16,6 +18,7 @@
 mod int4;
 
 use candle_core::{DType, Device, Tensor, D};
+use kb_inference::deepseek::scheduler::SchedulerConfig;
 use kb_inference::deepseek::{
     rope, BatchDecoder, CachePool, DeepSeekV2, DeepSeekV2Config, FixedDecoder, LatentCache, LogitsMode, RandomSource,
 };
@@ -436,7 +439,7 @@ fn tokens(n: usize, seed: u64, vocab: usize) -> Vec<u32> {
 fn check_batched(model: &DeepSeekV2, dev_name: &str) -> Res<()> {
     let vocab = model.config().vocab_size;
     let cfg = model.config();
-    let mut pool = CachePool::new(cfg.num_hidden_layers, cfg.latent_dim(), 4096, model.dtype(), model.device())?;
+    let mut pool = CachePool::new(cfg.num_hidden_layers, cfg.latent_dim(), 8192, model.dtype(), model.device())?;
     let lens = [7usize, 33, 100, 257, 600];
     let mut caches: Vec<LatentCache> =
         lens.iter().map(|&n| pool.alloc(n + 4).map(|c| c.expect("room"))).collect::<Result<_, _>>()?;
@@ -468,6 +471,25 @@ fn check_batched(model: &DeepSeekV2, dev_name: &str) -> Res<()> {
         m["graphs"] = graphs.graphs().into();
         result(&format!("batch_decoder_{round}_vs_batched"), m, dev_name);
     }
+    // A batch past the per-token kernels (experts grouped on the device) against each sequence
+    // decoded alone (per-token kernels), so the grouped expert kernels are checked by others.
+    let glens: Vec<usize> = (0..24).map(|i| 9 + (i * 37) % 300).collect();
+    let mut gcaches: Vec<LatentCache> =
+        glens.iter().map(|&n| pool.alloc(n + 4).map(|c| c.expect("room"))).collect::<Result<_, _>>()?;
+    let gnext: Vec<u32> = (0..glens.len()).map(|i| tokens(1, 200 + i as u64, vocab)[0]).collect();
+    for (i, (&n, c)) in glens.iter().zip(gcaches.iter_mut()).enumerate() {
+        model.forward(&[tokens(n, 50 + i as u64, vocab).as_slice()], &mut [c], LogitsMode::None)?;
+    }
+    let mut refs: Vec<&mut LatentCache> = gcaches.iter_mut().collect();
+    let grouped = model.forward_decode(&gnext, &mut refs, &pool)?;
+    let mut alone = Vec::with_capacity(glens.len());
+    for ((c, &n), &t) in gcaches.iter_mut().zip(glens.iter()).zip(gnext.iter()) {
+        c.truncate(n);
+        let l = model.forward(&[[t].as_slice()], &mut [c], LogitsMode::Last)?.logits.expect("logits");
+        alone.push(l.reshape((1, vocab))?);
+    }
+    result("grouped_decode_vs_alone", metrics(&grouped, &Tensor::cat(&alone, 0)?)?, dev_name);
+    drop(gcaches);
     // The single-sequence fused path (FixedDecoder, CUDA graphs) against the same.
     let p = tokens(lens[2], 2, vocab);
     let mut dec = FixedDecoder::new(model, 1024)?;
@@ -484,8 +506,16 @@ fn check_batched(model: &DeepSeekV2, dev_name: &str) -> Res<()> {
 /// The continuous-batching scheduler at each concurrency: `b` requests submitted at once,
 /// `prompt` random tokens in, exactly `new` out (greedy, no end token). Decode rate = tokens
 /// produced after every request has its first token / the time from then to the last token.
-fn serve_bench(layers: usize, batches: &[usize], prompt: usize, new: usize, dev: &Device, dev_name: &str) -> Res<()> {
-    use kb_inference::deepseek::scheduler::{Event, Request, Scheduler, SchedulerConfig};
+fn serve_bench(
+    layers: usize,
+    batches: &[usize],
+    max_prefill: &[usize],
+    prompt: usize,
+    new: usize,
+    dev: &Device,
+    dev_name: &str,
+) -> Res<()> {
+    use kb_inference::deepseek::scheduler::{Event, Request, Scheduler};
     use kb_inference::SamplingParams;
     use std::sync::Arc;
     let cfg = DeepSeekV2Config::from_json(&lite_config(layers).to_string(), Path::new("lite-shaped config"))?;
@@ -501,11 +531,12 @@ fn serve_bench(layers: usize, batches: &[usize], prompt: usize, new: usize, dev:
         params: SamplingParams { max_tokens: max, ..SamplingParams::default() },
         end_tokens: Vec::new(),
     };
-    for &b in batches {
+    for (&b, &max_prefill_tokens) in batches.iter().flat_map(|b| max_prefill.iter().map(move |m| (b, m))) {
         let config = SchedulerConfig {
             max_sequences: b.max(1),
             cache_tokens: b * (prompt + new) + 64,
             queue_wait: std::time::Duration::from_secs(600),
+            max_prefill_tokens,
             ..SchedulerConfig::default()
         };
         let sched = Scheduler::start(model.clone(), config)?;
@@ -544,7 +575,7 @@ fn serve_bench(layers: usize, batches: &[usize], prompt: usize, new: usize, dev:
         result(
             "serve_batch",
             serde_json::json!({
-                "batch": b, "prompt": prompt, "new": new,
+                "batch": b, "prompt": prompt, "new": new, "max_prefill_tokens": max_prefill_tokens,
                 "ttft_p50_s": ttft[ttft.len() / 2], "ttft_max_s": ttft[ttft.len() - 1], "total_s": total,
                 "decode_tok_s": in_window as f64 / window.max(1e-9),
                 "decode_ms_per_step": window * 1e3 / steps.max(1) as f64,
@@ -659,13 +690,17 @@ fn main() -> Res<()> {
             &dev_name,
         ),
         Some("serve-bench") => {
-            let batches: Vec<usize> = args
-                .iter()
-                .position(|a| a == "--batches")
-                .and_then(|i| args.get(i + 1))
-                .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
-                .unwrap_or_else(|| vec![1, 8, 32, 64]);
-            serve_bench(flag("--layers").unwrap_or(27), &batches, flag("--prompt").unwrap_or(1024), flag("--new").unwrap_or(128), &dev, &dev_name)
+            let list = |name: &str, default: Vec<usize>| -> Vec<usize> {
+                args.iter()
+                    .position(|a| a == name)
+                    .and_then(|i| args.get(i + 1))
+                    .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
+                    .unwrap_or(default)
+            };
+            let batches = list("--batches", vec![1, 8, 32, 64]);
+            let prefill = list("--max-prefill", vec![SchedulerConfig::default().max_prefill_tokens]);
+            let (prompt, new) = (flag("--prompt").unwrap_or(1024), flag("--new").unwrap_or(128));
+            serve_bench(flag("--layers").unwrap_or(27), &batches, &prefill, prompt, new, &dev, &dev_name)
         }
         Some("int4") => int4::int4_bench(flag("--layers").unwrap_or(27), flag("--steps").unwrap_or(64), &dev, &dev_name),
         Some("bench") => bench(flag("--layers").unwrap_or(27), flag("--steps").unwrap_or(64), &dev, &dev_name),

@@ -151,37 +151,50 @@ __device__ void latent_write(const bf16_t* kv, const bf16_t* w, const bf16_t* co
 // ---- MoE for a decode batch (9..64 tokens): tokens grouped by expert on the device, so each
 // expert's weights are read once for all of its tokens. ----
 
-// One block: per expert (routed e < E, shared chunk E + j), its slots in token order:
-// offsets[EA + 1], slot_token / slot_weight per slot, and pair_slot[t * S + k] = slot of (t, k).
-// One block: per routed expert, its (token, k) slots in token order: offsets[E + 1], slot_token /
+// One warp: per routed expert, its (token, k) slots in token order: offsets[E + 1], slot_token /
 // slot_weight per slot, and pair_slot[t * K + k] = slot of (t, k). (Shared experts see every
-// token: the caller runs them as dense GEMMs.)
+// token: the caller runs them as dense GEMMs.) Pairs are ranked 32 at a time, lanes that hold the
+// same expert found by __match_any_sync, so no thread walks every pair per expert (a block that
+// did took 22 us a layer at batch 32, H100).
 extern "C" __global__ void moe_group(const float* route, int* offsets, int* slot_token, float* slot_weight,
                                      int* pair_slot, int T, int K, int E) {
-    extern __shared__ int sm[];
-    int* start = sm;            // E
-    int* ids = sm + E;          // T * K expert ids
-    for (int i = threadIdx.x; i < T * K; i += blockDim.x) ids[i] = (int)route[(size_t)(i / K) * 2 * K + (i % K)];
-    __syncthreads();
-    for (int e = threadIdx.x; e < E; e += blockDim.x) {
-        int c = 0;
-        for (int i = 0; i < T * K; i++) c += (ids[i] == e);
-        start[e] = c;
+    extern __shared__ int cnt[];  // E
+    const int lane = threadIdx.x, TK = T * K;
+    for (int e = lane; e < E; e += 32) cnt[e] = 0;
+    __syncwarp();
+    for (int i0 = 0; i0 < TK; i0 += 32) {
+        const int i = i0 + lane;
+        const int e = i < TK ? (int)route[(size_t)(i / K) * 2 * K + (i % K)] : -1;
+        const unsigned m = __match_any_sync(0xffffffffu, e);
+        if (e >= 0 && lane == __ffs(m) - 1) cnt[e] += __popc(m);
+        __syncwarp();
     }
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        int acc = 0;
-        for (int e = 0; e < E; e++) { const int c = start[e]; start[e] = acc; offsets[e] = acc; acc += c; }
-        offsets[E] = acc;
+    // Exclusive prefix over the experts, a run of ceil(E / 32) per lane.
+    const int per = (E + 31) / 32, lo = min(E, lane * per), hi = min(E, lo + per);
+    int sum = 0;
+    for (int e = lo; e < hi; e++) sum += cnt[e];
+    int incl = sum;
+    for (int o = 1; o < 32; o <<= 1) {
+        const int v = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += v;
     }
-    __syncthreads();
-    for (int e = threadIdx.x; e < E; e += blockDim.x) {
-        int o = start[e];
-        for (int i = 0; i < T * K; i++) {
-            if (ids[i] == e) {
-                slot_token[o] = i / K; slot_weight[o] = route[(size_t)(i / K) * 2 * K + K + (i % K)]; pair_slot[i] = o; o++;
-            }
+    int at = incl - sum;
+    for (int e = lo; e < hi; e++) { const int c = cnt[e]; cnt[e] = at; offsets[e] = at; at += c; }
+    if (lane == 31) offsets[E] = incl;
+    __syncwarp();
+    for (int i0 = 0; i0 < TK; i0 += 32) {
+        const int i = i0 + lane;
+        const int e = i < TK ? (int)route[(size_t)(i / K) * 2 * K + (i % K)] : -1;
+        const unsigned m = __match_any_sync(0xffffffffu, e);
+        if (e >= 0) {
+            const int o = cnt[e] + __popc(m & ((1u << lane) - 1u));
+            slot_token[o] = i / K;
+            slot_weight[o] = route[(size_t)(i / K) * 2 * K + K + (i % K)];
+            pair_slot[i] = o;
         }
+        __syncwarp();
+        if (e >= 0 && lane == __ffs(m) - 1) cnt[e] += __popc(m);
+        __syncwarp();
     }
 }
 
@@ -202,116 +215,129 @@ __device__ __forceinline__ uint4 ldw(const uint4* p) {
 #endif
 }
 
-// Tokens per pass of the gate/up kernel: each warp keeps TBG x 4 sums in registers (8 keeps
-// two blocks resident per SM).
-#ifndef TBG
-#define TBG 8
+// ---- The grouped expert products on tensor cores (mma.sync m16n8k16: bf16 in, f32 sums). An
+// expert sees a few tokens of a decode batch, so both are weight streams; the tensor cores take
+// the multiply-adds off the path of the loads (CUDA-core versions, which spent more issue slots on
+// unpacking and FMAs than on loads, ran 10% slower at batch 32 on an H100: 17.75 vs 16.18 ms). The order of a dot product's terms is free, so each lane
+// loads 8 consecutive values of a row (one 16-byte load) as its share of two k16 steps, and the
+// token fragments use the same order. ----
+
+__device__ __forceinline__ void mma16816(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0,
+                                         unsigned b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+// Rows g (lo) and g + 8 (hi) of a 16-row tile against token column g, over 32 values of k.
+__device__ __forceinline__ void mma_k32(float* c, uint4 lo, uint4 hi, uint4 x) {
+    mma16816(c, lo.x, hi.x, lo.y, hi.y, x.x, x.y);
+    mma16816(c, lo.z, hi.z, lo.w, hi.w, x.z, x.w);
+}
+__device__ __forceinline__ unsigned bf16x2(float a, float b) {
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(b), "f"(a));
+    return r;
+}
+// Token tiles of 8 per pass over an expert's weights, and k steps (32 values) loaded ahead.
+#ifndef MNT
+#define MNT 4
 #endif
-// Weight chunks each warp loads ahead (memory-level parallelism for the streamed experts).
-#ifndef UNR
-#define UNR 1
+#ifndef MU
+#define MU 4
 #endif
-constexpr int kUnroll = UNR;
-// grid (ceil(I / (2 * warps)), E): for every slot of expert e, act[slot][j] = silu(gate_e[j] . x_t) * (up_e[j] . x_t).
-// Each warp holds two rows' weight chunks while it walks up to TB of the expert's tokens.
-extern "C" __global__ void __launch_bounds__(256, 2) moe_gate_up_grouped(const bf16_t* x, const int* offsets, const int* slot_token,
-                                               const bf16_t* w, float* act, int H, int I) {
+
+// grid (ceil(I / (8 * warps)), E): act[slot][j] = silu(gate_e[j] . x_t) * (up_e[j] . x_t). A warp
+// takes 8 rows j: tile rows 0-7 are their gate rows, 8-15 their up rows, so a lane ends with both
+// halves of its outputs. Needs H % 32 == 0.
+extern "C" __global__ void moe_gate_up_mma(const bf16_t* x, const int* offsets, const int* slot_token, const bf16_t* w,
+                                           float* act, int H, int I) {
     const int e = blockIdx.y, beg = offsets[e], end = offsets[e + 1];
-    if (beg == end) return;
-    const int lane = threadIdx.x & 31;
-    const int j0 = 2 * (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5));
-    if (j0 >= I) return;
-    const int j1 = j0 + 1 < I ? j0 + 1 : j0;
-    const uint4* g0 = (const uint4*)(w + ((size_t)e * 2 * I + j0) * H);
-    const uint4* u0 = (const uint4*)(w + ((size_t)e * 2 * I + I + j0) * H);
-    const uint4* g1 = (const uint4*)(w + ((size_t)e * 2 * I + j1) * H);
-    const uint4* u1 = (const uint4*)(w + ((size_t)e * 2 * I + I + j1) * H);
-    for (int s0 = beg; s0 < end; s0 += TBG) {
-        const int nb = min(TBG, end - s0);
-        float ag0[TBG], au0[TBG], ag1[TBG], au1[TBG];
-        const uint4* xs[TBG];
+    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    const int j0 = 8 * (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5));
+    if (beg == end || j0 >= I) return;
+    const int j = min(j0 + g, I - 1);
+    const uint4* gr = (const uint4*)(w + ((size_t)e * 2 * I + j) * H) + q;
+    const uint4* ur = (const uint4*)(w + ((size_t)e * 2 * I + I + j) * H) + q;
+    const int steps = H / 32;
+    for (int s0 = beg; s0 < end; s0 += 8 * MNT) {
+        float c[MNT][4];
+        const uint4* xr[MNT];
 #pragma unroll
-        for (int b = 0; b < TBG; b++) {
-            ag0[b] = au0[b] = ag1[b] = au1[b] = 0.f;
-            xs[b] = (const uint4*)(x + (size_t)slot_token[s0 + (b < nb ? b : 0)] * H);
+        for (int n = 0; n < MNT; n++) {
+            c[n][0] = c[n][1] = c[n][2] = c[n][3] = 0.f;
+            xr[n] = (const uint4*)(x + (size_t)slot_token[min(s0 + 8 * n + g, end - 1)] * H) + q;
         }
-#pragma unroll kUnroll
-        for (int c = lane; c < H / 8; c += 32) {
-            const uint4 wg0 = ldw(g0 + c), wu0 = ldw(u0 + c), wg1 = ldw(g1 + c), wu1 = ldw(u1 + c);
+        for (int k = 0; k < steps; k += MU) {
+            const int nu = min(MU, steps - k);
+            uint4 a[MU], b[MU];
 #pragma unroll
-            for (int b = 0; b < TBG; b++) {
-                if (b < nb) {
-                    const uint4 xx = xs[b][c];
-                    ag0[b] += dot8(wg0, xx); au0[b] += dot8(wu0, xx);
-                    ag1[b] += dot8(wg1, xx); au1[b] += dot8(wu1, xx);
+            for (int u = 0; u < MU; u++)
+                if (u < nu) { a[u] = ldw(gr + 4 * (k + u)); b[u] = ldw(ur + 4 * (k + u)); }
+#pragma unroll
+            for (int n = 0; n < MNT; n++)
+                if (s0 + 8 * n < end)
+#pragma unroll
+                    for (int u = 0; u < MU; u++)
+                        if (u < nu) mma_k32(c[n], a[u], b[u], xr[n][4 * (k + u)]);
+        }
+        // c[n] = (gate . x_s, gate . x_s+1, up . x_s, up . x_s+1), s = s0 + 8n + 2q.
+#pragma unroll
+        for (int n = 0; n < MNT; n++)
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const int s = s0 + 8 * n + 2 * q + i;
+                if (s < end && j0 + g < I) {
+                    const float a = c[n][i];
+                    act[(size_t)s * I + j0 + g] = a / (1.f + __expf(-a)) * c[n][2 + i];
                 }
             }
-        }
-#pragma unroll
-        for (int b = 0; b < TBG; b++) {
-            if (b < nb) {
-                const float a = warp_sum(ag0[b]), u = warp_sum(au0[b]);
-                const float a1 = warp_sum(ag1[b]), v1 = warp_sum(au1[b]);
-                if (lane == 0) {
-                    act[(size_t)(s0 + b) * I + j0] = a / (1.f + __expf(-a)) * u;
-                    if (j1 != j0) act[(size_t)(s0 + b) * I + j1] = a1 / (1.f + __expf(-a1)) * v1;
-                }
-            }
-        }
     }
 }
 
-// Rows per warp in the down kernel (the launch's grid assumes 4), and the most activation
-// rows one pass stages.
-#define DR 4
-#ifndef TBD
-#define TBD 8
-#endif
-// grid (ceil(H / (warps * DR)), E), dynamic shared memory tb * I floats: y[slot][r] =
-// down_e[r] . act[slot]. Each pass stages up to tb (<= TBD) of the expert's activation rows in
-// shared memory, read once per block (re-reading them per row from L2 was the bottleneck).
-extern "C" __global__ void __launch_bounds__(256, 2) moe_down_grouped(const float* act, const int* offsets, const bf16_t* w,
-                                                                       float* y, int H, int I, int tb) {
-    extern __shared__ float sa[];
+// grid (ceil(H / (16 * warps)), E): y[slot][r] = down_e[r] . act[slot], a warp taking 16 rows r;
+// the activations are rounded to bf16 as they are loaded. Needs I % 32 == 0.
+extern "C" __global__ void moe_down_mma(const float* act, const int* offsets, const bf16_t* w, float* y, int H, int I) {
     const int e = blockIdx.y, beg = offsets[e], end = offsets[e + 1];
-    if (beg == end) return;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int r0 = (blockIdx.x * (blockDim.x >> 5) + warp) * DR;
-    const uint4* wr[DR];
+    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    const int r0 = 16 * (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5));
+    if (beg == end || r0 >= H) return;
+    const uint4* lo = (const uint4*)(w + ((size_t)e * H + min(r0 + g, H - 1)) * I) + q;
+    const uint4* hi = (const uint4*)(w + ((size_t)e * H + min(r0 + g + 8, H - 1)) * I) + q;
+    const int steps = I / 32;
+    for (int s0 = beg; s0 < end; s0 += 8 * MNT) {
+        float c[MNT][4];
+        const float4* ar[MNT];
 #pragma unroll
-    for (int d = 0; d < DR; d++) wr[d] = (const uint4*)(w + ((size_t)e * H + min(r0 + d, H - 1)) * I);
-    const float4* sa4 = (const float4*)sa;
-    for (int s0 = beg; s0 < end; s0 += tb) {
-        const int nb = min(tb, end - s0);
-        __syncthreads();
-        const float4* src = (const float4*)(act + (size_t)s0 * I);
-        for (int i = threadIdx.x; i < nb * I / 4; i += blockDim.x) ((float4*)sa)[i] = src[i];
-        __syncthreads();
-        float acc[DR][TBD];
-#pragma unroll
-        for (int d = 0; d < DR; d++)
-#pragma unroll
-            for (int b = 0; b < TBD; b++) acc[d][b] = 0.f;
-        for (int c = lane; c < I / 8; c += 32) {
-            uint4 ww[DR];
-#pragma unroll
-            for (int d = 0; d < DR; d++) ww[d] = ldw(wr[d] + c);
-#pragma unroll
-            for (int b = 0; b < TBD; b++) {
-                if (b < nb) {
-                    const float4 a0 = sa4[(b * I) / 4 + 2 * c], a1 = sa4[(b * I) / 4 + 2 * c + 1];
-#pragma unroll
-                    for (int d = 0; d < DR; d++) acc[d][b] += dot8f(ww[d], a0, a1);
-                }
-            }
+        for (int n = 0; n < MNT; n++) {
+            c[n][0] = c[n][1] = c[n][2] = c[n][3] = 0.f;
+            ar[n] = (const float4*)(act + (size_t)min(s0 + 8 * n + g, end - 1) * I) + 2 * q;
         }
+        for (int k = 0; k < steps; k += MU) {
+            const int nu = min(MU, steps - k);
+            uint4 a[MU], b[MU];
 #pragma unroll
-        for (int d = 0; d < DR; d++)
+            for (int u = 0; u < MU; u++)
+                if (u < nu) { a[u] = ldw(lo + 4 * (k + u)); b[u] = ldw(hi + 4 * (k + u)); }
 #pragma unroll
-            for (int b = 0; b < TBD; b++) {
-                if (b < nb) {
-                    const float v = warp_sum(acc[d][b]);
-                    if (lane == 0 && r0 + d < H) y[(size_t)(s0 + b) * H + r0 + d] = v;
+            for (int n = 0; n < MNT; n++)
+                if (s0 + 8 * n < end)
+#pragma unroll
+                    for (int u = 0; u < MU; u++)
+                        if (u < nu) {
+                            const float4 p = ar[n][8 * (k + u)], r = ar[n][8 * (k + u) + 1];
+                            const uint4 xb = make_uint4(bf16x2(p.x, p.y), bf16x2(p.z, p.w), bf16x2(r.x, r.y), bf16x2(r.z, r.w));
+                            mma_k32(c[n], a[u], b[u], xb);
+                        }
+        }
+        // c[n] = rows (r0 + g, r0 + g + 8) x slots (s, s + 1), s = s0 + 8n + 2q.
+#pragma unroll
+        for (int n = 0; n < MNT; n++)
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const int s = s0 + 8 * n + 2 * q + i;
+                if (s < end) {
+                    if (r0 + g < H) y[(size_t)s * H + r0 + g] = c[n][i];
+                    if (r0 + g + 8 < H) y[(size_t)s * H + r0 + g + 8] = c[n][2 + i];
                 }
             }
     }
@@ -341,14 +367,34 @@ extern "C" __global__ void mla_latent_write(const bf16_t* kv, const bf16_t* w, c
     latent_write(kv + (size_t)b * (R + P), w, cos_t, sin_t, pos, pool + ((size_t)base + pos) * (R + P), R, P, eps);
 }
 
-// Split attention (flash-decoding): block (g, b, s) takes heads 16g .. 16g + 15 of sequence b over
-// the s-th of S equal slices of its rows 0 ..= pos, so each cache row is read once for 16 heads
-// (not once per head) and a short batch still fills the GPU. Rows are staged ATT_TILE at a time in
-// shared memory; warp w owns two heads. Each block writes, per head, its running max m, sum l and
-// unnormalised 512-wide output to part[((h * n + b) * S + s) * 514 ..]; mla_decode_combine merges.
-// q (n, H * (N + 64)) raw, q_lat (H, n, 512).
+// Split attention (flash-decoding) on tensor cores: block (g, b, s) takes heads 16g .. 16g + 15
+// of sequence b over the s-th of S slices of its rows 0 ..= pos (slices rounded to ATT_TILE rows),
+// so each cache row is read once for 16 heads and a short batch still fills the GPU. The 16 heads
+// share the latent, so a tile of rows is a (16 x 576) . (576 x rows) product for the scores and a
+// (16 x rows) . (rows x 512) one for the output, both mma.sync m16n8k16 (bf16 in, f32 sums) fed by
+// ldmatrix from shared memory (a CUDA-core version, FMAs and warp shuffles, took 113 instead of
+// 52 us a layer at 32 x 1,024, H100). A tile is MT = 16 rows: warp w computes the scores of rows
+// 8(w & 1) .. over a quarter of the 576 dims (partial sums added in shared memory), all 256
+// threads take the online softmax (one per head and row), then warp w multiplies the tile's
+// probabilities into output dims 64w .. 64w + 63. Each block writes, per head, its running max m,
+// sum l and unnormalised 512-wide output to part[((h * n + b) * S + s) * 514 ..];
+// mla_decode_combine merges. q (n, H * (N + 64)) raw, q_lat (H, n, 512).
 #define ATT_TILE 32
 #define ATT_HEADS 16
+#define MT 16
+#define MS 584  // row stride in shared memory (576 + 8: ldmatrix rows fall in different banks)
+__device__ __forceinline__ unsigned smem_addr(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ void ldsm_x4(unsigned* r, const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldsm_x2(unsigned* r, const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n" : "=r"(r[0]), "=r"(r[1]) : "r"(smem_addr(p)));
+}
+__device__ __forceinline__ void ldsm_x4_t(unsigned* r, const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
+}
 extern "C" __global__ void __launch_bounds__(256) mla_decode_attn(
     const bf16_t* q, const bf16_t* q_lat, const bf16_t* cos_t, const bf16_t* sin_t, const unsigned int* meta,
     const bf16_t* pool, float* part, int H, int N, float scale, int n) {
@@ -358,92 +404,114 @@ extern "C" __global__ void __launch_bounds__(256) mla_decode_attn(
     const int rows = pos + 1;
     const int chunk = ((rows + S - 1) / S + ATT_TILE - 1) / ATT_TILE * ATT_TILE;
     const int lo_row = s * chunk, hi_row = min(rows, lo_row + chunk);
-    __shared__ uint4 tile[ATT_TILE * D16];
-    __shared__ float sc[ATT_HEADS][ATT_TILE];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    // This lane's part of each of its two heads' query: dims lane*8.. and (lane+32)*8.. of the
-    // latent, and rope dims lane*8.. (lanes 0-7), rotated at pos.
-    float qv[2][24];
-    float m[2], l[2], acc[2][16];
-    bool valid[2];
-    for (int k = 0; k < 2; k++) {
-        const int h = blockIdx.x * ATT_HEADS + 2 * warp + k;
-        valid[k] = h < H;
-        m[k] = -1e30f; l[k] = 0.f;
-        for (int i = 0; i < 16; i++) acc[k][i] = 0.f;
-        for (int i = 0; i < 24; i++) qv[k][i] = 0.f;
-        if (!valid[k]) continue;
-        const bf16_t* ql = q_lat + ((size_t)h * n + b) * R;
-        for (int i = 0; i < 8; i++) { qv[k][i] = bf2f(ql[lane * 8 + i]); qv[k][8 + i] = bf2f(ql[(lane + 32) * 8 + i]); }
-        if (lane < 8) {
+    __shared__ __align__(16) bf16_t sq[ATT_HEADS * MS];
+    __shared__ __align__(16) bf16_t skv[MT * MS];
+    __shared__ __align__(16) bf16_t sp[ATT_HEADS * 24];
+    __shared__ float ss[4][ATT_HEADS][MT];
+    __shared__ float sm[ATT_HEADS], sl[ATT_HEADS], scorr[ATT_HEADS];
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, qd = lane & 3;
+    const int h0 = blockIdx.x * ATT_HEADS;
+    // The block's 16 absorbed queries: latent part, then the rope part rotated at pos.
+    for (int i = tid; i < ATT_HEADS * (R / 8); i += blockDim.x) {
+        const int hh = i / (R / 8), c = i % (R / 8), h = h0 + hh;
+        const uint4 v = h < H ? ((const uint4*)(q_lat + ((size_t)h * n + b) * R))[c] : make_uint4(0, 0, 0, 0);
+        *(uint4*)(sq + hh * MS + c * 8) = v;
+    }
+    for (int i = tid; i < ATT_HEADS * (P / 2); i += blockDim.x) {
+        const int hh = i / (P / 2), pr = i % (P / 2), h = h0 + hh;
+        float r0 = 0.f, r1 = 0.f;
+        if (h < H) {
             const bf16_t* qpe = q + (size_t)b * H * (N + P) + (size_t)H * N + h * P;
-            for (int i = 0; i < 4; i++) {
-                const int pr = lane * 4 + i;
-                const float c = bf2f(cos_t[(size_t)pos * (P / 2) + pr]), sn = bf2f(sin_t[(size_t)pos * (P / 2) + pr]);
-                const float x0 = bf2f(qpe[2 * pr]), x1 = bf2f(qpe[2 * pr + 1]);
-                qv[k][16 + 2 * i] = x0 * c - x1 * sn;
-                qv[k][16 + 2 * i + 1] = x0 * sn + x1 * c;
-            }
+            const float c = bf2f(cos_t[(size_t)pos * (P / 2) + pr]), sn = bf2f(sin_t[(size_t)pos * (P / 2) + pr]);
+            const float x0 = bf2f(qpe[2 * pr]), x1 = bf2f(qpe[2 * pr + 1]);
+            r0 = x0 * c - x1 * sn;
+            r1 = x0 * sn + x1 * c;
         }
+        sq[hh * MS + R + 2 * pr] = f2bf(r0);
+        sq[hh * MS + R + 2 * pr + 1] = f2bf(r1);
     }
+    if (tid < ATT_HEADS) { sm[tid] = -1e30f; sl[tid] = 0.f; }
+    __syncthreads();
+    // This warp's score operands: rows nt * 8 .. of a tile, dims kg * 144 .. (9 k16 steps).
+    const int nt = warp & 1, kg = warp >> 1;
+    unsigned qa[9][4];
+#pragma unroll
+    for (int k = 0; k < 9; k++) ldsm_x4(qa[k], sq + (lane & 15) * MS + kg * 144 + k * 16 + (lane >> 4) * 8);
+    float acc[8][4];
+#pragma unroll
+    for (int j = 0; j < 8; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
     const uint4* rows_base = (const uint4*)(pool + ((size_t)base) * D);
-    for (int t = lo_row; t < hi_row; t += ATT_TILE) {
-        const int nr = min(ATT_TILE, hi_row - t);
-        for (int i = threadIdx.x; i < nr * D16; i += blockDim.x) tile[i] = rows_base[(size_t)t * D16 + i];
+    for (int t = lo_row; t < hi_row; t += MT) {
+        const int nr = min(MT, hi_row - t);
+        for (int i = tid; i < MT * D16; i += blockDim.x) {
+            const int r = i / D16, c = i % D16;
+            *(uint4*)(skv + r * MS + c * 8) = r < nr ? rows_base[(size_t)(t + r) * D16 + c] : make_uint4(0, 0, 0, 0);
+        }
         __syncthreads();
-        // Scores of the tile's rows for this warp's two heads.
-#pragma unroll 4
-        for (int r = 0; r < nr; r++) {
-            const uint4 a = tile[r * D16 + lane], c = tile[r * D16 + lane + 32];
-            const uint4 e = lane < 8 ? tile[r * D16 + lane + 64] : make_uint4(0, 0, 0, 0);
-            float s0 = 0.f, s1 = 0.f;
-            const unsigned int av[4] = {a.x, a.y, a.z, a.w}, cv[4] = {c.x, c.y, c.z, c.w}, ev[4] = {e.x, e.y, e.z, e.w};
-            for (int i = 0; i < 4; i++) {
-                s0 += lo(av[i]) * qv[0][2 * i] + hi(av[i]) * qv[0][2 * i + 1] + lo(cv[i]) * qv[0][8 + 2 * i]
-                    + hi(cv[i]) * qv[0][9 + 2 * i] + lo(ev[i]) * qv[0][16 + 2 * i] + hi(ev[i]) * qv[0][17 + 2 * i];
-                s1 += lo(av[i]) * qv[1][2 * i] + hi(av[i]) * qv[1][2 * i + 1] + lo(cv[i]) * qv[1][8 + 2 * i]
-                    + hi(cv[i]) * qv[1][9 + 2 * i] + lo(ev[i]) * qv[1][16 + 2 * i] + hi(ev[i]) * qv[1][17 + 2 * i];
+        {
+            float c4[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+            for (int k = 0; k < 9; k++) {
+                unsigned kb[2];
+                ldsm_x2(kb, skv + (nt * 8 + (lane & 7)) * MS + kg * 144 + k * 16 + ((lane >> 3) & 1) * 8);
+                mma16816(c4, qa[k][0], qa[k][1], qa[k][2], qa[k][3], kb[0], kb[1]);
             }
-            s0 = warp_sum(s0) * scale;
-            s1 = warp_sum(s1) * scale;
-            if (lane == 0) { sc[2 * warp][r] = s0; sc[2 * warp + 1][r] = s1; }
+            ss[kg][g][nt * 8 + 2 * qd] = c4[0];
+            ss[kg][g][nt * 8 + 2 * qd + 1] = c4[1];
+            ss[kg][g + 8][nt * 8 + 2 * qd] = c4[2];
+            ss[kg][g + 8][nt * 8 + 2 * qd + 1] = c4[3];
         }
-        __syncwarp();
-        // Online softmax once per tile: lane r holds row r's score.
-        for (int k = 0; k < 2; k++) {
-            const float x = lane < nr ? sc[2 * warp + k][lane] : -1e30f;
+        __syncthreads();
+        {
+            // One thread per (head, row): lanes 0-15 of a warp are one head, 16-31 the next.
+            const int hh = tid >> 4, r = tid & 15;
+            const float x = r < nr ? (ss[0][hh][r] + ss[1][hh][r] + ss[2][hh][r] + ss[3][hh][r]) * scale : -1e30f;
             float tm = x;
-            for (int o = 16; o > 0; o >>= 1) tm = fmaxf(tm, __shfl_xor_sync(0xffffffffu, tm, o));
-            const float mn = fmaxf(m[k], tm), corr = __expf(m[k] - mn);
-            const float p = lane < nr ? __expf(x - mn) : 0.f;
-            l[k] = l[k] * corr + warp_sum(p);
-            m[k] = mn;
-            for (int i = 0; i < 16; i++) acc[k][i] *= corr;
-            __syncwarp();
-            sc[2 * warp + k][lane] = p;
+            for (int o = 8; o > 0; o >>= 1) tm = fmaxf(tm, __shfl_xor_sync(0xffffffffu, tm, o));
+            const float mo = sm[hh], mn = fmaxf(mo, tm);
+            const float p = r < nr ? __expf(x - mn) : 0.f;
+            float ps = p;
+            for (int o = 8; o > 0; o >>= 1) ps += __shfl_xor_sync(0xffffffffu, ps, o);
+            sp[hh * 24 + r] = f2bf(p);
+            if (r == 0) {
+                const float corr = __expf(mo - mn);
+                sm[hh] = mn;
+                sl[hh] = sl[hh] * corr + ps;
+                scorr[hh] = corr;
+            }
         }
-        __syncwarp();
-        for (int r = 0; r < nr; r++) {
-            const uint4 a = tile[r * D16 + lane], c = tile[r * D16 + lane + 32];
-            const float p0 = sc[2 * warp][r], p1 = sc[2 * warp + 1][r];
-            const unsigned int av[4] = {a.x, a.y, a.z, a.w}, cv[4] = {c.x, c.y, c.z, c.w};
-            for (int i = 0; i < 4; i++) {
-                acc[0][2 * i] += p0 * lo(av[i]); acc[0][2 * i + 1] += p0 * hi(av[i]);
-                acc[0][8 + 2 * i] += p0 * lo(cv[i]); acc[0][9 + 2 * i] += p0 * hi(cv[i]);
-                acc[1][2 * i] += p1 * lo(av[i]); acc[1][2 * i + 1] += p1 * hi(av[i]);
-                acc[1][8 + 2 * i] += p1 * lo(cv[i]); acc[1][9 + 2 * i] += p1 * hi(cv[i]);
+        __syncthreads();
+        {
+            const float c0 = scorr[g], c1 = scorr[g + 8];
+            unsigned pa[4];
+            ldsm_x4(pa, sp + (lane & 15) * 24 + (lane >> 4) * 8);
+#pragma unroll
+            for (int j = 0; j < 8; j += 2) {
+                acc[j][0] *= c0; acc[j][1] *= c0; acc[j][2] *= c1; acc[j][3] *= c1;
+                acc[j + 1][0] *= c0; acc[j + 1][1] *= c0; acc[j + 1][2] *= c1; acc[j + 1][3] *= c1;
+                unsigned vb[4];
+                ldsm_x4_t(vb, skv + (lane & 15) * MS + warp * 64 + j * 8 + (lane >> 4) * 8);
+                mma16816(acc[j], pa[0], pa[1], pa[2], pa[3], vb[0], vb[1]);
+                mma16816(acc[j + 1], pa[0], pa[1], pa[2], pa[3], vb[2], vb[3]);
             }
         }
         __syncthreads();
     }
-    for (int k = 0; k < 2; k++) {
-        if (!valid[k]) continue;
-        const int h = blockIdx.x * ATT_HEADS + 2 * warp + k;
+    // Partials: acc[j] = heads (g, g + 8) x dims 64w + 8j + 2qd, + 1.
+#pragma unroll
+    for (int hk = 0; hk < 2; hk++) {
+        const int hh = g + 8 * hk, h = h0 + hh;
+        if (h >= H) continue;
         float* o = part + (((size_t)h * n + b) * S + s) * (R + 2);
-        if (lane == 0) { o[0] = m[k]; o[1] = l[k]; }
-        for (int i = 0; i < 8; i++) { o[2 + lane * 8 + i] = acc[k][i]; o[2 + (lane + 32) * 8 + i] = acc[k][8 + i]; }
+        if (warp == 0 && qd == 0) { o[0] = sm[hh]; o[1] = sl[hh]; }
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            o[2 + warp * 64 + j * 8 + 2 * qd] = acc[j][2 * hk];
+            o[2 + warp * 64 + j * 8 + 2 * qd + 1] = acc[j][2 * hk + 1];
+        }
     }
 }
+
 
 // grid (H, n), 128 threads: out (H, n, 512) = the S slices' partial outputs of (h, b), merged.
 extern "C" __global__ void mla_decode_combine(const float* part, bf16_t* out, int n, int S) {

@@ -24,7 +24,7 @@ const ROWS: u32 = 8;
 /// The module with the shared helpers in front (one NVRTC program per module).
 const SRC: &str = concat!(include_str!("kernels_common.cuh"), include_str!("kernels.cu"));
 
-/// KB_DEEPSEEK_NVRTC_OPTIONS (e.g. "-DTBG=4 -DUNR=2", "-DWNC=0") overrides the kernels' tile
+/// KB_DEEPSEEK_NVRTC_OPTIONS (e.g. "-DMU=8", "-DWNC=0") overrides the kernels' tile
 /// constants and load hints, for tuning on a new GPU without a rebuild.
 fn nvrtc_options() -> Vec<String> {
     std::env::var("KB_DEEPSEEK_NVRTC_OPTIONS")
@@ -52,6 +52,9 @@ pub fn set_prefill_kernels(on: bool) {
 
 /// 0: not read from the environment yet, 1: off, 2: on.
 static PREFILL_KERNELS: AtomicU8 = AtomicU8::new(0);
+
+/// Warps per block of the tensor-core expert kernels (`moe_gate_up_mma`, `moe_down_mma`).
+const MMA_WARPS: u32 = 4;
 
 fn ptx() -> Result<&'static str> {
     static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
@@ -245,11 +248,8 @@ impl CustomOp1 for Experts<'_> {
                 // SAFETY: uninitialised device memory, written by the kernels below before it is read.
                 let y = unsafe { dev.alloc::<f32>(slots * h)? };
                 let f = dev.get_or_load_custom_func("moe_group", MODULE, ptx()?)?;
-                let cfg = LaunchConfig {
-                    grid_dim: (1, 1, 1),
-                    block_dim: (128, 1, 1),
-                    shared_mem_bytes: ((routed + slots) * 4) as u32,
-                };
+                let cfg =
+                    LaunchConfig { grid_dim: (1, 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: (routed * 4) as u32 };
                 let mut b = f.builder();
                 b.arg(&route)
                     .arg(&offsets)
@@ -259,31 +259,27 @@ impl CustomOp1 for Experts<'_> {
                     .arg(&ti)
                     .arg(&ki)
                     .arg(&ei);
-                // SAFETY: route (t, 2k) and the five slot arrays (routed + 1 offsets, t * k slots each) match moe_group's (route, offsets, slot_token, slot_weight, pair_slot, T, K, E); one block, with routed + slots ints of shared memory.
+                // SAFETY: route (t, 2k) and the five slot arrays (routed + 1 offsets, t * k slots each) match moe_group's (route, offsets, slot_token, slot_weight, pair_slot, T, K, E); one warp, with routed ints of shared memory.
                 unsafe { b.launch(cfg) }.map_err(launch_err)?;
-                let f = dev.get_or_load_custom_func("moe_gate_up_grouped", MODULE, ptx()?)?;
+                let f = dev.get_or_load_custom_func("moe_gate_up_mma", MODULE, ptx()?)?;
                 let cfg = LaunchConfig {
-                    grid_dim: ((inter as u32).div_ceil(2 * ROWS), routed as u32, 1),
-                    block_dim: block,
+                    grid_dim: ((inter as u32).div_ceil(8 * MMA_WARPS), routed as u32, 1),
+                    block_dim: (32 * MMA_WARPS, 1, 1),
                     shared_mem_bytes: 0,
                 };
                 let mut b = f.builder();
                 b.arg(&x).arg(&offsets).arg(&slot_token).arg(&gate_up).arg(&act).arg(&hi).arg(&ii);
-                // SAFETY: x, offsets, slot_token (written by moe_group above, on the same stream), gate_up and act (slots, inter) match moe_gate_up_grouped's (x, offsets, slot_token, w, act, H, I); one grid row per routed expert.
+                // SAFETY: x, offsets, slot_token (written by moe_group above, on the same stream), gate_up and act (slots, inter) match moe_gate_up_mma's (x, offsets, slot_token, w, act, H, I); one grid row per routed expert, 8 rows j a warp; h % 32 == 0 (`supported`).
                 unsafe { b.launch(cfg) }.map_err(launch_err)?;
-                // As many activation rows per pass as fit the default 48 KiB of shared memory
-                // (and the kernel's TBD = 8 accumulators); DR = 4 output rows per warp.
-                let tb = (48 * 1024 / (inter * 4)).clamp(1, 8);
-                let tbi = tb as i32;
-                let f = dev.get_or_load_custom_func("moe_down_grouped", MODULE, ptx()?)?;
+                let f = dev.get_or_load_custom_func("moe_down_mma", MODULE, ptx()?)?;
                 let cfg = LaunchConfig {
-                    grid_dim: ((h as u32).div_ceil(ROWS * 4), routed as u32, 1),
-                    block_dim: block,
-                    shared_mem_bytes: (tb * inter * 4) as u32,
+                    grid_dim: ((h as u32).div_ceil(16 * MMA_WARPS), routed as u32, 1),
+                    block_dim: (32 * MMA_WARPS, 1, 1),
+                    shared_mem_bytes: 0,
                 };
                 let mut b = f.builder();
-                b.arg(&act).arg(&offsets).arg(&down).arg(&y).arg(&hi).arg(&ii).arg(&tbi);
-                // SAFETY: act, offsets, down and y (slots, h) match moe_down_grouped's (act, offsets, w, y, H, I, tb); tb * inter floats of shared memory, at most the default 48 KiB (tb is clamped above).
+                b.arg(&act).arg(&offsets).arg(&down).arg(&y).arg(&hi).arg(&ii);
+                // SAFETY: act, offsets, down and y (slots, h) match moe_down_mma's (act, offsets, w, y, H, I); 16 rows a warp; inter % 32 == 0 (`supported`).
                 unsafe { b.launch(cfg) }.map_err(launch_err)?;
                 let f = dev.get_or_load_custom_func("moe_combine", MODULE, ptx()?)?;
                 let cfg = LaunchConfig {
@@ -305,13 +301,14 @@ pub(super) fn launch_err(e: impl std::error::Error + Send + Sync + 'static) -> c
     candle_core::Error::Cuda(Box::new(e))
 }
 
-/// Whether the fused path can take this block: CUDA, bf16, 16-byte rows.
-/// `slots`: routed top-k plus shared chunks (at most 64).
+/// Whether the fused path can take this block: CUDA, bf16, rows in whole 32-value steps (the
+/// tensor-core kernels' k step; every DeepSeek-V2 shape). `slots`: routed top-k plus shared
+/// chunks (at most 64).
 pub fn supported(x: &Tensor, hidden: usize, inter: usize, n_experts: usize, slots: usize) -> bool {
     x.device().is_cuda()
         && x.dtype() == DType::BF16
-        && hidden % 8 == 0
-        && inter % 8 == 0
+        && hidden % 32 == 0
+        && inter % 32 == 0
         && n_experts <= 4096
         && slots <= 64
 }

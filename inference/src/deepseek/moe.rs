@@ -67,7 +67,8 @@ pub struct Routing {
 }
 
 /// Largest token count sent through the fused CUDA kernels; they re-read each chosen expert
-/// per token, so past a few tokens grouping by expert reads less.
+/// per token, so past a few tokens grouping by expert reads less. (At one token the grouped
+/// path is slower: 5.04 against 4.26 ms a batch-1 step at 1,024 tokens, H100, 2026-12-07.)
 #[cfg(feature = "cuda")]
 const FUSED_MAX_TOKENS: usize = 8;
 
