@@ -373,12 +373,14 @@ extern "C" __global__ void mla_latent_write(const bf16_t* kv, const bf16_t* w, c
 // share the latent, so a tile of rows is a (16 x 576) . (576 x rows) product for the scores and a
 // (16 x rows) . (rows x 512) one for the output, both mma.sync m16n8k16 (bf16 in, f32 sums) fed by
 // ldmatrix from shared memory (a CUDA-core version, FMAs and warp shuffles, took 113 instead of
-// 52 us a layer at 32 x 1,024, H100). A tile is MT = 16 rows: warp w computes the scores of rows
+// 33 us a layer at 32 x 1,024, H100). A tile is MT = 16 rows: warp w computes the scores of rows
 // 8(w & 1) .. over a quarter of the 576 dims (partial sums added in shared memory), all 256
 // threads take the online softmax (one per head and row), then warp w multiplies the tile's
-// probabilities into output dims 64w .. 64w + 63. Each block writes, per head, its running max m,
-// sum l and unnormalised 512-wide output to part[((h * n + b) * S + s) * 514 ..];
-// mla_decode_combine merges. q (n, H * (N + 64)) raw, q_lat (H, n, 512).
+// probabilities into output dims 64w .. 64w + 63. Tiles are double-buffered with cp.async (the
+// next one's copy runs under this one's math; copying each tile only after the last was used
+// left the loads exposed: 52 us a layer at 32 x 1,024 on an H100). Each block writes, per head,
+// its running max m, sum l and unnormalised 512-wide output to part[((h * n + b) * S + s) * 514
+// ..]; mla_decode_combine merges. q (n, H * (N + 64)) raw, q_lat (H, n, 512).
 #define ATT_TILE 32
 #define ATT_HEADS 16
 #define MT 16
@@ -395,22 +397,39 @@ __device__ __forceinline__ void ldsm_x4_t(unsigned* r, const void* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_addr(p)));
 }
+// Copies rows t .. t + MT of a sequence's cache rows (16 bytes a thread at a time, cp.async, one
+// commit group) into a tile; rows past hi_row read as zeros (a zero-byte source fills them), so
+// no stale value meets a zero probability.
+__device__ __forceinline__ void attn_tile_async(bf16_t* dst, const uint4* rows_base, int t, int hi_row) {
+    const int D16 = 576 / 8, nr = min(MT, hi_row - t);
+    for (int i = threadIdx.x; i < MT * D16; i += blockDim.x) {
+        const int r = i / D16, c = i % D16;
+        const uint4* src = rows_base + (size_t)(t + min(r, nr - 1)) * D16 + c;
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
+                     :: "r"(smem_addr(dst + r * MS + c * 8)), "l"(src), "r"(r < nr ? 16 : 0));
+    }
+    asm volatile("cp.async.commit_group;\n" ::);
+}
 extern "C" __global__ void __launch_bounds__(256) mla_decode_attn(
     const bf16_t* q, const bf16_t* q_lat, const bf16_t* cos_t, const bf16_t* sin_t, const unsigned int* meta,
     const bf16_t* pool, float* part, int H, int N, float scale, int n) {
-    const int R = 512, P = 64, D = 576, D16 = D / 8;
+    const int R = 512, P = 64, D = 576;
     const int b = blockIdx.y, s = blockIdx.z, S = gridDim.z;
     const int pos = (int)meta[b], base = (int)meta[n + b];
     const int rows = pos + 1;
     const int chunk = ((rows + S - 1) / S + ATT_TILE - 1) / ATT_TILE * ATT_TILE;
     const int lo_row = s * chunk, hi_row = min(rows, lo_row + chunk);
-    __shared__ __align__(16) bf16_t sq[ATT_HEADS * MS];
-    __shared__ __align__(16) bf16_t skv[MT * MS];
+    // Two tiles of rows, double-buffered: the next tile's copy is in flight while this one is
+    // multiplied. The second one holds the 16 queries first (they then live in registers).
+    __shared__ __align__(16) bf16_t tiles[2][MT * MS];
+    bf16_t* sq = tiles[0];
     __shared__ __align__(16) bf16_t sp[ATT_HEADS * 24];
     __shared__ float ss[4][ATT_HEADS][MT];
     __shared__ float sm[ATT_HEADS], sl[ATT_HEADS], scorr[ATT_HEADS];
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, qd = lane & 3;
     const int h0 = blockIdx.x * ATT_HEADS;
+    const uint4* rows_base = (const uint4*)(pool + ((size_t)base) * D);
+    if (lo_row < hi_row) attn_tile_async(tiles[1], rows_base, lo_row, hi_row);
     // The block's 16 absorbed queries: latent part, then the rope part rotated at pos.
     for (int i = tid; i < ATT_HEADS * (R / 8); i += blockDim.x) {
         const int hh = i / (R / 8), c = i % (R / 8), h = h0 + hh;
@@ -440,12 +459,16 @@ extern "C" __global__ void __launch_bounds__(256) mla_decode_attn(
     float acc[8][4];
 #pragma unroll
     for (int j = 0; j < 8; j++) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
-    const uint4* rows_base = (const uint4*)(pool + ((size_t)base) * D);
-    for (int t = lo_row; t < hi_row; t += MT) {
+    __syncthreads();
+    int cur = 1;
+    for (int t = lo_row; t < hi_row; t += MT, cur ^= 1) {
         const int nr = min(MT, hi_row - t);
-        for (int i = tid; i < MT * D16; i += blockDim.x) {
-            const int r = i / D16, c = i % D16;
-            *(uint4*)(skv + r * MS + c * 8) = r < nr ? rows_base[(size_t)(t + r) * D16 + c] : make_uint4(0, 0, 0, 0);
+        const bf16_t* skv = tiles[cur];
+        if (t + MT < hi_row) {
+            attn_tile_async(tiles[cur ^ 1], rows_base, t + MT, hi_row);
+            asm volatile("cp.async.wait_group 1;\n" ::);
+        } else {
+            asm volatile("cp.async.wait_group 0;\n" ::);
         }
         __syncthreads();
         {
