@@ -505,7 +505,8 @@ fn check_batched(model: &DeepSeekV2, dev_name: &str) -> Res<()> {
 
 /// The continuous-batching scheduler at each concurrency: `b` requests submitted at once,
 /// `prompt` random tokens in, exactly `new` out (greedy, no end token). Decode rate = tokens
-/// produced after every request has its first token / the time from then to the last token.
+/// produced after every request has its first token / the time from then to the last token;
+/// `decode_all_tok_s` the same until the first request finishes (all `b` decoding).
 fn serve_bench(
     layers: usize,
     batches: &[usize],
@@ -572,6 +573,12 @@ fn serve_bench(
         ttft.sort_by(f64::total_cmp);
         let total = last.duration_since(t0).as_secs_f64();
         let steps = all.iter().map(|t| t.iter().filter(|&&x| x > first_all).count()).max().unwrap_or(0);
+        // The same between the last first token and the first last token: every request decoding,
+        // the batch at its full size (the window above also holds the tail, when the requests
+        // that got their first tokens earliest have finished and fewer decode).
+        let first_done = all.iter().map(|t| *t.last().expect("tokens")).min().ok_or("no requests")?;
+        let full: usize = all.iter().map(|t| t.iter().filter(|&&x| x > first_all && x <= first_done).count()).sum();
+        let full_window = first_done.saturating_duration_since(first_all).as_secs_f64();
         result(
             "serve_batch",
             serde_json::json!({
@@ -579,6 +586,7 @@ fn serve_bench(
                 "ttft_p50_s": ttft[ttft.len() / 2], "ttft_max_s": ttft[ttft.len() - 1], "total_s": total,
                 "decode_tok_s": in_window as f64 / window.max(1e-9),
                 "decode_ms_per_step": window * 1e3 / steps.max(1) as f64,
+                "decode_all_tok_s": full as f64 / full_window.max(1e-9),
                 "end_to_end_tok_s": (b * new) as f64 / total,
                 "floor": floor(&cfg, dtype, b, prompt + new / 2, bw),
             }),
