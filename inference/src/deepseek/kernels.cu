@@ -420,7 +420,8 @@ extern "C" __global__ void __launch_bounds__(256) mla_decode_attn(
     const int chunk = ((rows + S - 1) / S + ATT_TILE - 1) / ATT_TILE * ATT_TILE;
     const int lo_row = s * chunk, hi_row = min(rows, lo_row + chunk);
     // Two tiles of rows, double-buffered: the next tile's copy is in flight while this one is
-    // multiplied. The second one holds the 16 queries first (they then live in registers).
+    // multiplied. tiles[0] holds the 16 queries first (they then live in registers), while the
+    // first tile of rows goes to tiles[1].
     __shared__ __align__(16) bf16_t tiles[2][MT * MS];
     bf16_t* sq = tiles[0];
     __shared__ __align__(16) bf16_t sp[ATT_HEADS * 24];
