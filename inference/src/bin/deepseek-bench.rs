@@ -436,17 +436,24 @@ fn tokens(n: usize, seed: u64, vocab: usize) -> Vec<u32> {
 
 /// The batched decode step (pool + fused batch kernels) against the generic forward pass on
 /// the same caches: 5 sequences of different lengths, one decode token each.
+/// One pool cache per length, each prefilled with `n` random tokens (seed `seed + i`), with room
+/// for a few more.
+fn prefilled(model: &DeepSeekV2, pool: &mut CachePool, lens: &[usize], seed: u64) -> Res<Vec<LatentCache>> {
+    let vocab = model.config().vocab_size;
+    let mut caches: Vec<LatentCache> =
+        lens.iter().map(|&n| pool.alloc(n + 4).map(|c| c.expect("room"))).collect::<Result<_, _>>()?;
+    for (i, (&n, c)) in lens.iter().zip(caches.iter_mut()).enumerate() {
+        model.forward(&[tokens(n, seed + i as u64, vocab).as_slice()], &mut [c], LogitsMode::None)?;
+    }
+    Ok(caches)
+}
+
 fn check_batched(model: &DeepSeekV2, dev_name: &str) -> Res<()> {
     let vocab = model.config().vocab_size;
     let cfg = model.config();
     let mut pool = CachePool::new(cfg.num_hidden_layers, cfg.latent_dim(), 8192, model.dtype(), model.device())?;
     let lens = [7usize, 33, 100, 257, 600];
-    let mut caches: Vec<LatentCache> =
-        lens.iter().map(|&n| pool.alloc(n + 4).map(|c| c.expect("room"))).collect::<Result<_, _>>()?;
-    for (i, (&n, c)) in lens.iter().zip(caches.iter_mut()).enumerate() {
-        let p = tokens(n, i as u64, vocab);
-        model.forward(&[p.as_slice()], &mut [c], LogitsMode::None)?;
-    }
+    let mut caches = prefilled(model, &mut pool, &lens, 0)?;
     let next: Vec<u32> = (0..lens.len()).map(|i| tokens(1, 100 + i as u64, vocab)[0]).collect();
     let mut refs: Vec<&mut LatentCache> = caches.iter_mut().collect();
     let batched = model.forward_decode(&next, &mut refs, &pool)?;
@@ -474,12 +481,8 @@ fn check_batched(model: &DeepSeekV2, dev_name: &str) -> Res<()> {
     // A batch past the per-token kernels (experts grouped on the device) against each sequence
     // decoded alone (per-token kernels), so the grouped expert kernels are checked by others.
     let glens: Vec<usize> = (0..24).map(|i| 9 + (i * 37) % 300).collect();
-    let mut gcaches: Vec<LatentCache> =
-        glens.iter().map(|&n| pool.alloc(n + 4).map(|c| c.expect("room"))).collect::<Result<_, _>>()?;
+    let mut gcaches = prefilled(model, &mut pool, &glens, 50)?;
     let gnext: Vec<u32> = (0..glens.len()).map(|i| tokens(1, 200 + i as u64, vocab)[0]).collect();
-    for (i, (&n, c)) in glens.iter().zip(gcaches.iter_mut()).enumerate() {
-        model.forward(&[tokens(n, 50 + i as u64, vocab).as_slice()], &mut [c], LogitsMode::None)?;
-    }
     let mut refs: Vec<&mut LatentCache> = gcaches.iter_mut().collect();
     let grouped = model.forward_decode(&gnext, &mut refs, &pool)?;
     let mut alone = Vec::with_capacity(glens.len());

@@ -218,9 +218,9 @@ __device__ __forceinline__ uint4 ldw(const uint4* p) {
 // ---- The grouped expert products on tensor cores (mma.sync m16n8k16: bf16 in, f32 sums). An
 // expert sees a few tokens of a decode batch, so both are weight streams; the tensor cores take
 // the multiply-adds off the path of the loads (CUDA-core versions, which spent more issue slots on
-// unpacking and FMAs than on loads, ran 10% slower at batch 32 on an H100: 17.75 vs 16.18 ms). The order of a dot product's terms is free, so each lane
-// loads 8 consecutive values of a row (one 16-byte load) as its share of two k16 steps, and the
-// token fragments use the same order. ----
+// unpacking and FMAs than on loads, took 17.75 instead of 16.18 ms a step at batch 32, H100).
+// The order of a dot product's terms is free, so each lane loads 8 consecutive values of a row
+// (one 16-byte load) as its share of two k16 steps, and the token fragments use the same order. ----
 
 __device__ __forceinline__ void mma16816(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0,
                                          unsigned b1) {
@@ -535,7 +535,6 @@ extern "C" __global__ void __launch_bounds__(256) mla_decode_attn(
         }
     }
 }
-
 
 // grid (H, n), 128 threads: out (H, n, 512) = the S slices' partial outputs of (h, b), merged.
 extern "C" __global__ void mla_decode_combine(const float* part, bf16_t* out, int n, int S) {
