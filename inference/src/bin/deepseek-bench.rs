@@ -5,9 +5,10 @@
 //!   deepseek-bench bench [--layers N] [--steps N] [--cpu]
 //!                                       random Lite-shaped bf16 weights made on the device
 //!   deepseek-bench serve-bench [--batches 1,8,32,64] [--prompt N] [--new N] [--layers N]
-//!                              [--max-prefill 4096,16384]
+//!                              [--max-prefill 4096,16384] [--prefill-chunk 512,4096] [--chain 1,0]
 //!                                       the continuous-batching scheduler at each concurrency
-//!                                       (and each prefill budget, to compare them in one run)
+//!                                       (and each prefill budget, prompt chunk, chained greedy
+//!                                       steps on or off, to compare them in one run)
 //!
 //!   deepseek-bench int4 [--layers N] [--steps N]
 //!                                       int4 (W4A16) against bf16: kernels, memory, logits, speed
@@ -20,7 +21,8 @@ mod int4;
 use candle_core::{DType, Device, Tensor, D};
 use kb_inference::deepseek::scheduler::SchedulerConfig;
 use kb_inference::deepseek::{
-    rope, BatchDecoder, CachePool, DeepSeekV2, DeepSeekV2Config, FixedDecoder, LatentCache, LogitsMode, RandomSource,
+    rope, BatchDecoder, CachePool, DeepSeekV2, DeepSeekV2Config, FixedDecoder, LatentCache, LogitsMode, Quantize,
+    RandomSource,
 };
 use std::path::Path;
 use std::time::Instant;
@@ -157,42 +159,56 @@ fn sync(dev: &Device) -> Res<()> {
 /// chose, final norm, lm_head; the embedding rows) and the latent cache rows attention reads.
 /// Routed experts touched: exactly k at batch 1; for a batch, the expectation under uniform
 /// routing, E (1 - (1 - k/E)^batch) (random weights route about uniformly).
-fn step_bytes(cfg: &DeepSeekV2Config, dtype: DType, batch: usize, context: usize) -> f64 {
+///
+/// With int4 weights the projections kb quantises (q,
+/// kv_a, o, the dense MLP, the experts) count 4 bits a weight plus a 2-byte scale and a 1-byte
+/// zero point per 128; the rest stays `dtype`.
+fn step_bytes(cfg: &DeepSeekV2Config, dtype: DType, quant: Quantize, batch: usize, context: usize) -> f64 {
     let b = dtype.size_in_bytes() as f64;
+    let q = match quant {
+        Quantize::Int4 => 0.5 + 3.0 / 128.0,
+        Quantize::None => b,
+    };
     let (hd, h) = (cfg.hidden_size as f64, cfg.num_attention_heads as f64);
     let qk = cfg.qk_head_dim() as f64;
-    let attn = h * qk * hd
-        + (cfg.latent_dim() as f64) * hd
-        + h * (cfg.qk_nope_head_dim + cfg.v_head_dim) as f64 * cfg.kv_lora_rank as f64
-        + hd * h * cfg.v_head_dim as f64
+    // q, kv_a and o (quantisable), then kv_b and the two norms (kept in dtype).
+    let attn_q = h * qk * hd + (cfg.latent_dim() as f64) * hd + hd * h * cfg.v_head_dim as f64;
+    let attn_b = h * (cfg.qk_nope_head_dim + cfg.v_head_dim) as f64 * cfg.kv_lora_rank as f64
         + cfg.kv_lora_rank as f64
         + 2.0 * hd;
     let (e, k) = (cfg.n_routed_experts as f64, cfg.num_experts_per_tok as f64);
     let routed = if batch <= 1 { k } else { e * (1.0 - (1.0 - k / e).powi(batch as i32)) };
     let expert = 3.0 * hd * cfg.moe_intermediate_size as f64;
-    let mut params = 0.0;
-    let mut router = 0.0;
+    let (mut quantised, mut dense, mut router) = (0.0, 0.0, 0.0);
     for i in 0..cfg.num_hidden_layers {
-        params += attn;
+        quantised += attn_q;
+        dense += attn_b;
         if cfg.is_moe_layer(i) {
-            params += (routed + cfg.n_shared_experts as f64) * expert;
+            quantised += (routed + cfg.n_shared_experts as f64) * expert;
             router += e * hd; // f32
         } else {
-            params += 3.0 * hd * cfg.intermediate_size as f64;
+            quantised += 3.0 * hd * cfg.intermediate_size as f64;
         }
     }
-    params += hd + hd * cfg.vocab_size as f64 + batch as f64 * hd; // final norm, lm_head, embedding rows
+    dense += hd + hd * cfg.vocab_size as f64 + batch as f64 * hd; // final norm, lm_head, embedding rows
     let cache = (batch * context * cfg.latent_dim() * cfg.num_hidden_layers) as f64;
-    (params + cache) * b + router * 4.0
+    quantised * q + (dense + cache) * b + router * 4.0
+}
+
+/// `KB_DEEPSEEK_QUANTIZE` (as `kb serve` reads it): `int4` loads the models of `serve-bench` and
+/// `decode-batch` quantised, and their floors count int4 bytes.
+fn bench_quantize() -> Quantize {
+    std::env::var("KB_DEEPSEEK_QUANTIZE").ok().and_then(|v| v.parse().ok()).unwrap_or_default()
 }
 
 /// The weight-read floor of a decode step of `batch` sequences at `context` tokens: its bytes
-/// ([`step_bytes`]) at the measured copy bandwidth.
+/// ([`step_bytes`], the weights as [`bench_quantize`] loads them) at the measured copy bandwidth.
 fn floor(cfg: &DeepSeekV2Config, dtype: DType, batch: usize, context: usize, bw: f64) -> serde_json::Value {
-    let bytes = step_bytes(cfg, dtype, batch, context);
+    let quant = bench_quantize();
+    let bytes = step_bytes(cfg, dtype, quant, batch, context);
     let ms = bytes / bw * 1e3;
     serde_json::json!({ "bytes_per_step_GB": bytes / 1e9, "copy_bandwidth_GBps": bw / 1e9, "ms_per_step": ms,
-                        "tok_s": batch as f64 * 1e3 / ms, "context": context })
+                        "tok_s": batch as f64 * 1e3 / ms, "context": context, "weights": format!("{quant:?}") })
 }
 
 /// HBM bandwidth in bytes/s (read + write of a 4 GiB device-to-device copy; a candle copy
@@ -245,7 +261,7 @@ fn bench(layers: usize, steps: usize, dev: &Device, dev_name: &str) -> Res<()> {
     };
 
     let (bw, candle_copy_bw) = copy_bandwidth(dev)?;
-    let bytes = step_bytes(&cfg, dtype, 1, 0);
+    let bytes = step_bytes(&cfg, dtype, Quantize::None, 1, 0);
     let floor_ms = bytes / bw * 1e3;
     result(
         "floor",
@@ -434,20 +450,21 @@ fn tokens(n: usize, seed: u64, vocab: usize) -> Vec<u32> {
         .collect()
 }
 
-/// The batched decode step (pool + fused batch kernels) against the generic forward pass on
-/// the same caches: 5 sequences of different lengths, one decode token each.
-/// One pool cache per length, each prefilled with `n` random tokens (seed `seed + i`), with room
-/// for a few more.
+/// One pool cache per length, each prefilled with `n` random tokens (seed `seed + i`), with 8
+/// rows to spare for decode steps.
 fn prefilled(model: &DeepSeekV2, pool: &mut CachePool, lens: &[usize], seed: u64) -> Res<Vec<LatentCache>> {
     let vocab = model.config().vocab_size;
     let mut caches: Vec<LatentCache> =
-        lens.iter().map(|&n| pool.alloc(n + 4).map(|c| c.expect("room"))).collect::<Result<_, _>>()?;
+        lens.iter().map(|&n| pool.alloc(n + 8).map(|c| c.expect("room"))).collect::<Result<_, _>>()?;
     for (i, (&n, c)) in lens.iter().zip(caches.iter_mut()).enumerate() {
         model.forward(&[tokens(n, seed + i as u64, vocab).as_slice()], &mut [c], LogitsMode::None)?;
     }
     Ok(caches)
 }
 
+/// The batched decode step (pool + fused batch kernels) against the generic forward pass on
+/// the same caches: 5 sequences of different lengths, one decode token each; then the same
+/// step through `BatchDecoder`, and a 24-sequence grouped step against each sequence alone.
 fn check_batched(model: &DeepSeekV2, dev_name: &str) -> Res<()> {
     let vocab = model.config().vocab_size;
     let cfg = model.config();
@@ -478,6 +495,37 @@ fn check_batched(model: &DeepSeekV2, dev_name: &str) -> Res<()> {
         m["graphs"] = graphs.graphs().into();
         result(&format!("batch_decoder_{round}_vs_batched"), m, dev_name);
     }
+    // Greedy steps chained on the device (each step's argmax fed to the next there) against the
+    // same steps taken one at a time with the argmax read back: the same tokens.
+    let mut stepped = Vec::new();
+    let mut chained = Vec::new();
+    for chain in [false, true] {
+        for (c, &n) in caches.iter_mut().zip(lens.iter()) {
+            c.truncate(n);
+        }
+        let mut refs: Vec<&mut LatentCache> = caches.iter_mut().collect();
+        let mut dec = BatchDecoder::new(model, 8)?;
+        if chain {
+            dec.chain_start(model, &next, &mut refs, &pool)?;
+            for _ in 1..6 {
+                dec.chain_step(model, &mut refs, &pool)?;
+                chained.push(dec.chain_tokens()?.ok_or("a chained step in flight")?);
+            }
+            chained.push(dec.chain_tokens()?.ok_or("a chained step in flight")?);
+        } else {
+            let mut cur = next.clone();
+            for _ in 0..6 {
+                cur = dec.step(model, &cur, &mut refs, &pool)?.argmax(D::Minus1)?.to_vec1::<u32>()?;
+                stepped.push(cur.clone());
+            }
+        }
+    }
+    let same = stepped.iter().flatten().zip(chained.iter().flatten()).filter(|(a, b)| a == b).count();
+    result(
+        "chained_greedy_vs_stepped",
+        serde_json::json!({ "same_tokens": same, "of": stepped.iter().flatten().count(), "steps": 6, "sequences": lens.len() }),
+        dev_name,
+    );
     // A batch past the per-token kernels (experts grouped on the device) against each sequence
     // decoded alone (per-token kernels), so the grouped expert kernels are checked by others.
     let glens: Vec<usize> = (0..24).map(|i| 9 + (i * 37) % 300).collect();
@@ -510,10 +558,13 @@ fn check_batched(model: &DeepSeekV2, dev_name: &str) -> Res<()> {
 /// `prompt` random tokens in, exactly `new` out (greedy, no end token). Decode rate = tokens
 /// produced after every request has its first token / the time from then to the last token;
 /// `decode_all_tok_s` the same until the first request finishes (all `b` decoding).
+#[allow(clippy::too_many_arguments)]
 fn serve_bench(
     layers: usize,
     batches: &[usize],
     max_prefill: &[usize],
+    chunks: &[usize],
+    chain: &[usize],
     prompt: usize,
     new: usize,
     dev: &Device,
@@ -525,7 +576,8 @@ fn serve_bench(
     let cfg = DeepSeekV2Config::from_json(&lite_config(layers).to_string(), Path::new("lite-shaped config"))?;
     let vocab = cfg.vocab_size;
     let dtype = if dev.is_cuda() { DType::BF16 } else { DType::F32 };
-    let model = Arc::new(DeepSeekV2::from_source(cfg.clone(), &RandomSource::new(0.02, 7), dtype, dev)?);
+    let src = RandomSource::new(0.02, 7);
+    let model = Arc::new(DeepSeekV2::from_source_quantized(cfg.clone(), &src, dtype, dev, bench_quantize())?);
     let (bw, _) = copy_bandwidth(dev)?;
     if model.batched_decode_supported(5) {
         check_batched(&model, dev_name)?;
@@ -535,8 +587,13 @@ fn serve_bench(
         params: SamplingParams { max_tokens: max, ..SamplingParams::default() },
         end_tokens: Vec::new(),
     };
-    for (&b, &max_prefill_tokens) in batches.iter().flat_map(|b| max_prefill.iter().map(move |m| (b, m))) {
+    let runs = batches.iter().flat_map(|b| {
+        max_prefill.iter().flat_map(move |m| chunks.iter().flat_map(move |k| chain.iter().map(move |c| (b, m, k, c))))
+    });
+    for (&b, &max_prefill_tokens, &prefill_chunk, &chain) in runs {
         let config = SchedulerConfig {
+            chain_steps: chain != 0,
+            prefill_chunk,
             max_sequences: b.max(1),
             cache_tokens: b * (prompt + new) + 64,
             queue_wait: std::time::Duration::from_secs(600),
@@ -586,6 +643,7 @@ fn serve_bench(
             "serve_batch",
             serde_json::json!({
                 "batch": b, "prompt": prompt, "new": new, "max_prefill_tokens": max_prefill_tokens,
+                "chain_steps": chain != 0, "prefill_chunk": prefill_chunk, "weights": format!("{:?}", bench_quantize()),
                 "ttft_p50_s": ttft[ttft.len() / 2], "ttft_max_s": ttft[ttft.len() - 1], "total_s": total,
                 "decode_tok_s": in_window as f64 / window.max(1e-9),
                 "decode_ms_per_step": window * 1e3 / steps.max(1) as f64,
@@ -607,7 +665,8 @@ fn decode_batch(layers: usize, batch: usize, prompt: usize, steps: usize, dev: &
     let cfg = DeepSeekV2Config::from_json(&lite_config(layers).to_string(), Path::new("lite-shaped config"))?;
     let vocab = cfg.vocab_size;
     let dtype = if dev.is_cuda() { DType::BF16 } else { DType::F32 };
-    let model = DeepSeekV2::from_source(cfg.clone(), &RandomSource::new(0.02, 7), dtype, dev)?;
+    let model =
+        DeepSeekV2::from_source_quantized(cfg.clone(), &RandomSource::new(0.02, 7), dtype, dev, bench_quantize())?;
     let (bw, _) = copy_bandwidth(dev)?;
     let c = model.config();
     let mut pool = CachePool::new(
@@ -710,8 +769,10 @@ fn main() -> Res<()> {
             };
             let batches = list("--batches", vec![1, 8, 32, 64]);
             let prefill = list("--max-prefill", vec![SchedulerConfig::default().max_prefill_tokens]);
+            let chunks = list("--prefill-chunk", vec![SchedulerConfig::default().prefill_chunk]);
+            let chain = list("--chain", vec![1]);
             let (prompt, new) = (flag("--prompt").unwrap_or(1024), flag("--new").unwrap_or(128));
-            serve_bench(flag("--layers").unwrap_or(27), &batches, &prefill, prompt, new, &dev, &dev_name)
+            serve_bench(flag("--layers").unwrap_or(27), &batches, &prefill, &chunks, &chain, prompt, new, &dev, &dev_name)
         }
         Some("int4") => int4::int4_bench(flag("--layers").unwrap_or(27), flag("--steps").unwrap_or(64), &dev, &dev_name),
         Some("bench") => bench(flag("--layers").unwrap_or(27), flag("--steps").unwrap_or(64), &dev, &dev_name),

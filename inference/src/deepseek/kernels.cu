@@ -151,26 +151,33 @@ __device__ void latent_write(const bf16_t* kv, const bf16_t* w, const bf16_t* co
 // ---- MoE for a decode batch (9..64 tokens): tokens grouped by expert on the device, so each
 // expert's weights are read once for all of its tokens. ----
 
-// One warp: per routed expert, its (token, k) slots in token order: offsets[E + 1], slot_token /
-// slot_weight per slot, and pair_slot[t * K + k] = slot of (t, k). (Shared experts see every
-// token: the caller runs them as dense GEMMs.) Pairs are ranked 32 at a time, lanes that hold the
-// same expert found by __match_any_sync, so no thread walks every pair per expert (a block that
-// did took 22 us a layer at batch 32, H100).
+// The expert of pair i = t * KS + k: routed expert route[t][k] for k < K, else shared chunk E + k - K.
+__device__ __forceinline__ int slot_expert(const float* route, int i, int K, int KS, int E) {
+    const int t = i / KS, k = i % KS;
+    return k < K ? (int)route[(size_t)t * 2 * K + k] : E + (k - K);
+}
+
+// One warp: per expert, its (token, k) slots in token order: offsets[E + S + 1], slot_token /
+// slot_weight per slot, and pair_slot[t * (K + S) + k] = slot of (t, k). Slot k < K of a token is
+// its k-th routed expert; k >= K is shared chunk E + (k - K), weight 1, which sees every token (S = 0
+// when the caller runs the shared experts as dense GEMMs). Pairs are ranked 32 at a time, lanes
+// that hold the same expert found by __match_any_sync, so no thread walks every pair per expert
+// (a block that did took 22 us a layer at batch 32, H100).
 extern "C" __global__ void moe_group(const float* route, int* offsets, int* slot_token, float* slot_weight,
-                                     int* pair_slot, int T, int K, int E) {
-    extern __shared__ int cnt[];  // E
-    const int lane = threadIdx.x, TK = T * K;
-    for (int e = lane; e < E; e += 32) cnt[e] = 0;
+                                     int* pair_slot, int T, int K, int S, int E) {
+    extern __shared__ int cnt[];  // E + S
+    const int lane = threadIdx.x, KS = K + S, TK = T * KS, EA = E + S;
+    for (int e = lane; e < EA; e += 32) cnt[e] = 0;
     __syncwarp();
     for (int i0 = 0; i0 < TK; i0 += 32) {
         const int i = i0 + lane;
-        const int e = i < TK ? (int)route[(size_t)(i / K) * 2 * K + (i % K)] : -1;
+        const int e = i < TK ? slot_expert(route, i, K, KS, E) : -1;
         const unsigned m = __match_any_sync(0xffffffffu, e);
         if (e >= 0 && lane == __ffs(m) - 1) cnt[e] += __popc(m);
         __syncwarp();
     }
     // Exclusive prefix over the experts, a run of ceil(E / 32) per lane.
-    const int per = (E + 31) / 32, lo = min(E, lane * per), hi = min(E, lo + per);
+    const int per = (EA + 31) / 32, lo = min(EA, lane * per), hi = min(EA, lo + per);
     int sum = 0;
     for (int e = lo; e < hi; e++) sum += cnt[e];
     int incl = sum;
@@ -180,16 +187,17 @@ extern "C" __global__ void moe_group(const float* route, int* offsets, int* slot
     }
     int at = incl - sum;
     for (int e = lo; e < hi; e++) { const int c = cnt[e]; cnt[e] = at; offsets[e] = at; at += c; }
-    if (lane == 31) offsets[E] = incl;
+    if (lane == 31) offsets[EA] = incl;
     __syncwarp();
     for (int i0 = 0; i0 < TK; i0 += 32) {
         const int i = i0 + lane;
-        const int e = i < TK ? (int)route[(size_t)(i / K) * 2 * K + (i % K)] : -1;
+        const int e = i < TK ? slot_expert(route, i, K, KS, E) : -1;
         const unsigned m = __match_any_sync(0xffffffffu, e);
         if (e >= 0) {
             const int o = cnt[e] + __popc(m & ((1u << lane) - 1u));
-            slot_token[o] = i / K;
-            slot_weight[o] = route[(size_t)(i / K) * 2 * K + K + (i % K)];
+            const int t = i / KS, k = i % KS;
+            slot_token[o] = t;
+            slot_weight[o] = k < K ? route[(size_t)t * 2 * K + K + k] : 1.f;
             pair_slot[i] = o;
         }
         __syncwarp();
@@ -197,54 +205,6 @@ extern "C" __global__ void moe_group(const float* route, int* offsets, int* slot
         __syncwarp();
     }
 }
-
-// An expert weight chunk: streamed once a step, so it is loaded past L1 (no allocate), leaving
-// L1 to the token rows every warp of the block re-reads (H100, batch 32: 17.7 instead of 18.9 ms
-// a step). -DWNC=0 turns the hint off.
-#ifndef WNC
-#define WNC 1
-#endif
-__device__ __forceinline__ uint4 ldw(const uint4* p) {
-#if WNC
-    uint4 v;
-    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-    return v;
-#else
-    return *p;
-#endif
-}
-
-// ---- The grouped expert products on tensor cores (mma.sync m16n8k16: bf16 in, f32 sums). An
-// expert sees a few tokens of a decode batch, so both are weight streams; the tensor cores take
-// the multiply-adds off the path of the loads (CUDA-core versions, which spent more issue slots on
-// unpacking and FMAs than on loads, took 17.75 instead of 16.18 ms a step at batch 32, H100).
-// The order of a dot product's terms is free, so each lane loads 8 consecutive values of a row
-// (one 16-byte load) as its share of two k16 steps, and the token fragments use the same order. ----
-
-__device__ __forceinline__ void mma16816(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0,
-                                         unsigned b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-// Rows g (lo) and g + 8 (hi) of a 16-row tile against token column g, over 32 values of k.
-__device__ __forceinline__ void mma_k32(float* c, uint4 lo, uint4 hi, uint4 x) {
-    mma16816(c, lo.x, hi.x, lo.y, hi.y, x.x, x.y);
-    mma16816(c, lo.z, hi.z, lo.w, hi.w, x.z, x.w);
-}
-__device__ __forceinline__ unsigned bf16x2(float a, float b) {
-    unsigned r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(b), "f"(a));
-    return r;
-}
-// Token tiles of 8 per pass over an expert's weights, and k steps (32 values) loaded ahead.
-#ifndef MNT
-#define MNT 4
-#endif
-#ifndef MU
-#define MU 4
-#endif
 
 // grid (ceil(I / (8 * warps)), E): act[slot][j] = silu(gate_e[j] . x_t) * (up_e[j] . x_t). A warp
 // takes 8 rows j: tile rows 0-7 are their gate rows, 8-15 their up rows, so a lane ends with both
@@ -280,17 +240,7 @@ extern "C" __global__ void moe_gate_up_mma(const bf16_t* x, const int* offsets, 
                     for (int u = 0; u < MU; u++)
                         if (u < nu) mma_k32(c[n], a[u], b[u], xr[n][4 * (k + u)]);
         }
-        // c[n] = (gate . x_s, gate . x_s+1, up . x_s, up . x_s+1), s = s0 + 8n + 2q.
-#pragma unroll
-        for (int n = 0; n < MNT; n++)
-#pragma unroll
-            for (int i = 0; i < 2; i++) {
-                const int s = s0 + 8 * n + 2 * q + i;
-                if (s < end && j0 + g < I) {
-                    const float a = c[n][i];
-                    act[(size_t)s * I + j0 + g] = a / (1.f + __expf(-a)) * c[n][2 + i];
-                }
-            }
+        store_swiglu(act, c, s0, end, j0, I);
     }
 }
 
@@ -329,17 +279,7 @@ extern "C" __global__ void moe_down_mma(const float* act, const int* offsets, co
                             mma_k32(c[n], a[u], b[u], xb);
                         }
         }
-        // c[n] = rows (r0 + g, r0 + g + 8) x slots (s, s + 1), s = s0 + 8n + 2q.
-#pragma unroll
-        for (int n = 0; n < MNT; n++)
-#pragma unroll
-            for (int i = 0; i < 2; i++) {
-                const int s = s0 + 8 * n + 2 * q + i;
-                if (s < end) {
-                    if (r0 + g < H) y[(size_t)s * H + r0 + g] = c[n][i];
-                    if (r0 + g + 8 < H) y[(size_t)s * H + r0 + g + 8] = c[n][2 + i];
-                }
-            }
+        store_tile(y, c, s0, end, r0, H);
     }
 }
 

@@ -8,9 +8,9 @@
 //! (their SwiGLU splits exactly into chunks of moe_intermediate_size).
 
 use candle_core::backend::BackendStorage;
-use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
+use candle_core::cuda_backend::cudarc::driver::{CudaSlice, CudaView, LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
-use candle_core::cuda_backend::CudaStorage;
+use candle_core::cuda_backend::{CudaDevice, CudaStorage};
 use candle_core::{CustomOp1, DType, Layout, Result, Shape, Storage, Tensor};
 use half::bf16;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -156,9 +156,9 @@ enum Pass {
     /// Every (token, expert) pair reads its expert (a few tokens, decode); `shared` chunks
     /// follow the routed experts in the weights and count as extra experts of weight 1.
     PerPair { shared: usize },
-    /// Tokens grouped by expert on the device, each routed expert's weights read once for all
-    /// its tokens (a decode batch); the first `routed` experts only, shared ones are the caller's.
-    Grouped { routed: usize },
+    /// Tokens grouped by expert on the device, each expert's weights read once for all its
+    /// tokens (a decode batch): the `routed` experts, then `shared` chunks every token goes to.
+    Grouped { routed: usize, shared: usize },
 }
 
 /// residual + the experts' weighted outputs, from x (T, H) bf16 and the routing (T, 2K).
@@ -194,7 +194,7 @@ impl CustomOp1 for Experts<'_> {
         let residual = slice_of!(resg, resl, bf16);
         // SAFETY: uninitialised device memory, written by the kernels below before it is read.
         let out = unsafe { dev.alloc::<bf16>(t * h)? };
-        let (ti, hi, ii, ki) = (t as i32, h as i32, inter as i32, self.k as i32);
+        let (hi, ii, ki) = (h as i32, inter as i32, self.k as i32);
         let block = (32 * ROWS, 1, 1);
         match self.pass {
             Pass::PerPair { shared } => {
@@ -232,69 +232,104 @@ impl CustomOp1 for Experts<'_> {
                 // SAFETY: act (t * s, inter), route, down (e_all, h, inter), residual and out (t, h) match moe_down's (act, route, w, residual, out, H, I, K, S, E); the grid covers h rows (ROWS / 2 per block) by t tokens.
                 unsafe { b.launch(cfg) }.map_err(launch_err)?;
             }
-            Pass::Grouped { routed } => {
-                let slots = t * self.k;
-                let ei = routed as i32;
+            Pass::Grouped { routed, shared } => {
+                let groups = group_by_expert(&dev, &route, t, self.k, shared, routed)?;
+                let (offsets, slot_token) = (&groups.offsets, &groups.slot_token);
+                let (per_token, experts) = (self.k + shared, (routed + shared) as u32);
                 // SAFETY: uninitialised device memory, written by the kernels below before it is read.
-                let offsets = unsafe { dev.alloc::<i32>(routed + 1)? };
+                let act = unsafe { dev.alloc::<f32>(t * per_token * inter)? };
                 // SAFETY: uninitialised device memory, written by the kernels below before it is read.
-                let slot_token = unsafe { dev.alloc::<i32>(slots)? };
-                // SAFETY: uninitialised device memory, written by the kernels below before it is read.
-                let slot_weight = unsafe { dev.alloc::<f32>(slots)? };
-                // SAFETY: uninitialised device memory, written by the kernels below before it is read.
-                let pair_slot = unsafe { dev.alloc::<i32>(slots)? };
-                // SAFETY: uninitialised device memory, written by the kernels below before it is read.
-                let act = unsafe { dev.alloc::<f32>(slots * inter)? };
-                // SAFETY: uninitialised device memory, written by the kernels below before it is read.
-                let y = unsafe { dev.alloc::<f32>(slots * h)? };
-                let f = dev.get_or_load_custom_func("moe_group", MODULE, ptx()?)?;
-                let cfg =
-                    LaunchConfig { grid_dim: (1, 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: (routed * 4) as u32 };
-                let mut b = f.builder();
-                b.arg(&route)
-                    .arg(&offsets)
-                    .arg(&slot_token)
-                    .arg(&slot_weight)
-                    .arg(&pair_slot)
-                    .arg(&ti)
-                    .arg(&ki)
-                    .arg(&ei);
-                // SAFETY: route (t, 2k) and the five slot arrays (routed + 1 offsets, t * k slots each) match moe_group's (route, offsets, slot_token, slot_weight, pair_slot, T, K, E); one warp, with routed ints of shared memory.
-                unsafe { b.launch(cfg) }.map_err(launch_err)?;
+                let y = unsafe { dev.alloc::<f32>(t * per_token * h)? };
                 let f = dev.get_or_load_custom_func("moe_gate_up_mma", MODULE, ptx()?)?;
                 let cfg = LaunchConfig {
-                    grid_dim: ((inter as u32).div_ceil(8 * MMA_WARPS), routed as u32, 1),
+                    grid_dim: ((inter as u32).div_ceil(8 * MMA_WARPS), experts, 1),
                     block_dim: (32 * MMA_WARPS, 1, 1),
                     shared_mem_bytes: 0,
                 };
                 let mut b = f.builder();
-                b.arg(&x).arg(&offsets).arg(&slot_token).arg(&gate_up).arg(&act).arg(&hi).arg(&ii);
-                // SAFETY: x, offsets, slot_token (written by moe_group above, on the same stream), gate_up and act (slots, inter) match moe_gate_up_mma's (x, offsets, slot_token, w, act, H, I); one grid row per routed expert, 8 rows j a warp; h % 32 == 0 (`supported`).
+                b.arg(&x).arg(offsets).arg(slot_token).arg(&gate_up).arg(&act).arg(&hi).arg(&ii);
+                // SAFETY: x, offsets, slot_token (written by moe_group above, on the same stream), gate_up and act (slots, inter) match moe_gate_up_mma's (x, offsets, slot_token, w, act, H, I); one grid row per expert, 8 rows j a warp; h % 32 == 0 (`supported`).
                 unsafe { b.launch(cfg) }.map_err(launch_err)?;
                 let f = dev.get_or_load_custom_func("moe_down_mma", MODULE, ptx()?)?;
                 let cfg = LaunchConfig {
-                    grid_dim: ((h as u32).div_ceil(16 * MMA_WARPS), routed as u32, 1),
+                    grid_dim: ((h as u32).div_ceil(16 * MMA_WARPS), experts, 1),
                     block_dim: (32 * MMA_WARPS, 1, 1),
                     shared_mem_bytes: 0,
                 };
                 let mut b = f.builder();
-                b.arg(&act).arg(&offsets).arg(&down).arg(&y).arg(&hi).arg(&ii);
+                b.arg(&act).arg(offsets).arg(&down).arg(&y).arg(&hi).arg(&ii);
                 // SAFETY: act, offsets, down and y (slots, h) match moe_down_mma's (act, offsets, w, y, H, I); 16 rows a warp; inter % 32 == 0 (`supported`).
                 unsafe { b.launch(cfg) }.map_err(launch_err)?;
-                let f = dev.get_or_load_custom_func("moe_combine", MODULE, ptx()?)?;
-                let cfg = LaunchConfig {
-                    grid_dim: ((h as u32).div_ceil(256), t as u32, 1),
-                    block_dim: (256, 1, 1),
-                    shared_mem_bytes: 0,
-                };
-                let mut b = f.builder();
-                b.arg(&y).arg(&pair_slot).arg(&slot_weight).arg(&residual).arg(&out).arg(&hi).arg(&ki);
-                // SAFETY: y, pair_slot, slot_weight, residual and out (t, h) match moe_combine's (y, pair_slot, slot_weight, residual, out, H, K); the grid covers h columns (256 per block) by t tokens.
-                unsafe { b.launch(cfg) }.map_err(launch_err)?;
+                combine(&dev, &y, &groups, &residual, &out, t, h, per_token)?;
             }
         }
         Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((t, h))))
     }
+}
+
+/// A decode batch's (token, slot) pairs grouped by expert on the device (`moe_group`).
+pub(super) struct Groups {
+    /// Per expert, where its slots start (experts + 1).
+    pub offsets: CudaSlice<i32>,
+    /// Per slot, its token.
+    pub slot_token: CudaSlice<i32>,
+    /// Per slot, its routing weight (1 for shared chunks).
+    pub slot_weight: CudaSlice<f32>,
+    /// Per (token, k) pair, its slot.
+    pub pair_slot: CudaSlice<i32>,
+}
+
+/// Groups the t * (k + shared) pairs of `route` (t, 2k): each token's k routed experts (of
+/// `routed`), then the `shared` chunks that follow them in the weights, which every token goes
+/// to with weight 1.
+pub(super) fn group_by_expert(
+    dev: &CudaDevice,
+    route: &CudaView<'_, f32>,
+    t: usize,
+    k: usize,
+    shared: usize,
+    routed: usize,
+) -> Result<Groups> {
+    let (slots, experts) = (t * (k + shared), routed + shared);
+    // SAFETY: uninitialised device memory, every element written by moe_group below.
+    let offsets = unsafe { dev.alloc::<i32>(experts + 1)? };
+    // SAFETY: as offsets.
+    let slot_token = unsafe { dev.alloc::<i32>(slots)? };
+    // SAFETY: as offsets.
+    let slot_weight = unsafe { dev.alloc::<f32>(slots)? };
+    // SAFETY: as offsets.
+    let pair_slot = unsafe { dev.alloc::<i32>(slots)? };
+    let f = dev.get_or_load_custom_func("moe_group", MODULE, ptx()?)?;
+    let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (32, 1, 1), shared_mem_bytes: (experts * 4) as u32 };
+    let (ti, ki, si, ei) = (t as i32, k as i32, shared as i32, routed as i32);
+    let mut b = f.builder();
+    b.arg(route).arg(&offsets).arg(&slot_token).arg(&slot_weight).arg(&pair_slot).arg(&ti).arg(&ki).arg(&si).arg(&ei);
+    // SAFETY: route (t, 2k) and the four slot arrays (experts + 1 offsets, t * (k + shared) slots each) match moe_group's (route, offsets, slot_token, slot_weight, pair_slot, T, K, S, E); one warp, with an int of shared memory per expert.
+    unsafe { b.launch(cfg) }.map_err(launch_err)?;
+    Ok(Groups { offsets, slot_token, slot_weight, pair_slot })
+}
+
+/// out (t, h) = residual + each token's `per_token` slot outputs y (slots, h), weighted (`moe_combine`).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn combine(
+    dev: &CudaDevice,
+    y: &CudaSlice<f32>,
+    groups: &Groups,
+    residual: &CudaView<'_, bf16>,
+    out: &CudaSlice<bf16>,
+    t: usize,
+    h: usize,
+    per_token: usize,
+) -> Result<()> {
+    let f = dev.get_or_load_custom_func("moe_combine", MODULE, ptx()?)?;
+    let cfg =
+        LaunchConfig { grid_dim: ((h as u32).div_ceil(256), t as u32, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let (hi, ki) = (h as i32, per_token as i32);
+    let mut b = f.builder();
+    b.arg(y).arg(&groups.pair_slot).arg(&groups.slot_weight).arg(residual).arg(out).arg(&hi).arg(&ki);
+    // SAFETY: y (t * per_token slots, h), the groups' pair_slot and slot_weight, residual and out (t, h) match moe_combine's (y, pair_slot, slot_weight, residual, out, H, K); the grid covers h columns (256 per block) by t tokens.
+    unsafe { b.launch(cfg) }.map_err(launch_err)?;
+    Ok(())
 }
 
 pub(super) fn launch_err(e: impl std::error::Error + Send + Sync + 'static) -> candle_core::Error {
@@ -352,8 +387,9 @@ pub fn mla_supported(x: &Tensor, rank: usize, rope: usize) -> bool {
     x.device().is_cuda() && x.dtype() == DType::BF16 && rank == 512 && rope == 64
 }
 
-/// residual + the routed experts of x for a decode batch, tokens grouped by expert on the
-/// device (`experts`: the routed count; the shared ones are the caller's).
+/// residual + the experts of x for a decode batch, tokens grouped by expert on the device:
+/// `experts` routed ones, then `shared` chunks (0 when the caller runs them itself).
+#[allow(clippy::too_many_arguments)]
 pub fn experts_grouped(
     x: &Tensor,
     route: &Tensor,
@@ -362,6 +398,7 @@ pub fn experts_grouped(
     residual: &Tensor,
     k: usize,
     experts: usize,
+    shared: usize,
 ) -> Result<Tensor> {
     let residual = residual.contiguous()?;
     x.contiguous()?.apply_op1_no_bwd(&Experts {
@@ -370,7 +407,7 @@ pub fn experts_grouped(
         down,
         residual: &residual,
         k,
-        pass: Pass::Grouped { routed: experts },
+        pass: Pass::Grouped { routed: experts, shared },
     })
 }
 

@@ -77,6 +77,15 @@ const FUSED_MAX_TOKENS: usize = 8;
 #[cfg(feature = "cuda")]
 const DEVICE_GROUPED_MAX_TOKENS: usize = 64;
 
+/// Whether a decode batch's shared experts go through the grouped expert launches as experts
+/// every token goes to (`KB_DEEPSEEK_SHARED_GROUPED=1`) instead of cuBLAS GEMMs. Compiled, not
+/// yet measured on a GPU, so off by default.
+#[cfg(feature = "cuda")]
+fn shared_grouped() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KB_DEEPSEEK_SHARED_GROUPED").is_ok_and(|v| v == "1"))
+}
+
 #[derive(Debug, Clone)]
 pub struct Moe {
     /// Router (n_experts, hidden), kept in f32 like the reference (routing is precision-sensitive).
@@ -284,22 +293,22 @@ impl Moe {
                     }
                 };
                 if let (Weight::Int4(gu), Weight::Int4(dn), false) = (&self.gate_up, &self.down, prefill) {
-                    // int4 decode batches: the fused int4 kernels, 8 tokens a pass (reading the
-                    // active experts' codes again per pass costs less than dequantising all 66).
+                    // int4 decode batches: the int4 kernels read the active experts' codes, never
+                    // a dequantised copy: per token up to 8 tokens, past that grouped by expert
+                    // on tensor cores (`q4_mma`) or else 8 tokens a pass.
+                    let q4 = |x: &Tensor, route: &Tensor, residual: &Tensor| {
+                        super::q4_kernels::experts_q4(x, route, gu, dn, residual, self.top_k, self.shared)
+                    };
+                    if n <= FUSED_MAX_TOKENS || super::q4_kernels::q4_mma() {
+                        return q4(x, &route, residual);
+                    }
                     let mut outs = Vec::with_capacity(n.div_ceil(FUSED_MAX_TOKENS));
                     for start in (0..n).step_by(FUSED_MAX_TOKENS) {
                         let len = FUSED_MAX_TOKENS.min(n - start);
-                        outs.push(super::q4_kernels::experts_q4(
-                            &x.narrow(0, start, len)?,
-                            &route.narrow(0, start, len)?,
-                            gu,
-                            dn,
-                            &residual.narrow(0, start, len)?,
-                            self.top_k,
-                            self.shared,
-                        )?);
+                        let part = |t: &Tensor| t.narrow(0, start, len);
+                        outs.push(q4(&part(x)?, &part(&route)?, &part(residual)?)?);
                     }
-                    return if outs.len() == 1 { Ok(outs.remove(0)) } else { Tensor::cat(&outs, 0) };
+                    return Tensor::cat(&outs, 0);
                 }
                 // Prefill with int4 experts: dequantised into a bf16 scratch copy (the whole
                 // layer's, freed after it) for the grouped GEMMs.
@@ -309,13 +318,12 @@ impl Moe {
                 if n <= FUSED_MAX_TOKENS {
                     return super::kernels::experts(x, &route, gate_up, down, residual, self.top_k, self.shared);
                 }
-                // The shared experts see every token: for a batch that is a dense GEMM, which
-                // cuBLAS does at full bandwidth; the grouped kernels take only the routed experts.
-                let residual = match self.shared_dense(x, gate_up, down)? {
-                    Some(shared) => (residual + shared)?,
-                    None => residual.clone(),
-                };
                 if prefill {
+                    // The shared experts see every token: for a prompt that is a dense GEMM.
+                    let residual = match self.shared_dense(x, gate_up, down)? {
+                        Some(shared) => (residual + shared)?,
+                        None => residual.clone(),
+                    };
                     return super::kernels::experts_prefill(
                         x,
                         &route,
@@ -326,6 +334,24 @@ impl Moe {
                         self.n_experts,
                     );
                 }
+                // A decode batch: the shared chunks are experts every token goes to, in the same
+                // grouped launches (one pass over their weights per 32 tokens, no extra kernels).
+                if shared_grouped() {
+                    return super::kernels::experts_grouped(
+                        x,
+                        &route,
+                        gate_up,
+                        down,
+                        residual,
+                        self.top_k,
+                        self.n_experts,
+                        self.shared,
+                    );
+                }
+                let residual = match self.shared_dense(x, gate_up, down)? {
+                    Some(shared) => (residual + shared)?,
+                    None => residual.clone(),
+                };
                 return super::kernels::experts_grouped(
                     x,
                     &route,
@@ -334,6 +360,7 @@ impl Moe {
                     &residual,
                     self.top_k,
                     self.n_experts,
+                    0,
                 );
             }
         }

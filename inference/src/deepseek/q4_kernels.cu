@@ -173,3 +173,145 @@ extern "C" __global__ void q4_dequant(const unsigned int* qw, const f16_t* sc, c
         out[i] = make_uint4(o[0], o[1], o[2], o[3]);
     }
 }
+
+// ---- int4 on tensor cores, for 9 to 64 tokens (a decode batch): the bf16 mma kernels' tiles
+// (kernels_common.cuh) with the codes unpacked in registers. A lane loads 16 bytes of a row, 32
+// codes: its quarter of one group of 128 columns, so the quad of lanes on a row covers exactly
+// one group, and each 16-row tile's sums over a group are scaled once, in f32, by its rows'
+// scales (exact (q - zero) values go to the tensor cores). ----
+
+// Codes j and j + 4 of a word (columns 8c + j, 8c + j + 4) as a bf16 pair, minus the zero point:
+// 0x4300 | q is the bf16 128 + q, and nz = -(128 + zero) in both halves, so one fma.bf16x2 leaves
+// q - zero exactly. Pair j of the result is (col j, col j + 4): tok8 orders the tokens the same.
+__device__ __forceinline__ unsigned q4pair(unsigned w, int j, unsigned nz) {
+    const unsigned t = ((w >> (4 * j)) & 0x000F000Fu) | 0x43004300u;
+    unsigned r;
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(t), "r"(0x3F803F80u), "r"(nz));
+    return r;
+}
+__device__ __forceinline__ uint4 deq8(unsigned w, unsigned nz) {
+    return make_uint4(q4pair(w, 0, nz), q4pair(w, 1, nz), q4pair(w, 2, nz), q4pair(w, 3, nz));
+}
+// 8 token values at columns [c, c + 8) as the pairs (c + j, c + j + 4), j = 0..3.
+__device__ __forceinline__ uint4 tok8(const bf16_t* p) {
+    const uint4 x = *(const uint4*)p;
+    return make_uint4(__byte_perm(x.x, x.z, 0x5410), __byte_perm(x.x, x.z, 0x7632), __byte_perm(x.y, x.w, 0x5410),
+                      __byte_perm(x.y, x.w, 0x7632));
+}
+__device__ __forceinline__ uint4 tok8(const float* p) {
+    const float4 a = ((const float4*)p)[0], b = ((const float4*)p)[1];
+    return make_uint4(bf16x2(a.x, b.x), bf16x2(a.y, b.y), bf16x2(a.z, b.z), bf16x2(a.w, b.w));
+}
+
+// c[n] (rows lo, hi of the warp's tile x token tile n, as mma_k32 leaves them) = the rows' int4
+// products with tokens xr[n] over `groups` groups of 128 columns. wlo / whi: the rows' codes
+// (uint4 per 32 codes) from this lane's quarter; slo / shi, zlo / zhi: the rows' scales and zero
+// points per group; xr[n]: token rows from this lane's 32 columns. Groups are loaded MU ahead.
+template <class X>
+__device__ __forceinline__ void q4_mma_rows(float (*c)[4], const uint4* wlo, const uint4* whi, const f16_t* slo,
+                                            const f16_t* shi, const unsigned char* zlo, const unsigned char* zhi,
+                                            const X* const* xr, int tiles, int groups) {
+    for (int g0 = 0; g0 < groups; g0 += MU) {
+        const int nu = min(MU, groups - g0);
+        uint4 a[MU], b[MU];
+#pragma unroll
+        for (int u = 0; u < MU; u++)
+            if (u < nu) { a[u] = ldw(wlo + 4 * (g0 + u)); b[u] = ldw(whi + 4 * (g0 + u)); }
+#pragma unroll
+        for (int u = 0; u < MU; u++) {
+            if (u >= nu) break;
+            const int gr = g0 + u;
+            const unsigned nl = (0xC300u | zlo[gr]) * 0x10001u, nh = (0xC300u | zhi[gr]) * 0x10001u;
+            float t[MNT][4];
+#pragma unroll
+            for (int n = 0; n < MNT; n++) t[n][0] = t[n][1] = t[n][2] = t[n][3] = 0.f;
+            const unsigned wa[4] = {a[u].x, a[u].y, a[u].z, a[u].w}, wb[4] = {b[u].x, b[u].y, b[u].z, b[u].w};
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const uint4 la = deq8(wa[i], nl), ha = deq8(wb[i], nh);
+#pragma unroll
+                for (int n = 0; n < MNT; n++)
+                    if (n < tiles) mma_k32(t[n], la, ha, tok8(xr[n] + 128 * gr + 8 * i));
+            }
+            const float sl = h2f(slo[gr]), sh = h2f(shi[gr]);
+#pragma unroll
+            for (int n = 0; n < MNT; n++) {
+                c[n][0] = fmaf(sl, t[n][0], c[n][0]);
+                c[n][1] = fmaf(sl, t[n][1], c[n][1]);
+                c[n][2] = fmaf(sh, t[n][2], c[n][2]);
+                c[n][3] = fmaf(sh, t[n][3], c[n][3]);
+            }
+        }
+    }
+}
+
+// grid (ceil(I / (8 * warps)), E_all): moe_gate_up_mma (kernels.cu) with int4 experts, the slots
+// grouped by moe_group over routed and shared experts alike. qw (E_all, 2I, H / 32) uint4, sc / zr
+// (E_all, 2I, H / 128). Needs H % 128 == 0.
+extern "C" __global__ void moe_gate_up_q4_mma(const bf16_t* x, const int* offsets, const int* slot_token,
+                                              const uint4* qw, const f16_t* sc, const unsigned char* zr, float* act,
+                                              int H, int I) {
+    const int e = blockIdx.y, beg = offsets[e], end = offsets[e + 1];
+    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    const int j0 = 8 * (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5));
+    if (beg == end || j0 >= I) return;
+    const int C = H / 32, NG = H / Q4_GROUP;
+    const size_t rg = (size_t)e * 2 * I + min(j0 + g, I - 1), ru = rg + I;
+    for (int s0 = beg; s0 < end; s0 += 8 * MNT) {
+        float c[MNT][4];
+        const bf16_t* xr[MNT];
+#pragma unroll
+        for (int n = 0; n < MNT; n++) {
+            c[n][0] = c[n][1] = c[n][2] = c[n][3] = 0.f;
+            xr[n] = x + (size_t)slot_token[min(s0 + 8 * n + g, end - 1)] * H + 32 * q;
+        }
+        q4_mma_rows(c, qw + rg * C + q, qw + ru * C + q, sc + rg * NG, sc + ru * NG, zr + rg * NG, zr + ru * NG, xr,
+                    (end - s0 + 7) / 8, NG);
+        store_swiglu(act, c, s0, end, j0, I);
+    }
+}
+
+// grid (ceil(H / (16 * warps)), E_all): moe_down_mma (kernels.cu) with int4 experts. qw (E_all, H,
+// I / 32) uint4, sc / zr (E_all, H, I / 128). Needs I % 128 == 0.
+extern "C" __global__ void moe_down_q4_mma(const float* act, const int* offsets, const uint4* qw, const f16_t* sc,
+                                           const unsigned char* zr, float* y, int H, int I) {
+    const int e = blockIdx.y, beg = offsets[e], end = offsets[e + 1];
+    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    const int r0 = 16 * (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5));
+    if (beg == end || r0 >= H) return;
+    const int C = I / 32, NG = I / Q4_GROUP;
+    const size_t rl = (size_t)e * H + min(r0 + g, H - 1), rh = (size_t)e * H + min(r0 + g + 8, H - 1);
+    for (int s0 = beg; s0 < end; s0 += 8 * MNT) {
+        float c[MNT][4];
+        const float* ar[MNT];
+#pragma unroll
+        for (int n = 0; n < MNT; n++) {
+            c[n][0] = c[n][1] = c[n][2] = c[n][3] = 0.f;
+            ar[n] = act + (size_t)min(s0 + 8 * n + g, end - 1) * I + 32 * q;
+        }
+        q4_mma_rows(c, qw + rl * C + q, qw + rh * C + q, sc + rl * NG, sc + rh * NG, zr + rl * NG, zr + rh * NG, ar,
+                    (end - s0 + 7) / 8, NG);
+        store_tile(y, c, s0, end, r0, H);
+    }
+}
+
+// grid (ceil(OUT / (16 * warps)), ceil(T / (8 * MNT))): y[t][r] = x[t] . W[r] for a batch of
+// tokens, W int4 (OUT, IN): each 16-row tile's codes read once per 8 * MNT tokens. Needs IN % 128 == 0.
+extern "C" __global__ void q4_linear_mma(const bf16_t* x, const uint4* qw, const f16_t* sc, const unsigned char* zr,
+                                         bf16_t* y, int T, int IN, int OUT) {
+    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    const int r0 = 16 * (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)), s0 = blockIdx.y * 8 * MNT;
+    if (r0 >= OUT) return;
+    const int C = IN / 32, NG = IN / Q4_GROUP;
+    const size_t rl = min(r0 + g, OUT - 1), rh = min(r0 + g + 8, OUT - 1);
+    float c[MNT][4];
+    const bf16_t* xr[MNT];
+#pragma unroll
+    for (int n = 0; n < MNT; n++) {
+        c[n][0] = c[n][1] = c[n][2] = c[n][3] = 0.f;
+        xr[n] = x + (size_t)min(s0 + 8 * n + g, T - 1) * IN + 32 * q;
+    }
+    q4_mma_rows(c, qw + rl * C + q, qw + rh * C + q, sc + rl * NG, sc + rh * NG, zr + rl * NG, zr + rh * NG, xr,
+                (T - s0 + 7) / 8, NG);
+    store_tile(y, c, s0, T, r0, OUT);
+}

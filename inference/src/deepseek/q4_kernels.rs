@@ -1,11 +1,12 @@
 //! W4A16 CUDA kernels (`q4_kernels.cu`, compiled once with NVRTC): the int4 GEMV for the dense
-//! projections and the fused int4 expert kernels at decode sizes (at most 8 tokens), and the
-//! dequantisation into a bf16 scratch copy that larger batches multiply with cuBLAS.
+//! projections and the fused int4 expert kernels at decode sizes (per token up to 8 tokens, on
+//! tensor cores up to 64), and the dequantisation into a bf16 scratch copy that prefill
+//! multiplies with cuBLAS.
 //!
 //! Why: decode at batch 1 is bound by reading weights, and int4 codes are a quarter of bf16's
 //! bytes; the codes are unpacked in registers (no int-to-float conversions, see the .cu).
 
-use super::kernels::{compiled, cuda_contiguous, launch_err, slice_of};
+use super::kernels::{combine, compiled, cuda_contiguous, group_by_expert, launch_err, slice_of};
 use super::quant::{Int4Weight, GROUP};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
@@ -18,8 +19,15 @@ const MODULE: &str = "kb_deepseek_q4";
 const SRC: &str = concat!(include_str!("kernels_common.cuh"), include_str!("q4_kernels.cu"));
 /// Warps per block (256 threads).
 const WARPS: u32 = 8;
-/// Most tokens the GEMV and the fused expert kernels take (the GEMV keeps 8 sums per row).
+/// Most tokens the per-token GEMV and fused expert kernels take (the GEMV keeps 8 sums per row).
 pub const MAX_TOKENS: usize = 8;
+/// Most tokens the tensor-core kernels take (a decode batch; `q4_linear_mma` reads a weight once
+/// per 32 of them): past it, prefill multiplies a dequantised copy with cuBLAS.
+pub const BATCH_TOKENS: usize = 64;
+/// Warps per block of the tensor-core kernels, and tokens per pass over a tile's codes (MNT = 4 in
+/// kernels_common.cuh: 4 tiles of 8).
+const MMA_WARPS: u32 = 4;
+const MMA_TOKENS: usize = 32;
 
 fn ptx() -> Result<&'static str> {
     static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
@@ -35,17 +43,28 @@ fn parts(q: &Int4Weight) -> Result<(Tensor, Tensor, Tensor)> {
     Ok((qw, q.scales.contiguous()?, q.zeros.contiguous()?))
 }
 
-/// Whether [`q4_gemv`] takes x (N, in) against this weight: CUDA, bf16, N <= 8, a 2-D weight.
+/// Whether the tensor-core int4 kernels take decode batches of 9 to 64 tokens (on unless
+/// `KB_DEEPSEEK_Q4_MMA=0`, which runs the per-token expert kernels 8 tokens a pass and multiplies
+/// dequantised copies of the dense projections, as before them: for comparisons).
+pub fn q4_mma() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| std::env::var("KB_DEEPSEEK_Q4_MMA").map_or(true, |v| v != "0"))
+}
+
+/// Whether [`q4_gemv`] takes x (N, in) against this weight: CUDA, bf16, N <= 8 (64 with
+/// [`q4_mma`]), a 2-D weight.
 pub fn q4_gemv_supported(x: &Tensor, q: &Int4Weight) -> bool {
+    let max = if q4_mma() { BATCH_TOKENS } else { MAX_TOKENS };
     x.device().is_cuda()
         && x.dtype() == DType::BF16
         && x.rank() == 2
-        && x.dim(0).is_ok_and(|n| (1..=MAX_TOKENS).contains(&n))
+        && x.dim(0).is_ok_and(|n| (1..=max).contains(&n))
         && q.qweight.rank() == 2
         && q.in_dim().is_ok_and(|i| i.is_multiple_of(GROUP) && x.dim(1).is_ok_and(|xi| xi == i))
 }
 
-/// x Wᵀ (N, out) bf16 with W int4, read packed (N <= 8).
+/// x Wᵀ (N, out) bf16 with W int4, read packed: N <= 8 by the per-token kernel, up to 64 on
+/// tensor cores.
 pub fn q4_gemv(x: &Tensor, q: &Int4Weight) -> Result<Tensor> {
     let (qw, sc, zr) = parts(q)?;
     x.contiguous()?.apply_op1_no_bwd(&Q4Linear { qw: &qw, sc: &sc, zr: &zr })
@@ -77,16 +96,18 @@ impl CustomOp1 for Q4Linear<'_> {
         let zr = slice_of!(zg, zl, u8);
         // SAFETY: uninitialised device memory, every element written by the kernel below.
         let y = unsafe { dev.alloc::<bf16>(t * out)? };
-        let f = dev.get_or_load_custom_func("q4_linear", MODULE, ptx()?)?;
-        let cfg = LaunchConfig {
-            grid_dim: ((out as u32).div_ceil(2 * WARPS), 1, 1),
-            block_dim: (32 * WARPS, 1, 1),
-            shared_mem_bytes: 0,
-        };
         let (ti, ii, oi) = (t as i32, inp as i32, out as i32);
+        let (name, cfg) = if t <= MAX_TOKENS {
+            let grid = ((out as u32).div_ceil(2 * WARPS), 1, 1);
+            ("q4_linear", LaunchConfig { grid_dim: grid, block_dim: (32 * WARPS, 1, 1), shared_mem_bytes: 0 })
+        } else {
+            let grid = ((out as u32).div_ceil(16 * MMA_WARPS), t.div_ceil(MMA_TOKENS) as u32, 1);
+            ("q4_linear_mma", LaunchConfig { grid_dim: grid, block_dim: (32 * MMA_WARPS, 1, 1), shared_mem_bytes: 0 })
+        };
+        let f = dev.get_or_load_custom_func(name, MODULE, ptx()?)?;
         let mut b = f.builder();
         b.arg(&x).arg(&qw).arg(&sc).arg(&zr).arg(&y).arg(&ti).arg(&ii).arg(&oi);
-        // SAFETY: x (t, in) bf16, qw (out, in / 8) u32 at a 16-byte aligned start (checked by `parts`), sc / zr (out, in / 128) and y (t, out) match q4_linear's (x, qw, sc, zr, y, T, IN, OUT); t <= 8 (checked by q4_gemv_supported) and in % 128 == 0; two rows per warp cover out.
+        // SAFETY: x (t, in) bf16, qw (out, in / 8) u32 at a 16-byte aligned start (checked by `parts`), sc / zr (out, in / 128) and y (t, out) match q4_linear's and q4_linear_mma's (x, qw, sc, zr, y, T, IN, OUT); in % 128 == 0 (q4_gemv_supported); q4_linear takes t <= 8 with two rows a warp, q4_linear_mma 16 rows a warp by 32 tokens a grid row.
         unsafe { b.launch(cfg) }.map_err(launch_err)?;
         Ok((CudaStorage::wrap_cuda_slice(y, dev), Shape::from((t, out))))
     }
@@ -138,8 +159,11 @@ impl CustomOp1 for Q4Dequant<'_> {
     }
 }
 
-/// residual + MoE(x) at decode sizes (T <= 8) with int4 experts: route (T, 2K) as
-/// `kernels::route` gives it, gate_up (E + S, 2I, H) and down (E + S, H, I) int4.
+/// residual + MoE(x) at decode sizes (T <= 8, or 64 with [`q4_mma`]) with int4 experts: route (T, 2K) as
+/// `kernels::route` gives it, gate_up (E + S, 2I, H) and down (E + S, H, I) int4. Up to 8 tokens
+/// every (token, expert) pair reads its expert; past that the pairs are grouped by expert on the
+/// device (shared chunks as experts every token goes to) and each expert's codes are read once
+/// for all its tokens, on tensor cores.
 pub fn experts_q4(
     x: &Tensor,
     route: &Tensor,
@@ -152,7 +176,8 @@ pub fn experts_q4(
     let (t, h) = x.dims2()?;
     let (_, two_i, h8) = gate_up.qweight.dims3()?;
     let inter = two_i / 2;
-    if t > MAX_TOKENS || h8 * 8 != h || !h.is_multiple_of(GROUP) || !inter.is_multiple_of(GROUP) || k + shared > 64 {
+    let max = if q4_mma() { BATCH_TOKENS } else { MAX_TOKENS };
+    if t > max || h8 * 8 != h || !h.is_multiple_of(GROUP) || !inter.is_multiple_of(GROUP) || k + shared > 64 {
         candle_core::bail!(
             "experts_q4: unsupported shape (tokens {t}, hidden {h}, inter {inter}, slots {})",
             k + shared
@@ -208,6 +233,40 @@ impl CustomOp1 for ExpertsQ4<'_> {
         let residual = slice_of!(resg, resl, bf16);
         let s = self.k + self.shared;
         let (hi, ii, ki, si, ei) = (h as i32, inter as i32, self.k as i32, s as i32, (e_all - self.shared) as i32);
+        if t > MAX_TOKENS {
+            let groups = group_by_expert(&dev, &route, t, self.k, self.shared, e_all - self.shared)?;
+            // SAFETY: uninitialised device memory, every element written by the kernels below.
+            let act = unsafe { dev.alloc::<f32>(t * s * inter)? };
+            // SAFETY: as act.
+            let y = unsafe { dev.alloc::<f32>(t * s * h)? };
+            // SAFETY: as act.
+            let out = unsafe { dev.alloc::<bf16>(t * h)? };
+            let block = (32 * MMA_WARPS, 1, 1);
+            let f = dev.get_or_load_custom_func("moe_gate_up_q4_mma", MODULE, ptx()?)?;
+            let grid = ((inter as u32).div_ceil(8 * MMA_WARPS), e_all as u32, 1);
+            let cfg = LaunchConfig { grid_dim: grid, block_dim: block, shared_mem_bytes: 0 };
+            let mut b = f.builder();
+            b.arg(&x)
+                .arg(&groups.offsets)
+                .arg(&groups.slot_token)
+                .arg(&gw)
+                .arg(&gs)
+                .arg(&gz)
+                .arg(&act)
+                .arg(&hi)
+                .arg(&ii);
+            // SAFETY: x (t, h) bf16, the groups (written by moe_group on this stream), the int4 gate_up (e_all, 2I, h / 8) u32 with (e_all, 2I, h / 128) scales and zeros, act (t * s slots, I) match moe_gate_up_q4_mma's (x, offsets, slot_token, qw, sc, zr, act, H, I); h and I are multiples of 128 (checked by experts_q4); one grid row per expert, 8 rows j a warp.
+            unsafe { b.launch(cfg) }.map_err(launch_err)?;
+            let f = dev.get_or_load_custom_func("moe_down_q4_mma", MODULE, ptx()?)?;
+            let grid = ((h as u32).div_ceil(16 * MMA_WARPS), e_all as u32, 1);
+            let cfg = LaunchConfig { grid_dim: grid, block_dim: block, shared_mem_bytes: 0 };
+            let mut b = f.builder();
+            b.arg(&act).arg(&groups.offsets).arg(&dw).arg(&ds).arg(&dz).arg(&y).arg(&hi).arg(&ii);
+            // SAFETY: act, the groups' offsets, the int4 down (e_all, h, I / 8) u32 with (e_all, h, I / 128) scales and zeros, y (t * s slots, h) match moe_down_q4_mma's (act, offsets, qw, sc, zr, y, H, I); 16 rows a warp.
+            unsafe { b.launch(cfg) }.map_err(launch_err)?;
+            combine(&dev, &y, &groups, &residual, &out, t, h, s)?;
+            return Ok((CudaStorage::wrap_cuda_slice(out, dev), Shape::from((t, h))));
+        }
         // SAFETY: uninitialised device memory, every element written by moe_gate_up_q4 below.
         let act = unsafe { dev.alloc::<f32>(t * s * inter)? };
         // SAFETY: uninitialised device memory, every element written by moe_down_q4 below.

@@ -26,7 +26,7 @@ fn device_used(dev: &Device) -> Option<f64> {
 /// inputs for every case (a stale output buffer from an earlier case would not match).
 #[cfg(feature = "cuda")]
 fn kernel_check(dev: &Device, dev_name: &str) -> Res<()> {
-    use kb_inference::deepseek::q4_kernels::{experts_q4, q4_dequantize, q4_gemv};
+    use kb_inference::deepseek::q4_kernels::{experts_q4, q4_dequantize, q4_gemv, q4_mma};
     use kb_inference::deepseek::{kernels, Int4Weight};
     let rel = |got: &Tensor, want: &Tensor| -> Res<f64> {
         let (g, w) = (got.to_dtype(DType::F32)?, want.to_dtype(DType::F32)?);
@@ -46,7 +46,8 @@ fn kernel_check(dev: &Device, dev_name: &str) -> Res<()> {
             .max(0)?
             .to_scalar::<f32>()?;
         let qerr = rel(&by_ops, &w)?;
-        for t in [1usize, 3, 8] {
+        // Past 8 tokens only with the tensor-core kernels (off with KB_DEEPSEEK_Q4_MMA=0).
+        for t in [1usize, 3, 8, 16, 33, 64].into_iter().filter(|&t| t <= 8 || q4_mma()) {
             let x = Tensor::randn(0f32, 1.0, (t, inp), dev)?.to_dtype(DType::BF16)?;
             let got = q4_gemv(&x, &q)?;
             let want = x.to_dtype(DType::F32)?.matmul(&by_ops.to_dtype(DType::F32)?.t()?)?;
@@ -65,12 +66,19 @@ fn kernel_check(dev: &Device, dev_name: &str) -> Res<()> {
     let (gq, dq) = (Int4Weight::quantize(&gu)?, Int4Weight::quantize(&dn)?);
     let (gd, dd) = (gq.dequantize(DType::BF16)?, dq.dequantize(DType::BF16)?);
     let gate = Tensor::randn(0f32, 0.02, (e, h), dev)?;
-    for t in [1usize, 4, 8] {
+    for t in [1usize, 4, 8, 16, 32, 64].into_iter().filter(|&t| t <= 8 || q4_mma()) {
         let x = Tensor::randn(0f32, 1.0, (t, h), dev)?.to_dtype(DType::BF16)?;
         let residual = Tensor::randn(0f32, 1.0, (t, h), dev)?.to_dtype(DType::BF16)?;
         let route = kernels::route(&x, &gate, k, false, 1.0)?;
         let got = experts_q4(&x, &route, &gq, &dq, &residual, k, s)?;
-        let want = kernels::experts(&x, &route, &gd, &dd, &residual, k, s)?;
+        // Against the bf16 per-pair kernels on the dequantised weights, 8 tokens a call (their limit).
+        let mut parts = Vec::new();
+        for start in (0..t).step_by(8) {
+            let n = 8.min(t - start);
+            let (xs, rs, res) = (x.narrow(0, start, n)?, route.narrow(0, start, n)?, residual.narrow(0, start, n)?);
+            parts.push(kernels::experts(&xs, &rs, &gd, &dd, &res, k, s)?);
+        }
+        let want = Tensor::cat(&parts, 0)?;
         // Compare the MoE contribution (residual removed), where the weights matter.
         let (got_d, want_d) = (
             (got.to_dtype(DType::F32)? - residual.to_dtype(DType::F32)?)?,
@@ -78,7 +86,8 @@ fn kernel_check(dev: &Device, dev_name: &str) -> Res<()> {
         );
         result(
             "int4_check_experts",
-            serde_json::json!({ "tokens": t, "rel_l2_vs_bf16_kernel_on_dequantised": rel(&got_d, &want_d)?,
+            serde_json::json!({ "tokens": t, "path": if t > 8 { "grouped, tensor cores" } else { "per token" },
+                                "rel_l2_vs_bf16_kernel_on_dequantised": rel(&got_d, &want_d)?,
                                 "note": "both outputs bf16; the moe part compared (residual removed)" }),
             dev_name,
         );
@@ -142,9 +151,9 @@ pub fn int4_bench(layers: usize, steps: usize, dev: &Device, dev_name: &str) -> 
                                 "note": "FixedDecoder + CUDA graphs, two runs" }),
             dev_name,
         );
-        // Batches of 8 (the fused expert kernels' largest size) and 32 sequences, one token each,
+        // Batches of 8 (the per-token kernels' largest size), 16 and 32 sequences, one token each,
         // as the scheduler decodes them: pooled caches, BatchDecoder (a CUDA graph per size).
-        for b in [8usize, 32] {
+        for b in [8usize, 16, 32] {
             let bsteps = steps.min(32);
             let rows = 32 + bsteps + 8;
             let c = model.config();
