@@ -5,10 +5,10 @@
 //!   deepseek-bench bench [--layers N] [--steps N] [--cpu]
 //!                                       random Lite-shaped bf16 weights made on the device
 //!   deepseek-bench serve-bench [--batches 1,8,32,64] [--prompt N] [--new N] [--layers N]
-//!                              [--max-prefill 4096,16384] [--prefill-chunk 512,4096] [--chain 1,0]
+//!                              [--max-prefill 4096,16384] [--prefill-chunk 512,4096]
 //!                                       the continuous-batching scheduler at each concurrency
-//!                                       (and each prefill budget, prompt chunk, chained greedy
-//!                                       steps on or off, to compare them in one run)
+//!                                       (and each prefill budget and prompt chunk, to compare
+//!                                       them in one run)
 //!
 //!   deepseek-bench int4 [--layers N] [--steps N]
 //!                                       int4 (W4A16) against bf16: kernels, memory, logits, speed
@@ -495,37 +495,6 @@ fn check_batched(model: &DeepSeekV2, dev_name: &str) -> Res<()> {
         m["graphs"] = graphs.graphs().into();
         result(&format!("batch_decoder_{round}_vs_batched"), m, dev_name);
     }
-    // Greedy steps chained on the device (each step's argmax fed to the next there) against the
-    // same steps taken one at a time with the argmax read back: the same tokens.
-    let mut stepped = Vec::new();
-    let mut chained = Vec::new();
-    for chain in [false, true] {
-        for (c, &n) in caches.iter_mut().zip(lens.iter()) {
-            c.truncate(n);
-        }
-        let mut refs: Vec<&mut LatentCache> = caches.iter_mut().collect();
-        let mut dec = BatchDecoder::new(model, 8)?;
-        if chain {
-            dec.chain_start(model, &next, &mut refs, &pool)?;
-            for _ in 1..6 {
-                dec.chain_step(model, &mut refs, &pool)?;
-                chained.push(dec.chain_tokens()?.ok_or("a chained step in flight")?);
-            }
-            chained.push(dec.chain_tokens()?.ok_or("a chained step in flight")?);
-        } else {
-            let mut cur = next.clone();
-            for _ in 0..6 {
-                cur = dec.step(model, &cur, &mut refs, &pool)?.argmax(D::Minus1)?.to_vec1::<u32>()?;
-                stepped.push(cur.clone());
-            }
-        }
-    }
-    let same = stepped.iter().flatten().zip(chained.iter().flatten()).filter(|(a, b)| a == b).count();
-    result(
-        "chained_greedy_vs_stepped",
-        serde_json::json!({ "same_tokens": same, "of": stepped.iter().flatten().count(), "steps": 6, "sequences": lens.len() }),
-        dev_name,
-    );
     // A batch past the per-token kernels (experts grouped on the device) against each sequence
     // decoded alone (per-token kernels), so the grouped expert kernels are checked by others.
     let glens: Vec<usize> = (0..24).map(|i| 9 + (i * 37) % 300).collect();
@@ -564,7 +533,6 @@ fn serve_bench(
     batches: &[usize],
     max_prefill: &[usize],
     chunks: &[usize],
-    chain: &[usize],
     prompt: usize,
     new: usize,
     dev: &Device,
@@ -587,12 +555,9 @@ fn serve_bench(
         params: SamplingParams { max_tokens: max, ..SamplingParams::default() },
         end_tokens: Vec::new(),
     };
-    let runs = batches.iter().flat_map(|b| {
-        max_prefill.iter().flat_map(move |m| chunks.iter().flat_map(move |k| chain.iter().map(move |c| (b, m, k, c))))
-    });
-    for (&b, &max_prefill_tokens, &prefill_chunk, &chain) in runs {
+    let runs = batches.iter().flat_map(|b| max_prefill.iter().flat_map(move |m| chunks.iter().map(move |k| (b, m, k))));
+    for (&b, &max_prefill_tokens, &prefill_chunk) in runs {
         let config = SchedulerConfig {
-            chain_steps: chain != 0,
             prefill_chunk,
             max_sequences: b.max(1),
             cache_tokens: b * (prompt + new) + 64,
@@ -643,7 +608,7 @@ fn serve_bench(
             "serve_batch",
             serde_json::json!({
                 "batch": b, "prompt": prompt, "new": new, "max_prefill_tokens": max_prefill_tokens,
-                "chain_steps": chain != 0, "prefill_chunk": prefill_chunk, "weights": format!("{:?}", bench_quantize()),
+                "prefill_chunk": prefill_chunk, "weights": format!("{:?}", bench_quantize()),
                 "ttft_p50_s": ttft[ttft.len() / 2], "ttft_max_s": ttft[ttft.len() - 1], "total_s": total,
                 "decode_tok_s": in_window as f64 / window.max(1e-9),
                 "decode_ms_per_step": window * 1e3 / steps.max(1) as f64,
@@ -770,9 +735,8 @@ fn main() -> Res<()> {
             let batches = list("--batches", vec![1, 8, 32, 64]);
             let prefill = list("--max-prefill", vec![SchedulerConfig::default().max_prefill_tokens]);
             let chunks = list("--prefill-chunk", vec![SchedulerConfig::default().prefill_chunk]);
-            let chain = list("--chain", vec![1]);
             let (prompt, new) = (flag("--prompt").unwrap_or(1024), flag("--new").unwrap_or(128));
-            serve_bench(flag("--layers").unwrap_or(27), &batches, &prefill, &chunks, &chain, prompt, new, &dev, &dev_name)
+            serve_bench(flag("--layers").unwrap_or(27), &batches, &prefill, &chunks, prompt, new, &dev, &dev_name)
         }
         Some("int4") => int4::int4_bench(flag("--layers").unwrap_or(27), flag("--steps").unwrap_or(64), &dev, &dev_name),
         Some("bench") => bench(flag("--layers").unwrap_or(27), flag("--steps").unwrap_or(64), &dev, &dev_name),

@@ -16,7 +16,7 @@
 use super::cache::{CachePool, LatentCache};
 use super::model::{DeepSeekV2, LogitsMode};
 use crate::ModelError;
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 use std::collections::HashMap;
 
 /// Attention window granularity: the step attends over `ceil((pos + 1) / WINDOW) * WINDOW`
@@ -218,40 +218,20 @@ fn capture(
 /// time it is stepped (sizes seen once, while sequences come and go, are not worth a capture).
 /// Graphs belong to one pool and one thread (candle's stream is per thread); another pool or
 /// thread recaptures. Without CUDA, or with `KB_DEEPSEEK_CUDA_GRAPHS=0`, steps run eagerly.
-///
-/// Greedy steps can also be chained ([`Self::chain_start`]): the step then ends by writing its
-/// argmax into the token buffer and advancing the positions, so the next step needs nothing from
-/// the host and is enqueued before this one's tokens are read. Between plain steps the GPU
-/// waits for the host (reading the tokens, the requests' events, the next inputs: ~0.6 ms of a
-/// 13.9 ms step at batch 32 on an H100); chained, that work overlaps the next step.
 pub struct BatchDecoder {
     ids: Tensor,
     meta: Tensor,
     logits: Tensor,
-    /// (max,) u32 ones, added to the positions by a chained step.
-    ones: Tensor,
     max: usize,
-    /// Steps taken at each (batch size, chained) before its capture.
+    /// Steps taken at each batch size before its capture.
     #[cfg(feature = "cuda")]
-    seen: HashMap<(usize, bool), u32>,
+    seen: HashMap<usize, u32>,
     #[cfg(feature = "cuda")]
-    graphs: HashMap<(usize, bool), Graph>,
+    graphs: HashMap<usize, Graph>,
     /// The pool and thread the graphs were captured for.
     #[cfg(feature = "cuda")]
     owner: Option<(usize, std::thread::ThreadId)>,
-    #[cfg(feature = "cuda")]
-    chain: Option<Chain>,
     use_graphs: bool,
-}
-
-/// Chained steps in flight: each copies its tokens to one of two page-locked host buffers.
-#[cfg(feature = "cuda")]
-struct Chain {
-    n: usize,
-    host: [candle_core::cuda_backend::cudarc::driver::PinnedHostSlice<u32>; 2],
-    /// Buffers of the steps in flight, oldest first.
-    in_flight: std::collections::VecDeque<usize>,
-    next: usize,
 }
 
 impl BatchDecoder {
@@ -264,7 +244,6 @@ impl BatchDecoder {
             ids: Tensor::zeros(max, DType::U32, dev)?,
             meta: Tensor::zeros(2 * max, DType::U32, dev)?,
             logits: Tensor::zeros((max, model.config().vocab_size), DType::F32, dev)?,
-            ones: Tensor::ones(max, DType::U32, dev)?,
             max,
             #[cfg(feature = "cuda")]
             seen: HashMap::new(),
@@ -272,8 +251,6 @@ impl BatchDecoder {
             graphs: HashMap::new(),
             #[cfg(feature = "cuda")]
             owner: None,
-            #[cfg(feature = "cuda")]
-            chain: None,
             use_graphs,
         })
     }
@@ -305,209 +282,47 @@ impl BatchDecoder {
         if n > self.max {
             return model.forward_decode(tokens, caches, pool);
         }
-        self.upload(model, tokens, caches, pool)?;
-        self.run(model, n, pool, false)?;
+        let meta = model.decode_meta(tokens, caches, pool)?;
+        let dev = model.device();
+        self.ids.slice_set(&Tensor::new(tokens, dev)?, 0, 0)?;
+        self.meta.slice_set(&Tensor::from_vec(meta, 2 * n, dev)?, 0, 0)?;
+        self.run(model, n, pool)?;
         for cache in caches.iter_mut() {
             cache.advance(1);
         }
         Ok(self.logits.narrow(0, 0, n)?)
     }
 
-    /// The step's inputs into the device buffers (reserving the caches' new rows).
-    fn upload(
-        &mut self,
-        model: &DeepSeekV2,
-        tokens: &[u32],
-        caches: &mut [&mut LatentCache],
-        pool: &CachePool,
-    ) -> Result<(), ModelError> {
-        let n = tokens.len();
-        let meta = model.decode_meta(tokens, caches, pool)?;
-        let dev = model.device();
-        self.ids.slice_set(&Tensor::new(tokens, dev)?, 0, 0)?;
-        self.meta.slice_set(&Tensor::from_vec(meta, 2 * n, dev)?, 0, 0)?;
-        Ok(())
-    }
-
-    /// Whether greedy steps of `n` sequences can be chained: CUDA with graphs on.
-    pub fn can_chain(&self, n: usize) -> bool {
-        cfg!(feature = "cuda") && self.use_graphs && (1..=self.max).contains(&n)
-    }
-
-    /// Starts chained greedy decoding with the step [`Self::step`] would take; from then on
-    /// each step feeds its argmax to the next on the device ([`Self::chain_step`]). Read each
-    /// step's tokens with [`Self::chain_tokens`], oldest first; at most two steps are in flight.
-    pub fn chain_start(
-        &mut self,
-        model: &DeepSeekV2,
-        tokens: &[u32],
-        caches: &mut [&mut LatentCache],
-        pool: &CachePool,
-    ) -> Result<(), ModelError> {
-        let n = tokens.len();
-        if !self.can_chain(n) {
-            return Err(ModelError::InvalidInput(format!("chained decode of {n} sequences is not available here")));
-        }
-        self.chain_reset(model, n)?;
-        self.upload(model, tokens, caches, pool)?;
-        self.chain_launch(model, n, caches, pool)
-    }
-
-    /// A new chain of `n` sequences, with the host buffers of the last one (or new ones).
-    #[cfg(feature = "cuda")]
-    fn chain_reset(&mut self, model: &DeepSeekV2, n: usize) -> Result<(), ModelError> {
-        if self.chain.as_ref().is_some_and(|c| !c.in_flight.is_empty()) {
-            return Err(ModelError::InvalidInput("a chain's steps are still in flight: read them first".into()));
-        }
-        let host = match self.chain.take() {
-            Some(c) => c.host,
-            None => {
-                let candle_core::Device::Cuda(cuda) = model.device() else { unreachable!("can_chain: CUDA") };
-                let ctx = cuda.cuda_stream().context().clone();
-                let cuda_err = |e| ModelError::from(candle_core::Error::Cuda(Box::new(e)));
-                // SAFETY: page-locked host memory (cached, not write-combined: the host reads it),
-                // read only after a step's copy has written it.
-                let buffer = || unsafe { ctx.alloc_pinned_with_flags::<u32>(self.max, 0) }.map_err(cuda_err);
-                [buffer()?, buffer()?]
-            }
-        };
-        self.chain = Some(Chain { n, host, in_flight: Default::default(), next: 0 });
-        Ok(())
-    }
-
-    #[cfg(not(feature = "cuda"))]
-    fn chain_reset(&mut self, _: &DeepSeekV2, _: usize) -> Result<(), ModelError> {
-        Err(ModelError::InvalidInput("chained decode needs the cuda feature".into()))
-    }
-
-    /// Enqueues the next chained step: its tokens are the last step's argmax, on the device.
-    pub fn chain_step(
-        &mut self,
-        model: &DeepSeekV2,
-        caches: &mut [&mut LatentCache],
-        pool: &CachePool,
-    ) -> Result<(), ModelError> {
-        let n = self.chain_len()?;
-        if caches.len() != n {
-            return Err(ModelError::InvalidInput(format!("a chain of {n} sequences stepped with {}", caches.len())));
-        }
-        for cache in caches.iter_mut() {
-            cache.reserve(1)?;
-        }
-        self.chain_launch(model, n, caches, pool)
-    }
-
-    #[cfg(feature = "cuda")]
-    fn chain_len(&self) -> Result<usize, ModelError> {
-        match &self.chain {
-            Some(c) if c.in_flight.len() < 2 => Ok(c.n),
-            Some(_) => Err(ModelError::InvalidInput("two chained steps in flight: read the oldest first".into())),
-            None => Err(ModelError::InvalidInput("no chain started".into())),
-        }
-    }
-
-    #[cfg(not(feature = "cuda"))]
-    fn chain_len(&self) -> Result<usize, ModelError> {
-        Err(ModelError::InvalidInput("chained decode needs the cuda feature".into()))
-    }
-
-    /// The step itself, then a copy of its tokens to a host buffer, both enqueued; the caches
-    /// advance.
-    #[cfg(feature = "cuda")]
-    fn chain_launch(
-        &mut self,
-        model: &DeepSeekV2,
-        n: usize,
-        caches: &mut [&mut LatentCache],
-        pool: &CachePool,
-    ) -> Result<(), ModelError> {
-        use candle_core::Storage;
-        let candle_core::Device::Cuda(cuda) = model.device() else { unreachable!("can_chain: CUDA") };
-        let cuda_err = |e| ModelError::from(candle_core::Error::Cuda(Box::new(e)));
-        let stream = cuda.cuda_stream();
-        self.run(model, n, pool, true)?;
-        let chain = self.chain.as_mut().expect("started by chain_start");
-        let (storage, layout) = self.ids.storage_and_layout();
-        let Storage::Cuda(ids) = &*storage else { unreachable!("on CUDA") };
-        let ids = ids.as_cuda_slice::<u32>()?.slice(layout.start_offset()..layout.start_offset() + n);
-        let slot = chain.next;
-        stream.memcpy_dtoh(&ids, &mut chain.host[slot]).map_err(cuda_err)?;
-        chain.in_flight.push_back(slot);
-        chain.next = 1 - slot;
-        for cache in caches.iter_mut() {
-            cache.advance(1);
-        }
-        Ok(())
-    }
-
-    #[cfg(not(feature = "cuda"))]
-    fn chain_launch(
-        &mut self,
-        _: &DeepSeekV2,
-        _: usize,
-        _: &mut [&mut LatentCache],
-        _: &CachePool,
-    ) -> Result<(), ModelError> {
-        Err(ModelError::InvalidInput("chained decode needs the cuda feature".into()))
-    }
-
-    /// The tokens of the oldest chained step not yet read, waiting for it; None when no step is in flight.
-    pub fn chain_tokens(&mut self) -> Result<Option<Vec<u32>>, ModelError> {
-        #[cfg(feature = "cuda")]
-        if let Some(chain) = self.chain.as_mut() {
-            let Some(slot) = chain.in_flight.pop_front() else { return Ok(None) };
-            let host = chain.host[slot].as_slice().map_err(|e| candle_core::Error::Cuda(Box::new(e)))?;
-            return Ok(Some(host[..chain.n].to_vec()));
-        }
-        Ok(None)
-    }
-
     fn eager(&self, model: &DeepSeekV2, n: usize, pool: &CachePool) -> Result<(), ModelError> {
-        let logits = model.decode_layers(&self.ids.narrow(0, 0, n)?, &self.meta.narrow(0, 0, n * 2)?, pool)?;
+        let logits = model.decode_layers(&self.ids.narrow(0, 0, n)?, &self.meta.narrow(0, 0, 2 * n)?, pool)?;
         Ok(self.logits.slice_set(&logits, 0, 0)?)
     }
 
-    /// [`Self::eager`], then the next step's inputs from this one: its argmax as the tokens,
-    /// every position one further (the first pool rows stay).
-    fn eager_chained(&self, model: &DeepSeekV2, n: usize, pool: &CachePool) -> Result<(), ModelError> {
-        self.eager(model, n, pool)?;
-        let next = self.logits.narrow(0, 0, n)?.argmax(D::Minus1)?;
-        self.ids.slice_set(&next, 0, 0)?;
-        let positions = (self.meta.narrow(0, 0, n)? + self.ones.narrow(0, 0, n)?)?;
-        Ok(self.meta.slice_set(&positions, 0, 0)?)
-    }
-
     #[cfg(not(feature = "cuda"))]
-    fn run(&mut self, model: &DeepSeekV2, n: usize, pool: &CachePool, chained: bool) -> Result<(), ModelError> {
-        if chained {
-            self.eager_chained(model, n, pool)
-        } else {
-            self.eager(model, n, pool)
-        }
+    fn run(&mut self, model: &DeepSeekV2, n: usize, pool: &CachePool) -> Result<(), ModelError> {
+        self.eager(model, n, pool)
     }
 
     #[cfg(feature = "cuda")]
-    fn run(&mut self, model: &DeepSeekV2, n: usize, pool: &CachePool, chained: bool) -> Result<(), ModelError> {
+    fn run(&mut self, model: &DeepSeekV2, n: usize, pool: &CachePool) -> Result<(), ModelError> {
         let owner = (pool.id(), std::thread::current().id());
         if self.owner.replace(owner) != Some(owner) {
             self.graphs.clear();
             self.seen.clear();
         }
-        let key = (n, chained);
-        if let Some(g) = self.graphs.get(&key).filter(|_| self.use_graphs) {
+        if let Some(g) = self.graphs.get(&n).filter(|_| self.use_graphs) {
             g.0.launch().map_err(|e| candle_core::Error::Cuda(Box::new(e)))?;
             return Ok(());
         }
-        let step = |this: &Self| if chained { this.eager_chained(model, n, pool) } else { this.eager(model, n, pool) };
-        let seen = self.seen.entry(key).or_insert(0);
+        let seen = self.seen.entry(n).or_insert(0);
         *seen += 1;
         if !self.use_graphs || *seen < 2 {
-            return step(self);
+            return self.eager(model, n, pool);
         }
-        match capture(model.device(), || step(self))? {
+        match capture(model.device(), || self.eager(model, n, pool))? {
             Ok(graph) => {
-                tracing::debug!(batch = n, chained, "captured DeepSeek batched decode graph");
-                self.graphs.insert(key, graph);
+                tracing::debug!(batch = n, "captured DeepSeek batched decode graph");
+                self.graphs.insert(n, graph);
                 Ok(())
             }
             // The step ran: its logits are in the buffer. One that cannot be captured (a host

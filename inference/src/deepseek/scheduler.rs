@@ -39,10 +39,6 @@ pub struct SchedulerConfig {
     /// Prompt tokens one step feeds at most while no sequence decodes (no one to stall): whole
     /// prompts, many at once, so a burst of requests reaches its first tokens in few passes.
     pub max_prefill_tokens: usize,
-    /// Chain greedy decode steps on the device while the batch stays the same (CUDA graphs),
-    /// so the host's work between steps overlaps the GPU's ([`BatchDecoder::chain_start`]).
-    /// Off by default until measured on a GPU (`deepseek-bench serve-bench --chain 1,0`).
-    pub chain_steps: bool,
 }
 
 impl Default for SchedulerConfig {
@@ -55,7 +51,6 @@ impl Default for SchedulerConfig {
             queue_wait: Duration::from_secs(10),
             max_step_tokens: 4096,
             max_prefill_tokens: 16_384,
-            chain_steps: false,
         }
     }
 }
@@ -234,8 +229,7 @@ impl Worker {
             if self.active.is_empty() {
                 continue;
             }
-            let stepped = if self.chainable() { self.chained() } else { self.step() };
-            if let Err(e) = stepped {
+            if let Err(e) = self.step() {
                 // A failed pass fails every sequence in it; the scheduler carries on.
                 for s in std::mem::take(&mut self.active) {
                     let _ = s.job.events.send(Event::Error(e.to_string()));
@@ -348,102 +342,29 @@ impl Worker {
             rows.push((row, *i));
         }
         let tokens = self.sample(&logits, &rows)?;
-        let finished: Vec<usize> =
-            rows.into_iter().zip(tokens).filter_map(|((_, i), token)| self.deliver(i, token).then_some(i)).collect();
-        self.retire(finished);
-        Ok(())
-    }
-
-    /// Gives sequence `i` its next token; true when that finished it (its `Done` is sent).
-    fn deliver(&mut self, i: usize, token: u32) -> bool {
-        let s = &mut self.active[i];
-        s.generated.push(token);
-        let outcome = if s.job.request.end_tokens.contains(&token) {
-            Some(FinishReason::Stop)
-        } else if s.job.events.send(Event::Token(token)).is_err() {
-            Some(FinishReason::Cancelled)
-        } else if s.generated.len() >= s.job.request.params.max_tokens {
-            Some(FinishReason::Length)
-        } else {
-            None
-        };
-        if let Some(reason) = outcome {
-            let _ = s.job.events.send(Event::Done(reason));
+        let mut finished = Vec::new();
+        for ((_, i), token) in rows.into_iter().zip(tokens) {
+            let s = &mut self.active[i];
+            s.generated.push(token);
+            let outcome = if s.job.request.end_tokens.contains(&token) {
+                Some(FinishReason::Stop)
+            } else if s.job.events.send(Event::Token(token)).is_err() {
+                Some(FinishReason::Cancelled)
+            } else if s.generated.len() >= s.job.request.params.max_tokens {
+                Some(FinishReason::Length)
+            } else {
+                None
+            };
+            if let Some(reason) = outcome {
+                let _ = s.job.events.send(Event::Done(reason));
+                finished.push(i);
+            }
         }
-        outcome.is_some()
-    }
-
-    /// Removes finished sequences (indices into `active`) and frees their cache rows.
-    fn retire(&mut self, mut finished: Vec<usize>) {
         finished.sort_unstable();
         for i in finished.into_iter().rev() {
             let s = self.active.swap_remove(i);
             self.pool.release(&s.cache);
         }
-    }
-
-    /// Whether the next steps can be chained on the device: every sequence decoding greedily,
-    /// CUDA graphs on. (Requests still waiting found no place at the last `admit`; none will
-    /// before a sequence finishes, which ends the chain.)
-    fn chainable(&self) -> bool {
-        let n = self.active.len();
-        self.config.chain_steps
-            && self.decoder.as_ref().is_some_and(|d| d.can_chain(n))
-            && self.model.batched_decode_supported(n)
-            && self
-                .active
-                .iter()
-                .all(|s| s.decoding() && !s.generated.is_empty() && s.job.request.params.temperature == 0.0)
-    }
-
-    /// Greedy steps chained on the device ([`BatchDecoder::chain_start`]): each next step is
-    /// enqueued before this one's tokens are read, so delivering them overlaps the GPU's work.
-    /// The chain ends when a sequence finishes or a request arrives (admitted at the next
-    /// `admit`); the step then in flight is read and its tokens go to the sequences still running
-    /// (a finished one's extra token is dropped: its cache row lies within its reservation).
-    fn chained(&mut self) -> Result<(), ModelError> {
-        let mut decoder = self.decoder.take().expect("chainable");
-        let result = self.chain_with(&mut decoder);
-        if result.is_err() {
-            // Drain what is in flight so the decoder can start a new chain.
-            while let Ok(Some(_)) = decoder.chain_tokens() {}
-        }
-        self.decoder = Some(decoder);
-        result
-    }
-
-    fn chain_with(&mut self, decoder: &mut BatchDecoder) -> Result<(), ModelError> {
-        let first: Vec<u32> = self.active.iter().map(|s| *s.generated.last().expect("decoding")).collect();
-        let mut caches: Vec<&mut LatentCache> = self.active.iter_mut().map(|s| &mut s.cache).collect();
-        decoder.chain_start(&self.model, &first, &mut caches, &self.pool)?;
-        drop(caches);
-        let mut in_flight = 1;
-        let mut stop = false;
-        let mut finished = vec![false; self.active.len()];
-        loop {
-            while let Ok(job) = self.rx.try_recv() {
-                self.waiting.push_back(job);
-                stop = true;
-            }
-            let room = self.active.iter().all(|s| s.generated.len() + in_flight < s.job.request.params.max_tokens);
-            if !stop && room {
-                let mut caches: Vec<&mut LatentCache> = self.active.iter_mut().map(|s| &mut s.cache).collect();
-                decoder.chain_step(&self.model, &mut caches, &self.pool)?;
-                in_flight += 1;
-            }
-            let Some(tokens) = decoder.chain_tokens()? else { break };
-            in_flight -= 1;
-            for (i, token) in tokens.into_iter().enumerate() {
-                if !finished[i] && self.deliver(i, token) {
-                    finished[i] = true;
-                    stop = true;
-                }
-            }
-            if in_flight == 0 {
-                break;
-            }
-        }
-        self.retire(finished.iter().enumerate().filter_map(|(i, &f)| f.then_some(i)).collect());
         Ok(())
     }
 
