@@ -495,6 +495,34 @@ fn check_batched(model: &DeepSeekV2, dev_name: &str) -> Res<()> {
         m["graphs"] = graphs.graphs().into();
         result(&format!("batch_decoder_{round}_vs_batched"), m, dev_name);
     }
+    // Six greedy steps at advancing positions through BatchDecoder (eager, captured, then four
+    // replays) against the same steps through forward_decode (never a graph): the same tokens.
+    // (The rounds above replay one position; this checks that nothing a graph holds is tied to
+    // the step it was captured at.)
+    let mut greedy = [Vec::new(), Vec::new()];
+    for (graph, out) in greedy.iter_mut().enumerate() {
+        for (c, &n) in caches.iter_mut().zip(lens.iter()) {
+            c.truncate(n);
+        }
+        let mut refs: Vec<&mut LatentCache> = caches.iter_mut().collect();
+        let mut dec = BatchDecoder::new(model, 8)?;
+        let mut cur = next.clone();
+        for _ in 0..6 {
+            let logits = if graph == 1 {
+                dec.step(model, &cur, &mut refs, &pool)?
+            } else {
+                model.forward_decode(&cur, &mut refs, &pool)?
+            };
+            cur = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+            out.extend(cur.iter().copied());
+        }
+    }
+    let same = greedy[0].iter().zip(greedy[1].iter()).filter(|(a, b)| a == b).count();
+    result(
+        "batch_decoder_steps_vs_forward_decode",
+        serde_json::json!({ "same_tokens": same, "of": greedy[0].len(), "steps": 6, "sequences": lens.len() }),
+        dev_name,
+    );
     // A batch past the per-token kernels (experts grouped on the device) against each sequence
     // decoded alone (per-token kernels), so the grouped expert kernels are checked by others.
     let glens: Vec<usize> = (0..24).map(|i| 9 + (i * 37) % 300).collect();
