@@ -318,13 +318,19 @@ impl Moe {
                 if n <= FUSED_MAX_TOKENS {
                     return super::kernels::experts(x, &route, gate_up, down, residual, self.top_k, self.shared);
                 }
-                if prefill {
-                    // The shared experts see every token: for a prompt that is a dense GEMM.
-                    let residual = match self.shared_dense(x, gate_up, down)? {
-                        Some(shared) => (residual + shared)?,
-                        None => residual.clone(),
-                    };
-                    return super::kernels::experts_prefill(
+                // The shared experts see every token: for a prompt, a dense GEMM; for a decode
+                // batch, optionally (`shared_grouped`) experts every token goes to in the same
+                // grouped launches (one pass over their weights per 32 tokens, no extra kernels).
+                let grouped_shared = if prefill || !shared_grouped() { 0 } else { self.shared };
+                let dense_shared = if grouped_shared > 0 { None } else { self.shared_dense(x, gate_up, down)? };
+                let residual = match dense_shared {
+                    Some(shared) => (residual + shared)?,
+                    None => residual.clone(),
+                };
+                return if prefill {
+                    super::kernels::experts_prefill(x, &route, gate_up, down, &residual, self.top_k, self.n_experts)
+                } else {
+                    super::kernels::experts_grouped(
                         x,
                         &route,
                         gate_up,
@@ -332,36 +338,9 @@ impl Moe {
                         &residual,
                         self.top_k,
                         self.n_experts,
-                    );
-                }
-                // A decode batch: the shared chunks are experts every token goes to, in the same
-                // grouped launches (one pass over their weights per 32 tokens, no extra kernels).
-                if shared_grouped() {
-                    return super::kernels::experts_grouped(
-                        x,
-                        &route,
-                        gate_up,
-                        down,
-                        residual,
-                        self.top_k,
-                        self.n_experts,
-                        self.shared,
-                    );
-                }
-                let residual = match self.shared_dense(x, gate_up, down)? {
-                    Some(shared) => (residual + shared)?,
-                    None => residual.clone(),
+                        grouped_shared,
+                    )
                 };
-                return super::kernels::experts_grouped(
-                    x,
-                    &route,
-                    gate_up,
-                    down,
-                    &residual,
-                    self.top_k,
-                    self.n_experts,
-                    0,
-                );
             }
         }
         residual + self.forward(x)?
