@@ -77,8 +77,12 @@ __device__ __forceinline__ unsigned bf16x2(float a, float b) {
 
 // The epilogues of a warp's 16-row tile against MNT token tiles (c[n] as mma_k32 leaves it:
 // rows g and g + 8 of the tile x token columns 2q and 2q + 1 of tile n, s = s0 + 8n + 2q).
+// One output value, as f32 or bf16.
+__device__ __forceinline__ void put(float* out, size_t i, float v) { out[i] = v; }
+__device__ __forceinline__ void put(bf16_t* out, size_t i, float v) { out[i] = f2bf(v); }
 // A gate/up tile (rows 0-7 gate, 8-15 up, rows j0 + g): act[s][j0 + g] = silu(gate) * up.
-__device__ __forceinline__ void store_swiglu(float* act, const float (*c)[4], int s0, int end, int j0, int I) {
+template <class Y>
+__device__ __forceinline__ void store_swiglu(Y* act, const float (*c)[4], int s0, int end, int j0, int I) {
     const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
 #pragma unroll
     for (int n = 0; n < MNT; n++)
@@ -87,13 +91,11 @@ __device__ __forceinline__ void store_swiglu(float* act, const float (*c)[4], in
             const int s = s0 + 8 * n + 2 * q + i;
             if (s < end && j0 + g < I) {
                 const float a = c[n][i];
-                act[(size_t)s * I + j0 + g] = a / (1.f + __expf(-a)) * c[n][2 + i];
+                put(act, (size_t)s * I + j0 + g, a / (1.f + __expf(-a)) * c[n][2 + i]);
             }
         }
 }
-// A plain tile (rows r0 + g, r0 + g + 8 of R): out[s][r], as f32 or bf16.
-__device__ __forceinline__ void put(float* out, size_t i, float v) { out[i] = v; }
-__device__ __forceinline__ void put(bf16_t* out, size_t i, float v) { out[i] = f2bf(v); }
+// A plain tile (rows r0 + g, r0 + g + 8 of R): out[s][r].
 template <class Y>
 __device__ __forceinline__ void store_tile(Y* out, const float (*c)[4], int s0, int end, int r0, int R) {
     const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;

@@ -77,15 +77,6 @@ const FUSED_MAX_TOKENS: usize = 8;
 #[cfg(feature = "cuda")]
 const DEVICE_GROUPED_MAX_TOKENS: usize = 64;
 
-/// Whether a decode batch's shared experts go through the grouped expert launches as experts
-/// every token goes to (`KB_DEEPSEEK_SHARED_GROUPED=1`) instead of cuBLAS GEMMs. Compiled, not
-/// yet measured on a GPU, so off by default.
-#[cfg(feature = "cuda")]
-fn shared_grouped() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("KB_DEEPSEEK_SHARED_GROUPED").is_ok_and(|v| v == "1"))
-}
-
 #[derive(Debug, Clone)]
 pub struct Moe {
     /// Router (n_experts, hidden), kept in f32 like the reference (routing is precision-sensitive).
@@ -318,28 +309,15 @@ impl Moe {
                 if n <= FUSED_MAX_TOKENS {
                     return super::kernels::experts(x, &route, gate_up, down, residual, self.top_k, self.shared);
                 }
-                // The shared experts see every token: for a prompt, a dense GEMM; for a decode
-                // batch, optionally (`shared_grouped`) experts every token goes to in the same
-                // grouped launches (one pass over their weights per 32 tokens, no extra kernels).
-                let grouped_shared = if prefill || !shared_grouped() { 0 } else { self.shared };
-                let dense_shared = if grouped_shared > 0 { None } else { self.shared_dense(x, gate_up, down)? };
-                let residual = match dense_shared {
+                // The shared experts see every token: dense GEMMs into the residual.
+                let residual = match self.shared_dense(x, gate_up, down)? {
                     Some(shared) => (residual + shared)?,
                     None => residual.clone(),
                 };
                 return if prefill {
                     super::kernels::experts_prefill(x, &route, gate_up, down, &residual, self.top_k, self.n_experts)
                 } else {
-                    super::kernels::experts_grouped(
-                        x,
-                        &route,
-                        gate_up,
-                        down,
-                        &residual,
-                        self.top_k,
-                        self.n_experts,
-                        grouped_shared,
-                    )
+                    super::kernels::experts_grouped(x, &route, gate_up, down, &residual, self.top_k, self.n_experts)
                 };
             }
         }

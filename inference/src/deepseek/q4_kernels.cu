@@ -206,7 +206,9 @@ __device__ __forceinline__ uint4 tok8(const float* p) {
 // c[n] (rows lo, hi of the warp's tile x token tile n, as mma_k32 leaves them) = the rows' int4
 // products with tokens xr[n] over `groups` groups of 128 columns. wlo / whi: the rows' codes
 // (uint4 per 32 codes) from this lane's quarter; slo / shi, zlo / zhi: the rows' scales and zero
-// points per group; xr[n]: token rows from this lane's 32 columns. Groups are loaded MU ahead.
+// points per group; xr[n]: token rows from this lane's 32 columns. Groups are loaded MU ahead, their
+// scales and zero points with their codes (loaded where they were used, each group waited on a
+// round trip of its own: 11.90 against 11.47 ms a batch-32 step, H100).
 template <class X>
 __device__ __forceinline__ void q4_mma_rows(float (*c)[4], const uint4* wlo, const uint4* whi, const f16_t* slo,
                                             const f16_t* shi, const unsigned char* zlo, const unsigned char* zhi,
@@ -214,14 +216,21 @@ __device__ __forceinline__ void q4_mma_rows(float (*c)[4], const uint4* wlo, con
     for (int g0 = 0; g0 < groups; g0 += MU) {
         const int nu = min(MU, groups - g0);
         uint4 a[MU], b[MU];
+        unsigned char za[MU], zb[MU];
+        f16_t sa[MU], sb[MU];
 #pragma unroll
         for (int u = 0; u < MU; u++)
-            if (u < nu) { a[u] = ldw(wlo + 4 * (g0 + u)); b[u] = ldw(whi + 4 * (g0 + u)); }
+            if (u < nu) {
+                a[u] = ldw(wlo + 4 * (g0 + u));
+                b[u] = ldw(whi + 4 * (g0 + u));
+                za[u] = zlo[g0 + u], zb[u] = zhi[g0 + u], sa[u] = slo[g0 + u], sb[u] = shi[g0 + u];
+            }
 #pragma unroll
         for (int u = 0; u < MU; u++) {
             if (u >= nu) break;
             const int gr = g0 + u;
-            const unsigned nl = (0xC300u | zlo[gr]) * 0x10001u, nh = (0xC300u | zhi[gr]) * 0x10001u;
+            const unsigned nl = (0xC300u | za[u]) * 0x10001u, nh = (0xC300u | zb[u]) * 0x10001u;
+            const float sl = h2f(sa[u]), sh = h2f(sb[u]);
             float t[MNT][4];
 #pragma unroll
             for (int n = 0; n < MNT; n++) t[n][0] = t[n][1] = t[n][2] = t[n][3] = 0.f;
@@ -233,7 +242,6 @@ __device__ __forceinline__ void q4_mma_rows(float (*c)[4], const uint4* wlo, con
                 for (int n = 0; n < MNT; n++)
                     if (n < tiles) mma_k32(t[n], la, ha, tok8(xr[n] + 128 * gr + 8 * i));
             }
-            const float sl = h2f(slo[gr]), sh = h2f(shi[gr]);
 #pragma unroll
             for (int n = 0; n < MNT; n++) {
                 c[n][0] = fmaf(sl, t[n][0], c[n][0]);
@@ -245,11 +253,20 @@ __device__ __forceinline__ void q4_mma_rows(float (*c)[4], const uint4* wlo, con
     }
 }
 
+// The grouped kernels' registers bounded so four blocks of 4 warps fit an SM (a few bytes spill):
+// 8.52 against 8.92 ms a batch-32 step unbounded (167-170 registers), H100. -DQ4LB=n for n blocks.
+#ifndef Q4LB
+#define Q4LB 4
+#endif
+#define Q4_BOUNDS __launch_bounds__(128, Q4LB)
+
 // grid (ceil(I / (8 * warps)), E_all): moe_gate_up_mma (kernels.cu) with int4 experts, the slots
 // grouped by moe_group over routed and shared experts alike. qw (E_all, 2I, H / 32) uint4, sc / zr
-// (E_all, 2I, H / 128). Needs H % 128 == 0.
-extern "C" __global__ void moe_gate_up_q4_mma(const bf16_t* x, const int* offsets, const int* slot_token,
-                                              const uint4* qw, const f16_t* sc, const unsigned char* zr, float* act,
+// (E_all, 2I, H / 128). Needs H % 128 == 0. act (slots, I) is bf16, not f32 as in the bf16 path:
+// with a quarter of the weight bytes, the down kernel's token loads and conversions weighed more
+// than its codes (8.92 against 10.70 ms a batch-32 step with f32, H100).
+extern "C" __global__ void Q4_BOUNDS moe_gate_up_q4_mma(const bf16_t* x, const int* offsets, const int* slot_token,
+                                              const uint4* qw, const f16_t* sc, const unsigned char* zr, bf16_t* act,
                                               int H, int I) {
     const int e = blockIdx.y, beg = offsets[e], end = offsets[e + 1];
     const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
@@ -273,7 +290,7 @@ extern "C" __global__ void moe_gate_up_q4_mma(const bf16_t* x, const int* offset
 
 // grid (ceil(H / (16 * warps)), E_all): moe_down_mma (kernels.cu) with int4 experts. qw (E_all, H,
 // I / 32) uint4, sc / zr (E_all, H, I / 128). Needs I % 128 == 0.
-extern "C" __global__ void moe_down_q4_mma(const float* act, const int* offsets, const uint4* qw, const f16_t* sc,
+extern "C" __global__ void Q4_BOUNDS moe_down_q4_mma(const bf16_t* act, const int* offsets, const uint4* qw, const f16_t* sc,
                                            const unsigned char* zr, float* y, int H, int I) {
     const int e = blockIdx.y, beg = offsets[e], end = offsets[e + 1];
     const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
@@ -283,7 +300,7 @@ extern "C" __global__ void moe_down_q4_mma(const float* act, const int* offsets,
     const size_t rl = (size_t)e * H + min(r0 + g, H - 1), rh = (size_t)e * H + min(r0 + g + 8, H - 1);
     for (int s0 = beg; s0 < end; s0 += 8 * MNT) {
         float c[MNT][4];
-        const float* ar[MNT];
+        const bf16_t* ar[MNT];
 #pragma unroll
         for (int n = 0; n < MNT; n++) {
             c[n][0] = c[n][1] = c[n][2] = c[n][3] = 0.f;
@@ -295,23 +312,35 @@ extern "C" __global__ void moe_down_q4_mma(const float* act, const int* offsets,
     }
 }
 
-// grid (ceil(OUT / (16 * warps)), ceil(T / (8 * MNT))): y[t][r] = x[t] . W[r] for a batch of
-// tokens, W int4 (OUT, IN): each 16-row tile's codes read once per 8 * MNT tokens. Needs IN % 128 == 0.
+// grid (ceil(OUT / 16), ceil(T / (8 * MNT))), W warps a block, (W - 1) * MNT * 512 bytes of shared memory: y[t][r] = x[t] . W[r] for a
+// batch of tokens, W int4 (OUT, IN): each 16-row tile's codes read once per 8 * MNT tokens. The
+// block's warps split the tile's groups and add their sums in shared memory: a dense projection
+// has few tiles (2,048 rows: 128), one warp each left the GPU mostly idle. Needs IN % 128 == 0.
 extern "C" __global__ void q4_linear_mma(const bf16_t* x, const uint4* qw, const f16_t* sc, const unsigned char* zr,
                                          bf16_t* y, int T, int IN, int OUT) {
-    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
-    const int r0 = 16 * (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)), s0 = blockIdx.y * 8 * MNT;
-    if (r0 >= OUT) return;
-    const int C = IN / 32, NG = IN / Q4_GROUP;
+    extern __shared__ float part[]; // (W - 1, MNT * 4, 32): the other warps' sums
+    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3, w = threadIdx.x >> 5, W = blockDim.x >> 5;
+    const int r0 = 16 * blockIdx.x, s0 = blockIdx.y * 8 * MNT;
+    const int C = IN / 32, NG = IN / Q4_GROUP, gb = NG * w / W, ge = NG * (w + 1) / W;
     const size_t rl = min(r0 + g, OUT - 1), rh = min(r0 + g + 8, OUT - 1);
     float c[MNT][4];
     const bf16_t* xr[MNT];
 #pragma unroll
     for (int n = 0; n < MNT; n++) {
         c[n][0] = c[n][1] = c[n][2] = c[n][3] = 0.f;
-        xr[n] = x + (size_t)min(s0 + 8 * n + g, T - 1) * IN + 32 * q;
+        xr[n] = x + (size_t)min(s0 + 8 * n + g, T - 1) * IN + 32 * q + Q4_GROUP * gb;
     }
-    q4_mma_rows(c, qw + rl * C + q, qw + rh * C + q, sc + rl * NG, sc + rh * NG, zr + rl * NG, zr + rh * NG, xr,
-                (T - s0 + 7) / 8, NG);
+    q4_mma_rows(c, qw + rl * C + q + 4 * gb, qw + rh * C + q + 4 * gb, sc + rl * NG + gb, sc + rh * NG + gb,
+                zr + rl * NG + gb, zr + rh * NG + gb, xr, (T - s0 + 7) / 8, ge - gb);
+    if (W > 1) {
+        if (w > 0)
+#pragma unroll
+            for (int i = 0; i < MNT * 4; i++) part[((w - 1) * MNT * 4 + i) * 32 + lane] = c[i / 4][i % 4];
+        __syncthreads();
+        if (w > 0) return;
+        for (int v = 1; v < W; v++)
+#pragma unroll
+            for (int i = 0; i < MNT * 4; i++) c[i / 4][i % 4] += part[((v - 1) * MNT * 4 + i) * 32 + lane];
+    }
     store_tile(y, c, s0, T, r0, OUT);
 }

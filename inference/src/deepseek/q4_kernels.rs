@@ -6,7 +6,7 @@
 //! Why: decode at batch 1 is bound by reading weights, and int4 codes are a quarter of bf16's
 //! bytes; the codes are unpacked in registers (no int-to-float conversions, see the .cu).
 
-use super::kernels::{combine, compiled, cuda_contiguous, group_by_expert, launch_err, slice_of};
+use super::kernels::{combine, compiled, cuda_contiguous, group_by_expert, launch_err, nvrtc_options, slice_of};
 use super::quant::{Int4Weight, GROUP};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
@@ -31,7 +31,7 @@ const MMA_TOKENS: usize = 32;
 
 fn ptx() -> Result<&'static str> {
     static PTX: OnceLock<std::result::Result<String, String>> = OnceLock::new();
-    compiled(&PTX, SRC, Vec::new())
+    compiled(&PTX, SRC, nvrtc_options())
 }
 
 /// The packed parts, contiguous, codes on 16-byte boundaries.
@@ -42,6 +42,11 @@ fn parts(q: &Int4Weight) -> Result<(Tensor, Tensor, Tensor)> {
     }
     Ok((qw, q.scales.contiguous()?, q.zeros.contiguous()?))
 }
+
+/// Warps that split one 16-row tile's groups in `q4_linear_mma`: a dense projection has few tiles
+/// (2,048 rows: 128), one warp each left most of the GPU idle (batch-32 step, H100: 9.61 ms with
+/// 1, 8.92 with 4, 8.97 with 8).
+const LINEAR_SPLIT: u32 = 4;
 
 /// Whether the tensor-core int4 kernels take decode batches of 9 to 64 tokens (on unless
 /// `KB_DEEPSEEK_Q4_MMA=0`, which runs the per-token expert kernels 8 tokens a pass and multiplies
@@ -101,13 +106,16 @@ impl CustomOp1 for Q4Linear<'_> {
             let grid = ((out as u32).div_ceil(2 * WARPS), 1, 1);
             ("q4_linear", LaunchConfig { grid_dim: grid, block_dim: (32 * WARPS, 1, 1), shared_mem_bytes: 0 })
         } else {
-            let grid = ((out as u32).div_ceil(16 * MMA_WARPS), t.div_ceil(MMA_TOKENS) as u32, 1);
-            ("q4_linear_mma", LaunchConfig { grid_dim: grid, block_dim: (32 * MMA_WARPS, 1, 1), shared_mem_bytes: 0 })
+            let w = LINEAR_SPLIT;
+            let grid = ((out as u32).div_ceil(16), t.div_ceil(MMA_TOKENS) as u32, 1);
+            // Each other warp's MNT * 4 sums a lane, f32.
+            let shared = (w - 1) * (MMA_TOKENS as u32 / 8 * 4) * 32 * 4;
+            ("q4_linear_mma", LaunchConfig { grid_dim: grid, block_dim: (32 * w, 1, 1), shared_mem_bytes: shared })
         };
         let f = dev.get_or_load_custom_func(name, MODULE, ptx()?)?;
         let mut b = f.builder();
         b.arg(&x).arg(&qw).arg(&sc).arg(&zr).arg(&y).arg(&ti).arg(&ii).arg(&oi);
-        // SAFETY: x (t, in) bf16, qw (out, in / 8) u32 at a 16-byte aligned start (checked by `parts`), sc / zr (out, in / 128) and y (t, out) match q4_linear's and q4_linear_mma's (x, qw, sc, zr, y, T, IN, OUT); in % 128 == 0 (q4_gemv_supported); q4_linear takes t <= 8 with two rows a warp, q4_linear_mma 16 rows a warp by 32 tokens a grid row.
+        // SAFETY: x (t, in) bf16, qw (out, in / 8) u32 at a 16-byte aligned start (checked by `parts`), sc / zr (out, in / 128) and y (t, out) match q4_linear's and q4_linear_mma's (x, qw, sc, zr, y, T, IN, OUT); in % 128 == 0 (q4_gemv_supported); q4_linear takes t <= 8 with two rows a warp, q4_linear_mma a 16-row tile a block (its warps splitting the groups, their sums in the shared memory given) by 32 tokens a grid row.
         unsafe { b.launch(cfg) }.map_err(launch_err)?;
         Ok((CudaStorage::wrap_cuda_slice(y, dev), Shape::from((t, out))))
     }
@@ -236,7 +244,7 @@ impl CustomOp1 for ExpertsQ4<'_> {
         if t > MAX_TOKENS {
             let groups = group_by_expert(&dev, &route, t, self.k, self.shared, e_all - self.shared)?;
             // SAFETY: uninitialised device memory, every element written by the kernels below.
-            let act = unsafe { dev.alloc::<f32>(t * s * inter)? };
+            let act = unsafe { dev.alloc::<bf16>(t * s * inter)? };
             // SAFETY: as act.
             let y = unsafe { dev.alloc::<f32>(t * s * h)? };
             // SAFETY: as act.
@@ -255,7 +263,7 @@ impl CustomOp1 for ExpertsQ4<'_> {
                 .arg(&act)
                 .arg(&hi)
                 .arg(&ii);
-            // SAFETY: x (t, h) bf16, the groups (written by moe_group on this stream), the int4 gate_up (e_all, 2I, h / 8) u32 with (e_all, 2I, h / 128) scales and zeros, act (t * s slots, I) match moe_gate_up_q4_mma's (x, offsets, slot_token, qw, sc, zr, act, H, I); h and I are multiples of 128 (checked by experts_q4); one grid row per expert, 8 rows j a warp.
+            // SAFETY: x (t, h) bf16, the groups (written by moe_group on this stream), the int4 gate_up (e_all, 2I, h / 8) u32 with (e_all, 2I, h / 128) scales and zeros, act (t * s slots, I) bf16 match moe_gate_up_q4_mma's (x, offsets, slot_token, qw, sc, zr, act, H, I); h and I are multiples of 128 (checked by experts_q4); one grid row per expert, 8 rows j a warp.
             unsafe { b.launch(cfg) }.map_err(launch_err)?;
             let f = dev.get_or_load_custom_func("moe_down_q4_mma", MODULE, ptx()?)?;
             let grid = ((h as u32).div_ceil(16 * MMA_WARPS), e_all as u32, 1);

@@ -126,7 +126,19 @@ impl Scheduler {
         std::thread::Builder::new()
             .name("kb-deepseek-scheduler".into())
             .spawn(move || {
-                Worker { model, config, rx, queued, pool, decoder, waiting: VecDeque::new(), active: Vec::new() }.run()
+                Worker {
+                    model,
+                    config,
+                    rx,
+                    queued,
+                    pool,
+                    decoder,
+                    waiting: VecDeque::new(),
+                    active: Vec::new(),
+                    next_id: 0,
+                    outbox: Vec::new(),
+                }
+                .run()
             })
             .map_err(|e| ModelError::InvalidInput(format!("spawning the scheduler thread: {e}")))?;
         Ok(handle)
@@ -194,12 +206,23 @@ fn step_plan(left: &[Option<usize>], c: &SchedulerConfig) -> Vec<(usize, usize)>
 }
 
 struct Sequence {
+    /// Unique among the worker's sequences: events sent late find their sequence by it.
+    id: u64,
     job: Job,
     cache: LatentCache,
     sampler: Sampler,
     /// Prompt tokens fed so far.
     fed: usize,
     generated: Vec<u32>,
+    /// Its receiver is gone: it leaves at the next step.
+    cancelled: bool,
+}
+
+/// An event waiting in the outbox, for sequence `id` (which may have left since).
+struct Outgoing {
+    id: u64,
+    to: mpsc::Sender<Event>,
+    event: Event,
 }
 
 impl Sequence {
@@ -218,11 +241,19 @@ struct Worker {
     decoder: Option<BatchDecoder>,
     waiting: VecDeque<Job>,
     active: Vec<Sequence>,
+    next_id: u64,
+    /// The last step's events. Sending wakes each request's thread (a few µs each, 32 a step
+    /// at batch 32); after a graph decode step is enqueued, that happens while the GPU runs
+    /// it instead of between steps ([`Worker::step`]).
+    outbox: Vec<Outgoing>,
 }
 
 impl Worker {
     fn run(mut self) {
         loop {
+            if self.active.is_empty() {
+                self.flush(); // no step follows to send them behind
+            }
             if !self.admit() {
                 return;
             }
@@ -231,6 +262,7 @@ impl Worker {
             }
             if let Err(e) = self.step() {
                 // A failed pass fails every sequence in it; the scheduler carries on.
+                self.flush();
                 for s in std::mem::take(&mut self.active) {
                     let _ = s.job.events.send(Event::Error(e.to_string()));
                     self.pool.release(&s.cache);
@@ -281,7 +313,9 @@ impl Worker {
             };
             let job = self.waiting.pop_front().expect("front exists");
             self.queued.fetch_sub(1, Ordering::AcqRel);
-            self.active.push(Sequence { job, cache, sampler, fed: 0, generated: Vec::new() });
+            let id = self.next_id;
+            self.next_id += 1;
+            self.active.push(Sequence { id, job, cache, sampler, fed: 0, generated: Vec::new(), cancelled: false });
         }
         // Requests that found no place within the queue wait are turned away (the caller
         // answers 503 with Retry-After); the oldest are at the front.
@@ -311,24 +345,33 @@ impl Worker {
     }
 
     /// One forward pass over the planned sequences, then sampling for those past their prompt.
+    /// The last step's events are sent once this step's work is on the device: right after a
+    /// graph decode step is enqueued (the GPU runs it meanwhile), before any other pass (a
+    /// prompt pass waits on the device between layers, and a first token must not wait for it).
     fn step(&mut self) -> Result<(), ModelError> {
         let plan = self.plan();
         let all_decoding = plan.iter().all(|(i, _)| self.active[*i].decoding());
+        let batched = self.decoder.is_some() && all_decoding && self.model.batched_decode_supported(plan.len());
+        if !batched {
+            self.flush();
+        }
         let logits = {
             let mut picked: Vec<Option<&mut LatentCache>> =
                 self.active.iter_mut().map(|s| Some(&mut s.cache)).collect();
             let mut caches: Vec<&mut LatentCache> =
                 plan.iter().map(|(i, _)| picked[*i].take().expect("each sequence planned once")).collect();
-            let batched =
-                self.decoder.as_mut().filter(|_| all_decoding && self.model.batched_decode_supported(plan.len()));
-            if let Some(decoder) = batched {
-                let tokens: Vec<u32> = plan.iter().map(|(_, t)| t[0]).collect();
-                decoder.step(&self.model, &tokens, &mut caches, &self.pool)?
-            } else {
-                let tokens: Vec<&[u32]> = plan.iter().map(|(_, t)| t.as_slice()).collect();
-                self.model.forward(&tokens, &mut caches, LogitsMode::Last)?.logits.expect("logits were asked for")
+            match self.decoder.as_mut().filter(|_| batched) {
+                Some(decoder) => {
+                    let tokens: Vec<u32> = plan.iter().map(|(_, t)| t[0]).collect();
+                    decoder.step(&self.model, &tokens, &mut caches, &self.pool)?
+                }
+                None => {
+                    let tokens: Vec<&[u32]> = plan.iter().map(|(_, t)| t.as_slice()).collect();
+                    self.model.forward(&tokens, &mut caches, LogitsMode::Last)?.logits.expect("logits were asked for")
+                }
             }
         };
+        self.flush();
         // Rows whose prompt is now complete get a token.
         let mut rows = Vec::new();
         for (row, (i, input)) in plan.iter().enumerate() {
@@ -346,17 +389,18 @@ impl Worker {
         for ((_, i), token) in rows.into_iter().zip(tokens) {
             let s = &mut self.active[i];
             s.generated.push(token);
-            let outcome = if s.job.request.end_tokens.contains(&token) {
-                Some(FinishReason::Stop)
-            } else if s.job.events.send(Event::Token(token)).is_err() {
+            let outcome = if s.cancelled {
                 Some(FinishReason::Cancelled)
-            } else if s.generated.len() >= s.job.request.params.max_tokens {
-                Some(FinishReason::Length)
+            } else if s.job.request.end_tokens.contains(&token) {
+                Some(FinishReason::Stop)
             } else {
-                None
+                self.outbox.push(Outgoing { id: s.id, to: s.job.events.clone(), event: Event::Token(token) });
+                (s.generated.len() >= s.job.request.params.max_tokens).then_some(FinishReason::Length)
             };
             if let Some(reason) = outcome {
-                let _ = s.job.events.send(Event::Done(reason));
+                if reason != FinishReason::Cancelled {
+                    self.outbox.push(Outgoing { id: s.id, to: s.job.events.clone(), event: Event::Done(reason) });
+                }
                 finished.push(i);
             }
         }
@@ -366,6 +410,19 @@ impl Worker {
             self.pool.release(&s.cache);
         }
         Ok(())
+    }
+
+    /// Sends the outbox; a sequence whose receiver is gone is marked cancelled.
+    fn flush(&mut self) {
+        let mut outbox = std::mem::take(&mut self.outbox);
+        for o in outbox.drain(..) {
+            if o.to.send(o.event).is_err() {
+                if let Some(s) = self.active.iter_mut().find(|s| s.id == o.id) {
+                    s.cancelled = true;
+                }
+            }
+        }
+        self.outbox = outbox; // keeps its capacity
     }
 
     /// The next token of each `(row, sequence)`: greedy rows on the device in one argmax, the
