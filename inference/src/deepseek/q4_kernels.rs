@@ -24,8 +24,9 @@ pub const MAX_TOKENS: usize = 8;
 /// Most tokens the tensor-core kernels take (a decode batch; `q4_linear_mma` reads a weight once
 /// per 32 of them): past it, prefill multiplies a dequantised copy with cuBLAS.
 pub const BATCH_TOKENS: usize = 64;
-/// Warps per block of the tensor-core kernels, and tokens per pass over a tile's codes (MNT = 4 in
-/// kernels_common.cuh: 4 tiles of 8).
+/// Warps per block of the grouped tensor-core expert kernels (128 threads, as their
+/// `__launch_bounds__` in q4_kernels.cu assume), and tokens per pass over a tile's codes (MNT = 4
+/// in kernels_common.cuh: 4 tiles of 8).
 const MMA_WARPS: u32 = 4;
 const MMA_TOKENS: usize = 32;
 
