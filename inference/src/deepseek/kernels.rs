@@ -343,8 +343,8 @@ pub(super) fn launch_err(e: impl std::error::Error + Send + Sync + 'static) -> c
 pub fn supported(x: &Tensor, hidden: usize, inter: usize, n_experts: usize, slots: usize) -> bool {
     x.device().is_cuda()
         && x.dtype() == DType::BF16
-        && hidden % 32 == 0
-        && inter % 32 == 0
+        && hidden.is_multiple_of(32)
+        && inter.is_multiple_of(32)
         && n_experts <= 4096
         && slots <= 64
 }
@@ -518,6 +518,7 @@ impl CustomOp1 for Attn<'_> {
         // SAFETY: uninitialised device memory, written by the kernels below before it is read
         // (every (head, sequence, slice) partial by mla_decode_attn, every output by the combine).
         let part = unsafe { dev.alloc::<f32>(self.heads * n * splits * 514)? };
+        // SAFETY: as part.
         let out = unsafe { dev.alloc::<bf16>(self.heads * n * 512)? };
         let f = dev.get_or_load_custom_func("mla_decode_attn", MODULE, ptx()?)?;
         let groups = self.heads.div_ceil(ATT_HEADS) as u32;

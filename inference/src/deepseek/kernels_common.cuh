@@ -80,33 +80,32 @@ __device__ __forceinline__ unsigned bf16x2(float a, float b) {
 // One output value, as f32 or bf16.
 __device__ __forceinline__ void put(float* out, size_t i, float v) { out[i] = v; }
 __device__ __forceinline__ void put(bf16_t* out, size_t i, float v) { out[i] = f2bf(v); }
-// A gate/up tile (rows 0-7 gate, 8-15 up, rows j0 + g): act[s][j0 + g] = silu(gate) * up.
-template <class Y>
-__device__ __forceinline__ void store_swiglu(Y* act, const float (*c)[4], int s0, int end, int j0, int I) {
-    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+// f(s, lo, hi) for each of this lane's tokens s < end: its sums of rows g (lo) and g + 8 (hi).
+template <class F>
+__device__ __forceinline__ void each_token(const float (*c)[4], int s0, int end, F f) {
+    const int q = threadIdx.x & 3;
 #pragma unroll
     for (int n = 0; n < MNT; n++)
 #pragma unroll
         for (int i = 0; i < 2; i++) {
             const int s = s0 + 8 * n + 2 * q + i;
-            if (s < end && j0 + g < I) {
-                const float a = c[n][i];
-                put(act, (size_t)s * I + j0 + g, a / (1.f + __expf(-a)) * c[n][2 + i]);
-            }
+            if (s < end) f(s, c[n][i], c[n][2 + i]);
         }
+}
+// A gate/up tile (rows 0-7 gate, 8-15 up, rows j0 + g): act[s][j0 + g] = silu(gate) * up.
+template <class Y>
+__device__ __forceinline__ void store_swiglu(Y* act, const float (*c)[4], int s0, int end, int j0, int I) {
+    const int j = j0 + ((threadIdx.x & 31) >> 2);
+    each_token(c, s0, end, [&](int s, float gate, float up) {
+        if (j < I) put(act, (size_t)s * I + j, gate / (1.f + __expf(-gate)) * up);
+    });
 }
 // A plain tile (rows r0 + g, r0 + g + 8 of R): out[s][r].
 template <class Y>
 __device__ __forceinline__ void store_tile(Y* out, const float (*c)[4], int s0, int end, int r0, int R) {
-    const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
-#pragma unroll
-    for (int n = 0; n < MNT; n++)
-#pragma unroll
-        for (int i = 0; i < 2; i++) {
-            const int s = s0 + 8 * n + 2 * q + i;
-            if (s < end) {
-                if (r0 + g < R) put(out, (size_t)s * R + r0 + g, c[n][i]);
-                if (r0 + g + 8 < R) put(out, (size_t)s * R + r0 + g + 8, c[n][2 + i]);
-            }
-        }
+    const int r = r0 + ((threadIdx.x & 31) >> 2);
+    each_token(c, s0, end, [&](int s, float lo, float hi) {
+        if (r < R) put(out, (size_t)s * R + r, lo);
+        if (r + 8 < R) put(out, (size_t)s * R + r + 8, hi);
+    });
 }

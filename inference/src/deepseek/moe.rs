@@ -285,21 +285,9 @@ impl Moe {
                 };
                 if let (Weight::Int4(gu), Weight::Int4(dn), false) = (&self.gate_up, &self.down, prefill) {
                     // int4 decode batches: the int4 kernels read the active experts' codes, never
-                    // a dequantised copy: per token up to 8 tokens, past that grouped by expert
-                    // on tensor cores (`q4_mma`) or else 8 tokens a pass.
-                    let q4 = |x: &Tensor, route: &Tensor, residual: &Tensor| {
-                        super::q4_kernels::experts_q4(x, route, gu, dn, residual, self.top_k, self.shared)
-                    };
-                    if n <= FUSED_MAX_TOKENS || super::q4_kernels::q4_mma() {
-                        return q4(x, &route, residual);
-                    }
-                    let mut outs = Vec::with_capacity(n.div_ceil(FUSED_MAX_TOKENS));
-                    for start in (0..n).step_by(FUSED_MAX_TOKENS) {
-                        let len = FUSED_MAX_TOKENS.min(n - start);
-                        let part = |t: &Tensor| t.narrow(0, start, len);
-                        outs.push(q4(&part(x)?, &part(&route)?, &part(residual)?)?);
-                    }
-                    return Tensor::cat(&outs, 0);
+                    // a dequantised copy (per token up to 8 tokens, past that grouped by expert on
+                    // tensor cores).
+                    return super::q4_kernels::experts_q4(x, &route, gu, dn, residual, self.top_k, self.shared);
                 }
                 // Prefill with int4 experts: dequantised into a bf16 scratch copy (the whole
                 // layer's, freed after it) for the grouped GEMMs.

@@ -49,22 +49,12 @@ fn parts(q: &Int4Weight) -> Result<(Tensor, Tensor, Tensor)> {
 /// 1, 8.92 with 4, 8.97 with 8).
 const LINEAR_SPLIT: u32 = 4;
 
-/// Whether the tensor-core int4 kernels take decode batches of 9 to 64 tokens (on unless
-/// `KB_DEEPSEEK_Q4_MMA=0`, which runs the per-token expert kernels 8 tokens a pass and multiplies
-/// dequantised copies of the dense projections, as before them: for comparisons).
-pub fn q4_mma() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| std::env::var("KB_DEEPSEEK_Q4_MMA").map_or(true, |v| v != "0"))
-}
-
-/// Whether [`q4_gemv`] takes x (N, in) against this weight: CUDA, bf16, N <= 8 (64 with
-/// [`q4_mma`]), a 2-D weight.
+/// Whether [`q4_gemv`] takes x (N, in) against this weight: CUDA, bf16, N <= 64, a 2-D weight.
 pub fn q4_gemv_supported(x: &Tensor, q: &Int4Weight) -> bool {
-    let max = if q4_mma() { BATCH_TOKENS } else { MAX_TOKENS };
     x.device().is_cuda()
         && x.dtype() == DType::BF16
         && x.rank() == 2
-        && x.dim(0).is_ok_and(|n| (1..=max).contains(&n))
+        && x.dim(0).is_ok_and(|n| (1..=BATCH_TOKENS).contains(&n))
         && q.qweight.rank() == 2
         && q.in_dim().is_ok_and(|i| i.is_multiple_of(GROUP) && x.dim(1).is_ok_and(|xi| xi == i))
 }
@@ -168,7 +158,7 @@ impl CustomOp1 for Q4Dequant<'_> {
     }
 }
 
-/// residual + MoE(x) at decode sizes (T <= 8, or 64 with [`q4_mma`]) with int4 experts: route (T, 2K) as
+/// residual + MoE(x) at decode sizes (T <= 64) with int4 experts: route (T, 2K) as
 /// `kernels::route` gives it, gate_up (E + S, 2I, H) and down (E + S, H, I) int4. Up to 8 tokens
 /// every (token, expert) pair reads its expert; past that the pairs are grouped by expert on the
 /// device (shared chunks as experts every token goes to) and each expert's codes are read once
@@ -185,8 +175,7 @@ pub fn experts_q4(
     let (t, h) = x.dims2()?;
     let (_, two_i, h8) = gate_up.qweight.dims3()?;
     let inter = two_i / 2;
-    let max = if q4_mma() { BATCH_TOKENS } else { MAX_TOKENS };
-    if t > max || h8 * 8 != h || !h.is_multiple_of(GROUP) || !inter.is_multiple_of(GROUP) || k + shared > 64 {
+    if t > BATCH_TOKENS || h8 * 8 != h || !h.is_multiple_of(GROUP) || !inter.is_multiple_of(GROUP) || k + shared > 64 {
         candle_core::bail!(
             "experts_q4: unsupported shape (tokens {t}, hidden {h}, inter {inter}, slots {})",
             k + shared

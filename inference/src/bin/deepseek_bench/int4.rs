@@ -26,7 +26,7 @@ fn device_used(dev: &Device) -> Option<f64> {
 /// inputs for every case (a stale output buffer from an earlier case would not match).
 #[cfg(feature = "cuda")]
 fn kernel_check(dev: &Device, dev_name: &str) -> Res<()> {
-    use kb_inference::deepseek::q4_kernels::{experts_q4, q4_dequantize, q4_gemv, q4_mma};
+    use kb_inference::deepseek::q4_kernels::{experts_q4, q4_dequantize, q4_gemv};
     use kb_inference::deepseek::{kernels, Int4Weight};
     let rel = |got: &Tensor, want: &Tensor| -> Res<f64> {
         let (g, w) = (got.to_dtype(DType::F32)?, want.to_dtype(DType::F32)?);
@@ -46,8 +46,7 @@ fn kernel_check(dev: &Device, dev_name: &str) -> Res<()> {
             .max(0)?
             .to_scalar::<f32>()?;
         let qerr = rel(&by_ops, &w)?;
-        // Past 8 tokens only with the tensor-core kernels (off with KB_DEEPSEEK_Q4_MMA=0).
-        for t in [1usize, 3, 8, 16, 33, 64].into_iter().filter(|&t| t <= 8 || q4_mma()) {
+        for t in [1usize, 3, 8, 16, 33, 64] {
             let x = Tensor::randn(0f32, 1.0, (t, inp), dev)?.to_dtype(DType::BF16)?;
             let got = q4_gemv(&x, &q)?;
             let want = x.to_dtype(DType::F32)?.matmul(&by_ops.to_dtype(DType::F32)?.t()?)?;
@@ -66,7 +65,7 @@ fn kernel_check(dev: &Device, dev_name: &str) -> Res<()> {
     let (gq, dq) = (Int4Weight::quantize(&gu)?, Int4Weight::quantize(&dn)?);
     let (gd, dd) = (gq.dequantize(DType::BF16)?, dq.dequantize(DType::BF16)?);
     let gate = Tensor::randn(0f32, 0.02, (e, h), dev)?;
-    for t in [1usize, 4, 8, 16, 32, 64].into_iter().filter(|&t| t <= 8 || q4_mma()) {
+    for t in [1usize, 4, 8, 16, 32, 64] {
         let x = Tensor::randn(0f32, 1.0, (t, h), dev)?.to_dtype(DType::BF16)?;
         let residual = Tensor::randn(0f32, 1.0, (t, h), dev)?.to_dtype(DType::BF16)?;
         let route = kernels::route(&x, &gate, k, false, 1.0)?;
