@@ -160,9 +160,8 @@ fn sync(dev: &Device) -> Res<()> {
 /// Routed experts touched: exactly k at batch 1; for a batch, the expectation under uniform
 /// routing, E (1 - (1 - k/E)^batch) (random weights route about uniformly).
 ///
-/// With int4 weights the projections kb quantises (q,
-/// kv_a, o, the dense MLP, the experts) count 4 bits a weight plus a 2-byte scale and a 1-byte
-/// zero point per 128; the rest stays `dtype`.
+/// With int4 weights the projections kb quantises (q, kv_a, o, the dense MLP, the experts) count
+/// 4 bits a weight plus a 2-byte scale and a 1-byte zero point per 128; the rest stays `dtype`.
 fn step_bytes(cfg: &DeepSeekV2Config, dtype: DType, quant: Quantize, batch: usize, context: usize) -> f64 {
     let b = dtype.size_in_bytes() as f64;
     let q = match quant {
