@@ -9,7 +9,8 @@
 # gen-bench: kb's continuous-batching scheduler, BATCHES concurrent requests (PROMPT tokens in, NEW out).
 # ref-gen-bench: transformers' generate at the same batch sizes.
 # int4:      int4 (W4A16) against bf16 on the same random Lite-shaped weights, one process: the
-#            W4A16 kernels against dequantised products, loaded memory, logits, prefill, decode.
+#            W4A16 kernels against dequantised products, loaded memory, logits, prefill, decode
+#            (INT4_BATCHES: the decode batch sizes, 8,16,32 by default).
 set -uo pipefail
 export LD_LIBRARY_PATH=/usr/local/cuda-13.0/targets/x86_64-linux/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export PYTHONUNBUFFERED=1 RUST_BACKTRACE=1
@@ -30,7 +31,7 @@ for step in "$@"; do
     bench)
       "$BIN" bench --steps ${STEPS:-64} ;;
     int4)
-      "$BIN" int4 --steps ${STEPS:-64} ;;
+      "$BIN" int4 --steps ${STEPS:-64} ${INT4_BATCHES:+--batches $INT4_BATCHES} ;;
     ref-bench)
       python3 scripts/gpu/deepseek_ref.py --shape lite --out "$W/lite-bench" --no-save --bench --decode-steps ${REF_STEPS:-24} ;;
     gen-bench)

@@ -737,6 +737,13 @@ fn main() -> Res<()> {
     let dev = device(cpu)?;
     let dev_name =
         std::env::var("KB_DEVICE_NAME").unwrap_or_else(|_| if dev.is_cuda() { "cuda:0".into() } else { "cpu".into() });
+    let list = |name: &str, default: Vec<usize>| -> Vec<usize> {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
+            .unwrap_or(default)
+    };
     match args.first().map(String::as_str) {
         Some("compare") => {
             let dir = args.get(1).ok_or("compare needs a directory")?;
@@ -752,20 +759,19 @@ fn main() -> Res<()> {
             &dev_name,
         ),
         Some("serve-bench") => {
-            let list = |name: &str, default: Vec<usize>| -> Vec<usize> {
-                args.iter()
-                    .position(|a| a == name)
-                    .and_then(|i| args.get(i + 1))
-                    .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
-                    .unwrap_or(default)
-            };
             let batches = list("--batches", vec![1, 8, 32, 64]);
             let prefill = list("--max-prefill", vec![SchedulerConfig::default().max_prefill_tokens]);
             let chunks = list("--prefill-chunk", vec![SchedulerConfig::default().prefill_chunk]);
             let (prompt, new) = (flag("--prompt").unwrap_or(1024), flag("--new").unwrap_or(128));
             serve_bench(flag("--layers").unwrap_or(27), &batches, &prefill, &chunks, prompt, new, &dev, &dev_name)
         }
-        Some("int4") => int4::int4_bench(flag("--layers").unwrap_or(27), flag("--steps").unwrap_or(64), &dev, &dev_name),
+        Some("int4") => int4::int4_bench(
+            flag("--layers").unwrap_or(27),
+            flag("--steps").unwrap_or(64),
+            &list("--batches", vec![8, 16, 32]),
+            &dev,
+            &dev_name,
+        ),
         Some("bench") => bench(flag("--layers").unwrap_or(27), flag("--steps").unwrap_or(64), &dev, &dev_name),
         _ => Err("usage: deepseek-bench compare DIR | bench [--layers N] [--steps N] [--cpu] | decode [--layers N] [--steps N]".into()),
     }

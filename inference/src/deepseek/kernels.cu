@@ -299,12 +299,12 @@ extern "C" __global__ void moe_combine(const float* y, const int* pair_slot, con
 // ---- MLA decode for a batch: meta = [pos_0 .. pos_{n-1}, base_0 .. base_{n-1}], sequence b's rows
 // are pool rows base_b .. base_b + pos_b. ----
 
-// grid (n): sequence b's new latent (kv row b) goes to pool row base_b + pos_b.
+// grid (n): sequence b's new latent (kv row b, rows KVS apart) goes to pool row base_b + pos_b.
 extern "C" __global__ void mla_latent_write(const bf16_t* kv, const bf16_t* w, const bf16_t* cos_t,
                                                   const bf16_t* sin_t, const unsigned int* meta,
-                                                  bf16_t* pool, int R, int P, float eps, int n) {
+                                                  bf16_t* pool, int R, int P, float eps, int n, int KVS) {
     const int b = blockIdx.x, pos = (int)meta[b], base = (int)meta[n + b];
-    latent_write(kv + (size_t)b * (R + P), w, cos_t, sin_t, pos, pool + ((size_t)base + pos) * (R + P), R, P, eps);
+    latent_write(kv + (size_t)b * KVS, w, cos_t, sin_t, pos, pool + ((size_t)base + pos) * (R + P), R, P, eps);
 }
 
 // Split attention (flash-decoding) on tensor cores: block (g, b, s) takes heads 16g .. 16g + 15
@@ -320,7 +320,7 @@ extern "C" __global__ void mla_latent_write(const bf16_t* kv, const bf16_t* w, c
 // next one's copy runs under this one's math; copying each tile only after the last was used
 // left the loads exposed: 52 us a layer at 32 x 1,024 on an H100). Each block writes, per head,
 // its running max m, sum l and unnormalised 512-wide output to part[((h * n + b) * S + s) * 514
-// ..]; mla_decode_combine merges. q (n, H * (N + 64)) raw, q_lat (H, n, 512).
+// ..]; mla_decode_combine merges. q (n, H * (N + 64)) raw, rows QS apart; q_lat (H, n, 512).
 #define ATT_TILE 32
 #define ATT_HEADS 16
 #define MT 16
@@ -352,7 +352,7 @@ __device__ __forceinline__ void attn_tile_async(bf16_t* dst, const uint4* rows_b
 }
 extern "C" __global__ void __launch_bounds__(256) mla_decode_attn(
     const bf16_t* q, const bf16_t* q_lat, const bf16_t* cos_t, const bf16_t* sin_t, const unsigned int* meta,
-    const bf16_t* pool, float* part, int H, int N, float scale, int n) {
+    const bf16_t* pool, float* part, int H, int N, float scale, int n, int QS) {
     const int R = 512, P = 64, D = 576;
     const int b = blockIdx.y, s = blockIdx.z, S = gridDim.z;
     const int pos = (int)meta[b], base = (int)meta[n + b];
@@ -381,7 +381,7 @@ extern "C" __global__ void __launch_bounds__(256) mla_decode_attn(
         const int hh = i / (P / 2), pr = i % (P / 2), h = h0 + hh;
         float r0 = 0.f, r1 = 0.f;
         if (h < H) {
-            const bf16_t* qpe = q + (size_t)b * H * (N + P) + (size_t)H * N + h * P;
+            const bf16_t* qpe = q + (size_t)b * QS + (size_t)H * N + h * P;
             const float c = bf2f(cos_t[(size_t)pos * (P / 2) + pr]), sn = bf2f(sin_t[(size_t)pos * (P / 2) + pr]);
             const float x0 = bf2f(qpe[2 * pr]), x1 = bf2f(qpe[2 * pr + 1]);
             r0 = x0 * c - x1 * sn;

@@ -33,6 +33,23 @@ pub(super) fn nvrtc_options() -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Largest token count the per-token expert kernels take (bf16 and int4): they re-read each
+/// chosen expert per token, so past a few tokens grouping by expert on tensor cores reads less.
+/// `KB_DEEPSEEK_PER_TOKEN_MAX` (1-8) moves the crossover, to measure it on a new GPU.
+pub fn per_token_max() -> usize {
+    static MAX: OnceLock<usize> = OnceLock::new();
+    *MAX.get_or_init(|| {
+        std::env::var("KB_DEEPSEEK_PER_TOKEN_MAX")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map_or(PER_TOKEN_MAX, |n: usize| n.clamp(1, 8))
+    })
+}
+
+/// The default of [`per_token_max`]. (At one token the grouped path is slower: 5.04 against
+/// 4.26 ms a batch-1 step at 1,024 tokens, H100, 2026-12-07.)
+const PER_TOKEN_MAX: usize = 8;
+
 /// Whether the prefill kernels (grouped expert GEMMs, causal softmax) are on:
 /// `KB_DEEPSEEK_PREFILL_KERNELS=0` turns them off (the generic candle paths, for comparison).
 pub fn prefill_kernels() -> bool {
@@ -82,6 +99,28 @@ pub(super) fn cuda_contiguous(t: &Tensor) -> Result<(candle_core::StorageRef<'_>
         candle_core::bail!("kb kernel: input must be a contiguous CUDA tensor")
     }
     Ok((s, l.clone()))
+}
+
+/// `t` itself when it is a 2-D CUDA tensor of dense rows at any row stride (a column range of a
+/// wider product) starting on a 16-byte boundary, else a contiguous copy; and its row stride.
+fn dense_rows(t: &Tensor) -> Result<(Tensor, usize)> {
+    let (dense, stride) = {
+        let (s, l) = t.storage_and_layout();
+        let st = l.stride();
+        let ok = matches!(&*s, Storage::Cuda(_))
+            && st.len() == 2
+            && st[1] == 1
+            && st[0] >= l.dims()[1]
+            && st[0] % 8 == 0
+            && l.start_offset() % 8 == 0;
+        (ok, st.first().copied().unwrap_or(0))
+    };
+    if dense {
+        return Ok((t.clone(), stride));
+    }
+    let t = t.contiguous()?;
+    let w = t.dim(1)?;
+    Ok((t, w))
 }
 
 /// [`cuda_contiguous`], starting on a 16-byte boundary (the kernels' vector loads).
@@ -426,9 +465,9 @@ pub fn mla_latent_write(
     eps: f64,
 ) -> Result<()> {
     let dev = cuda_dev(kv)?;
-    let kv = kv.contiguous()?;
+    let (kv, kvs) = dense_rows(kv)?;
     let n = kv.dim(0)?;
-    let (kg, kl) = cuda_of(&kv)?;
+    let (kg, kl) = kv.storage_and_layout();
     let (wg, wl) = cuda_of(norm_w)?;
     let (cg, cl) = cuda_of(cos)?;
     let (sg, sl) = cuda_of(sin)?;
@@ -443,10 +482,10 @@ pub fn mla_latent_write(
     let p_s = slice_of!(pg, pl, bf16);
     let f = dev.get_or_load_custom_func("mla_latent_write", MODULE, ptx()?)?;
     let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-    let (r, p, e, ni) = (rank as i32, rope as i32, eps as f32, n as i32);
+    let (r, p, e, ni, si) = (rank as i32, rope as i32, eps as f32, n as i32, kvs as i32);
     let mut b = f.builder();
-    b.arg(&kv_s).arg(&w_s).arg(&c_s).arg(&s_s).arg(&m_s).arg(&p_s).arg(&r).arg(&p).arg(&e).arg(&ni);
-    // SAFETY: kv (n, 576), norm_w, cos, sin, meta (2n u32) and pool match mla_latent_write's (kv, w, cos_t, sin_t, meta, pool, R, P, eps, n); rows base + pos lie inside the pool the scheduler sized, and no other thread touches the pool meanwhile.
+    b.arg(&kv_s).arg(&w_s).arg(&c_s).arg(&s_s).arg(&m_s).arg(&p_s).arg(&r).arg(&p).arg(&e).arg(&ni).arg(&si);
+    // SAFETY: kv (n, 576) with rows kvs apart (dense_rows), norm_w, cos, sin, meta (2n u32) and pool match mla_latent_write's (kv, w, cos_t, sin_t, meta, pool, R, P, eps, n, KVS); rows base + pos lie inside the pool the scheduler sized, and no other thread touches the pool meanwhile.
     unsafe { b.launch(cfg) }.map_err(launch_err)?;
     Ok(())
 }
@@ -479,7 +518,7 @@ pub fn mla_decode_attn(
     scale: f64,
 ) -> Result<Tensor> {
     let q_lat = q_lat.contiguous()?;
-    q.contiguous()?.apply_op1_no_bwd(&Attn { q_lat: &q_lat, cos, sin, meta, pool, heads, nope, scale: scale as f32 })
+    dense_rows(q)?.0.apply_op1_no_bwd(&Attn { q_lat: &q_lat, cos, sin, meta, pool, heads, nope, scale: scale as f32 })
 }
 
 struct Attn<'a> {
@@ -503,6 +542,7 @@ impl CustomOp1 for Attn<'_> {
     fn cuda_fwd(&self, q: &CudaStorage, ql: &Layout) -> Result<(CudaStorage, Shape)> {
         let dev = q.device().clone();
         let n = ql.shape().dims2()?.0;
+        let qs = ql.stride()[0] as i32; // dense_rows: rows of unit stride, qs apart
         let q_s = q.as_cuda_slice::<bf16>()?.slice(ql.start_offset()..);
         let (lg, ll) = cuda_of(self.q_lat)?;
         let (cg, cl) = cuda_of(self.cos)?;
@@ -536,8 +576,9 @@ impl CustomOp1 for Attn<'_> {
             .arg(&h)
             .arg(&nn)
             .arg(&self.scale)
-            .arg(&ni);
-        // SAFETY: q, q_lat (heads, n, 512), cos, sin, meta, pool and part (heads, n, splits, 514) match mla_decode_attn's (q, q_lat, cos_t, sin_t, meta, pool, part, H, N, scale, n); the grid is (head groups of 16, n, splits).
+            .arg(&ni)
+            .arg(&qs);
+        // SAFETY: q (n rows qs apart), q_lat (heads, n, 512), cos, sin, meta, pool and part (heads, n, splits, 514) match mla_decode_attn's (q, q_lat, cos_t, sin_t, meta, pool, part, H, N, scale, n, QS); the grid is (head groups of 16, n, splits).
         unsafe { b.launch(cfg) }.map_err(launch_err)?;
         let f = dev.get_or_load_custom_func("mla_decode_combine", MODULE, ptx()?)?;
         let cfg =

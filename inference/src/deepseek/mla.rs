@@ -25,6 +25,9 @@ pub struct Mla {
     q: QProj,
     /// (kv_lora_rank + rope, hidden)
     kv_a: Weight,
+    /// A direct q_proj's rows then kv_a's, the one copy both are views of: a decode step
+    /// multiplies the token by both in one GEMM instead of two launches a layer.
+    q_kv_a: Option<Weight>,
     kv_a_norm: Tensor,
     /// (heads, nope, kv_lora_rank): key half of kv_b_proj, folded into the query.
     w_uk: Tensor,
@@ -86,6 +89,14 @@ impl Mla {
             },
         };
         let kv_a = proj("kv_a_proj_with_mqa", rank + rope, hd)?;
+        let (q, kv_a, q_kv_a) = match q {
+            QProj::Direct(wq) if merge_q_kv_a() => {
+                let both = Weight::cat(&[wq, kv_a], 0, dtype)?;
+                let rows = |start: usize, len: usize| both.map(|t| t.narrow(0, start, len));
+                (QProj::Direct(rows(0, h * qk)?), rows(h * qk, rank + rope)?, Some(both))
+            }
+            q => (q, kv_a, None),
+        };
         let kv_a_norm = get("kv_a_layernorm.weight", &[rank])?;
         // kv_b_proj rows are, per head, nope key rows then value rows. It is absorbed into
         // the query and the output as batched products, so it stays dense (dequantised when
@@ -100,6 +111,7 @@ impl Mla {
         Ok(Self {
             q,
             kv_a,
+            q_kv_a,
             kv_a_norm,
             w_uk,
             w_uv_t,
@@ -183,14 +195,27 @@ impl Mla {
         self.o.forward(&o)
     }
 
+    /// The raw query (N, heads * (nope + rope)) and kv_a's product (N, rank + rope): column
+    /// ranges of one product when the weights are merged.
+    fn q_and_kv_a(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok(match (&self.q, &self.q_kv_a) {
+            (_, Some(w)) => {
+                let both = w.forward(x)?;
+                let qn = self.heads * (self.nope + self.rope);
+                (both.narrow(1, 0, qn)?, both.narrow(1, qn, self.rank + self.rope)?)
+            }
+            (QProj::Direct(w), None) => (w.forward(x)?, self.kv_a.forward(x)?),
+            (QProj::LowRank { a, norm, b }, None) => {
+                (b.forward(&rms_norm(&a.forward(x)?, norm, self.eps)?)?, self.kv_a.forward(x)?)
+            }
+        })
+    }
+
     /// The absorbed query (heads, N, rank + rope) and the latent the cache keeps (N, rank + rope).
     fn project(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<(Tensor, Tensor)> {
         let n = x.dim(0)?;
         let (h, nope, rope) = (self.heads, self.nope, self.rope);
-        let q = match &self.q {
-            QProj::Direct(w) => w.forward(x)?,
-            QProj::LowRank { a, norm, b } => b.forward(&rms_norm(&a.forward(x)?, norm, self.eps)?)?,
-        };
+        let (q, kv) = self.q_and_kv_a(x)?;
         // (heads, N, nope) and (1, heads, N, rope): rows were reordered at load.
         let q_nope = q.narrow(1, 0, h * nope)?.reshape((n, h, nope))?.transpose(0, 1)?.contiguous()?;
         let q_pe =
@@ -200,7 +225,6 @@ impl Mla {
         let q_lat = q_nope.matmul(&self.w_uk)?;
         let q_full = Tensor::cat(&[&q_lat, &q_pe], 2)?; // (h, N, rank + rope)
 
-        let kv = self.kv_a.forward(x)?; // (N, rank + rope)
         let c_kv = rms_norm(&kv.narrow(1, 0, self.rank)?.contiguous()?, &self.kv_a_norm, self.eps)?;
         let k_pe = kv.narrow(1, self.rank, rope)?.contiguous()?.reshape((1, 1, n, rope))?;
         let k_pe = Rope::apply(&k_pe, cos, sin)?.reshape((n, rope))?;
@@ -231,11 +255,8 @@ impl Mla {
     ) -> Result<Tensor> {
         let n = x.dim(0)?;
         let (h, nope) = (self.heads, self.nope);
-        let q = match &self.q {
-            QProj::Direct(w) => w.forward(x)?,
-            QProj::LowRank { a, norm, b } => b.forward(&rms_norm(&a.forward(x)?, norm, self.eps)?)?,
-        };
-        let kv = self.kv_a.forward(x)?; // (n, rank + rope)
+        // Views of one product when merged: the kernels take rows at any stride.
+        let (q, kv) = self.q_and_kv_a(x)?;
         super::kernels::mla_latent_write(
             &kv,
             &self.kv_a_norm,
@@ -282,6 +303,12 @@ impl Mla {
         let o = o_lat.matmul(&self.w_uv_t)?.reshape((1, h * self.v_head))?;
         self.o.forward(&o)
     }
+}
+
+/// Whether a direct q_proj and kv_a_proj are stored as one weight (the default);
+/// `KB_DEEPSEEK_MERGED_QKV=0` keeps them apart, to measure the difference.
+fn merge_q_kv_a() -> bool {
+    std::env::var("KB_DEEPSEEK_MERGED_QKV").map_or(true, |v| v != "0")
 }
 
 /// Causal masks by (new tokens, cached prefix), built once per forward and shared by layers.

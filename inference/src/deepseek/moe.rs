@@ -66,12 +66,6 @@ pub struct Routing {
     pub weights: Tensor,
 }
 
-/// Largest token count sent through the fused CUDA kernels; they re-read each chosen expert
-/// per token, so past a few tokens grouping by expert reads less. (At one token the grouped
-/// path is slower: 5.04 against 4.26 ms a batch-1 step at 1,024 tokens, H100, 2026-12-07.)
-#[cfg(feature = "cuda")]
-const FUSED_MAX_TOKENS: usize = 8;
-
 /// Largest token count grouped by expert on the device (a decode batch); past it the host
 /// groups the routing (prefill), whose per-expert matmuls are then large enough to pay.
 #[cfg(feature = "cuda")]
@@ -285,7 +279,7 @@ impl Moe {
                 };
                 if let (Weight::Int4(gu), Weight::Int4(dn), false) = (&self.gate_up, &self.down, prefill) {
                     // int4 decode batches: the int4 kernels read the active experts' codes, never
-                    // a dequantised copy (per token up to 8 tokens, past that grouped by expert on
+                    // a dequantised copy (per token up to `kernels::per_token_max` tokens, past that grouped by expert on
                     // tensor cores).
                     return super::q4_kernels::experts_q4(x, &route, gu, dn, residual, self.top_k, self.shared);
                 }
@@ -294,7 +288,7 @@ impl Moe {
                 let gate_up = self.gate_up.dense(self.dtype)?;
                 let down = self.down.dense(self.dtype)?;
                 let (gate_up, down) = (&gate_up, &down);
-                if n <= FUSED_MAX_TOKENS {
+                if n <= super::kernels::per_token_max() {
                     return super::kernels::experts(x, &route, gate_up, down, residual, self.top_k, self.shared);
                 }
                 // The shared experts see every token: dense GEMMs into the residual.

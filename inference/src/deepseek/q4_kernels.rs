@@ -231,7 +231,7 @@ impl CustomOp1 for ExpertsQ4<'_> {
         let residual = slice_of!(resg, resl, bf16);
         let s = self.k + self.shared;
         let (hi, ii, ki, si, ei) = (h as i32, inter as i32, self.k as i32, s as i32, (e_all - self.shared) as i32);
-        if t > MAX_TOKENS {
+        if t > super::kernels::per_token_max() {
             let groups = group_by_expert(&dev, &route, t, self.k, self.shared, e_all - self.shared)?;
             // SAFETY: uninitialised device memory, every element written by the kernels below.
             let act = unsafe { dev.alloc::<bf16>(t * s * inter)? };

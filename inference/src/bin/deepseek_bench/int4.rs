@@ -94,7 +94,7 @@ fn kernel_check(dev: &Device, dev_name: &str) -> Res<()> {
     Ok(())
 }
 
-pub fn int4_bench(layers: usize, steps: usize, dev: &Device, dev_name: &str) -> Res<()> {
+pub fn int4_bench(layers: usize, steps: usize, batches: &[usize], dev: &Device, dev_name: &str) -> Res<()> {
     #[cfg(feature = "cuda")]
     kernel_check(dev, dev_name)?;
     let cfg = DeepSeekV2Config::from_json(&lite_config(layers).to_string(), Path::new("lite-shaped config"))?;
@@ -150,9 +150,10 @@ pub fn int4_bench(layers: usize, steps: usize, dev: &Device, dev_name: &str) -> 
                                 "note": "FixedDecoder + CUDA graphs, two runs" }),
             dev_name,
         );
-        // Batches of 8 (the per-token kernels' largest size), 16 and 32 sequences, one token each,
-        // as the scheduler decodes them: pooled caches, BatchDecoder (a CUDA graph per size).
-        for b in [8usize, 16, 32] {
+        // Batches of `batches` sequences (8, 16, 32 by default; 8 is the per-token kernels'
+        // largest), one token each, as the scheduler decodes them: pooled caches, BatchDecoder
+        // (a CUDA graph per size).
+        for &b in batches {
             let bsteps = steps.min(32);
             let rows = 32 + bsteps + 8;
             let c = model.config();
