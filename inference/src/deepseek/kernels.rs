@@ -35,14 +35,15 @@ pub(super) fn nvrtc_options() -> Vec<String> {
 
 /// Largest token count the per-token expert kernels take (bf16 and int4): they re-read each
 /// chosen expert per token, so past a few tokens grouping by expert on tensor cores reads less.
-/// `KB_DEEPSEEK_PER_TOKEN_MAX` (1-8) moves the crossover, to measure it on a new GPU.
+/// `KB_DEEPSEEK_PER_TOKEN_MAX` (1 to the int4 per-token kernels' limit, 8) moves the crossover,
+/// to measure it on a new GPU.
 pub fn per_token_max() -> usize {
     static MAX: OnceLock<usize> = OnceLock::new();
     *MAX.get_or_init(|| {
         std::env::var("KB_DEEPSEEK_PER_TOKEN_MAX")
             .ok()
             .and_then(|v| v.parse().ok())
-            .map_or(PER_TOKEN_MAX, |n: usize| n.clamp(1, 8))
+            .map_or(PER_TOKEN_MAX, |n: usize| n.clamp(1, super::q4_kernels::MAX_TOKENS))
     })
 }
 
@@ -101,26 +102,15 @@ pub(super) fn cuda_contiguous(t: &Tensor) -> Result<(candle_core::StorageRef<'_>
     Ok((s, l.clone()))
 }
 
-/// `t` itself when it is a 2-D CUDA tensor of dense rows at any row stride (a column range of a
-/// wider product) starting on a 16-byte boundary, else a contiguous copy; and its row stride.
+/// `t` (2-D) itself when its rows are dense at any row stride (a column range of a wider
+/// product), else a contiguous copy; and its row stride.
 fn dense_rows(t: &Tensor) -> Result<(Tensor, usize)> {
-    let (dense, stride) = {
-        let (s, l) = t.storage_and_layout();
-        let st = l.stride();
-        let ok = matches!(&*s, Storage::Cuda(_))
-            && st.len() == 2
-            && st[1] == 1
-            && st[0] >= l.dims()[1]
-            && st[0] % 8 == 0
-            && l.start_offset() % 8 == 0;
-        (ok, st.first().copied().unwrap_or(0))
-    };
-    if dense {
-        return Ok((t.clone(), stride));
+    let (_, cols) = t.dims2()?;
+    let st = t.stride();
+    if st[1] == 1 && st[0] >= cols {
+        return Ok((t.clone(), st[0]));
     }
-    let t = t.contiguous()?;
-    let w = t.dim(1)?;
-    Ok((t, w))
+    Ok((t.contiguous()?, cols))
 }
 
 /// [`cuda_contiguous`], starting on a 16-byte boundary (the kernels' vector loads).

@@ -14,20 +14,28 @@ use super::rope::Rope;
 use crate::ModelError;
 use candle_core::{DType, Device, Result, Tensor};
 
+/// The token's query projection (rows reordered at load, see `load`) and kv_a_proj_with_mqa
+/// ((kv_lora_rank + rope, hidden)).
 #[derive(Debug, Clone)]
-enum QProj {
-    Direct(Weight),
-    LowRank { a: Weight, norm: Tensor, b: Weight },
+enum Projections {
+    /// A direct q_proj's rows then kv_a's, one weight: one GEMM for both instead of two.
+    Merged(Weight),
+    Direct {
+        q: Weight,
+        kv_a: Weight,
+    },
+    /// q_a_proj, its norm and q_b_proj (DeepSeek-V2), then kv_a.
+    LowRank {
+        a: Weight,
+        norm: Tensor,
+        b: Weight,
+        kv_a: Weight,
+    },
 }
 
 #[derive(Debug, Clone)]
 pub struct Mla {
-    q: QProj,
-    /// (kv_lora_rank + rope, hidden)
-    kv_a: Weight,
-    /// A direct q_proj's rows then kv_a's, the one copy both are views of: a decode step
-    /// multiplies the token by both in one GEMM instead of two launches a layer.
-    q_kv_a: Option<Weight>,
+    proj: Projections,
     kv_a_norm: Tensor,
     /// (heads, nope, kv_lora_rank): key half of kv_b_proj, folded into the query.
     w_uk: Tensor,
@@ -80,22 +88,22 @@ impl Mla {
                 Tensor::cat(&[&nope_rows, &rope_rows], 0)
             })?)
         };
-        let q = match cfg.q_lora_rank {
-            None => QProj::Direct(split_heads(proj("q_proj", h * qk, hd)?)?),
-            Some(r) => QProj::LowRank {
+        let kv_a = || proj("kv_a_proj_with_mqa", rank + rope, hd);
+        let projections = match cfg.q_lora_rank {
+            None => {
+                let q = split_heads(proj("q_proj", h * qk, hd)?)?;
+                if merge_q_kv_a() {
+                    Projections::Merged(Weight::cat(&[q, kv_a()?], 0, dtype)?)
+                } else {
+                    Projections::Direct { q, kv_a: kv_a()? }
+                }
+            }
+            Some(r) => Projections::LowRank {
                 a: proj("q_a_proj", r, hd)?,
                 norm: get("q_a_layernorm.weight", &[r])?,
                 b: split_heads(proj("q_b_proj", h * qk, r)?)?,
+                kv_a: kv_a()?,
             },
-        };
-        let kv_a = proj("kv_a_proj_with_mqa", rank + rope, hd)?;
-        let (q, kv_a, q_kv_a) = match q {
-            QProj::Direct(wq) if merge_q_kv_a() => {
-                let both = Weight::cat(&[wq, kv_a], 0, dtype)?;
-                let rows = |start: usize, len: usize| both.map(|t| t.narrow(0, start, len));
-                (QProj::Direct(rows(0, h * qk)?), rows(h * qk, rank + rope)?, Some(both))
-            }
-            q => (q, kv_a, None),
         };
         let kv_a_norm = get("kv_a_layernorm.weight", &[rank])?;
         // kv_b_proj rows are, per head, nope key rows then value rows. It is absorbed into
@@ -109,9 +117,7 @@ impl Mla {
         let w_uv_t = kv_b.narrow(1, nope, v)?.transpose(1, 2)?.contiguous()?;
         let o = proj("o_proj", hd, h * v)?;
         Ok(Self {
-            q,
-            kv_a,
-            q_kv_a,
+            proj: projections,
             kv_a_norm,
             w_uk,
             w_uv_t,
@@ -129,11 +135,12 @@ impl Mla {
     /// Bytes of the weights on the device.
     pub fn weight_bytes(&self) -> usize {
         let t = |t: &Tensor| t.elem_count() * t.dtype().size_in_bytes();
-        let q = match &self.q {
-            QProj::Direct(w) => w.bytes(),
-            QProj::LowRank { a, norm, b } => a.bytes() + t(norm) + b.bytes(),
+        let proj = match &self.proj {
+            Projections::Merged(w) => w.bytes(),
+            Projections::Direct { q, kv_a } => q.bytes() + kv_a.bytes(),
+            Projections::LowRank { a, norm, b, kv_a } => a.bytes() + t(norm) + b.bytes() + kv_a.bytes(),
         };
-        q + self.kv_a.bytes() + t(&self.kv_a_norm) + t(&self.w_uk) + t(&self.w_uv_t) + self.o.bytes()
+        proj + t(&self.kv_a_norm) + t(&self.w_uk) + t(&self.w_uv_t) + self.o.bytes()
     }
 
     /// Attention for the flattened tokens `x` (N, hidden) of several sequences. Each sequence's
@@ -198,15 +205,15 @@ impl Mla {
     /// The raw query (N, heads * (nope + rope)) and kv_a's product (N, rank + rope): column
     /// ranges of one product when the weights are merged.
     fn q_and_kv_a(&self, x: &Tensor) -> Result<(Tensor, Tensor)> {
-        Ok(match (&self.q, &self.q_kv_a) {
-            (_, Some(w)) => {
+        Ok(match &self.proj {
+            Projections::Merged(w) => {
                 let both = w.forward(x)?;
                 let qn = self.heads * (self.nope + self.rope);
                 (both.narrow(1, 0, qn)?, both.narrow(1, qn, self.rank + self.rope)?)
             }
-            (QProj::Direct(w), None) => (w.forward(x)?, self.kv_a.forward(x)?),
-            (QProj::LowRank { a, norm, b }, None) => {
-                (b.forward(&rms_norm(&a.forward(x)?, norm, self.eps)?)?, self.kv_a.forward(x)?)
+            Projections::Direct { q, kv_a } => (q.forward(x)?, kv_a.forward(x)?),
+            Projections::LowRank { a, norm, b, kv_a } => {
+                (b.forward(&rms_norm(&a.forward(x)?, norm, self.eps)?)?, kv_a.forward(x)?)
             }
         })
     }

@@ -279,8 +279,8 @@ impl Moe {
                 };
                 if let (Weight::Int4(gu), Weight::Int4(dn), false) = (&self.gate_up, &self.down, prefill) {
                     // int4 decode batches: the int4 kernels read the active experts' codes, never
-                    // a dequantised copy (per token up to `kernels::per_token_max` tokens, past that grouped by expert on
-                    // tensor cores).
+                    // a dequantised copy (per token up to `kernels::per_token_max` tokens, past
+                    // that grouped by expert on tensor cores).
                     return super::q4_kernels::experts_q4(x, &route, gu, dn, residual, self.top_k, self.shared);
                 }
                 // Prefill with int4 experts: dequantised into a bf16 scratch copy (the whole

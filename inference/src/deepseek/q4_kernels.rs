@@ -159,10 +159,10 @@ impl CustomOp1 for Q4Dequant<'_> {
 }
 
 /// residual + MoE(x) at decode sizes (T <= 64) with int4 experts: route (T, 2K) as
-/// `kernels::route` gives it, gate_up (E + S, 2I, H) and down (E + S, H, I) int4. Up to 8 tokens
-/// every (token, expert) pair reads its expert; past that the pairs are grouped by expert on the
-/// device (shared chunks as experts every token goes to) and each expert's codes are read once
-/// for all its tokens, on tensor cores.
+/// `kernels::route` gives it, gate_up (E + S, 2I, H) and down (E + S, H, I) int4. Up to
+/// `kernels::per_token_max` tokens every (token, expert) pair reads its expert; past that the
+/// pairs are grouped by expert on the device (shared chunks as experts every token goes to) and
+/// each expert's codes are read once for all its tokens, on tensor cores.
 pub fn experts_q4(
     x: &Tensor,
     route: &Tensor,
